@@ -1,0 +1,42 @@
+"""The ``simgen`` command. Each stage registers its own subcommands (``register(subparsers)``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules exposing ``register(subparsers)``; one per pipeline stage.
+COMMAND_MODULES = [
+    "simgen.data.cli",
+]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simgen",
+        description="Scanned indoor scenes -> panoptic reconstruction -> Gazebo/MuJoCo worlds and robot cameras.",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

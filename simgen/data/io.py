@@ -1,0 +1,123 @@
+"""Image and file I/O shared by every stage.
+
+Conventions (the scene-format contract, see docs/scene-format.md):
+
+* RGB: ``(H, W, 3) uint8``.
+* Depth: 16-bit PNG, stored value ``d`` means ``d * depth_unit_scale_factor`` metres; 0 is invalid.
+  In memory depth is ``(H, W) float32`` metres with 0 for invalid.
+* Panoptic: RGB PNG, segment id ``R + 256 * G + 256**2 * B`` (COCO panoptic), 0 = void.
+  In memory ``(H, W) int32``.
+
+All writers are atomic: they write to a temporary file in the destination folder and rename it,
+so an interrupted run never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+PathLike = str | os.PathLike[str]
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic colour ``(H, W, 3) uint8`` -> segment ids ``(H, W) int32``."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
+    rgb = rgb[..., :3].astype(np.int32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """Segment ids ``(H, W)`` (0 <= id < 2**24) -> COCO panoptic colour ``(H, W, 3) uint8``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= 256**3):
+        raise ValueError("panoptic ids must lie in [0, 2**24)")
+    out = np.empty(ids.shape + (3,), dtype=np.uint8)
+    out[..., 0] = ids % 256
+    out[..., 1] = (ids // 256) % 256
+    out[..., 2] = ids // (256 * 256)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: PathLike, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_image(path: PathLike, array: np.ndarray) -> None:
+    """Write an 8-bit RGB/gray or 16-bit gray image; format from the file suffix."""
+    array = np.asarray(array)
+    with atomic_path(path) as tmp:
+        if array.dtype == np.uint16:
+            Image.fromarray(array).save(tmp, format=_pil_format(path))
+        else:
+            Image.fromarray(array.astype(np.uint8)).save(tmp, format=_pil_format(path))
+
+
+def _pil_format(path: PathLike) -> str:
+    ext = Path(path).suffix.lower()
+    return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(ext, "PNG")
+
+
+def write_depth(path: PathLike, depth_m: np.ndarray, unit_scale: float = 0.001) -> None:
+    """Write metric depth ``(H, W) float`` as a 16-bit PNG; non-finite or <= 0 becomes 0 (invalid)."""
+    depth_m = np.asarray(depth_m, dtype=np.float64)
+    q = np.where(np.isfinite(depth_m) & (depth_m > 0), np.round(depth_m / unit_scale), 0)
+    write_image(path, np.clip(q, 0, 65535).astype(np.uint16))
+
+
+def write_panoptic(path: PathLike, ids: np.ndarray) -> None:
+    write_image(path, id_to_rgb(ids))
+
+
+def read_rgb(path: PathLike) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def read_depth(path: PathLike, unit_scale: float = 0.001) -> np.ndarray:
+    """16-bit PNG -> ``(H, W) float32`` metres (0 = invalid). Raises ValueError if not 16-bit."""
+    with Image.open(path) as im:
+        if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise ValueError(f"depth must be a 16-bit PNG, got PIL mode {im.mode!r}")
+        arr = np.asarray(im)
+    return arr.astype(np.float32) * np.float32(unit_scale)
+
+
+def read_panoptic(path: PathLike) -> np.ndarray:
+    with Image.open(path) as im:
+        if im.mode not in ("RGB", "RGBA"):
+            raise ValueError(f"panoptic PNG must be RGB (COCO id encoding), got PIL mode {im.mode!r}")
+        return rgb_to_id(np.asarray(im))
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """(width, height) read from the header only."""
+    with Image.open(path) as im:
+        return im.size
