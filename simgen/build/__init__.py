@@ -1,0 +1,1 @@
+"""Reconstruction builders (fusion, neural) and their shared output layout."""
