@@ -106,10 +106,14 @@ def read_panoptic_mesh(path: str | Path) -> PanopticMesh:
         if {"red", "green", "blue"} <= names
         else np.full((len(v), 3), 200)
     )
-    return PanopticMesh(np.stack([v["x"], v["y"], v["z"]], axis=1), faces, colors, v["semantic"], v["instance"])
+    return PanopticMesh(
+        np.stack([v["x"], v["y"], v["z"]], axis=1), faces, colors, v["semantic"], v["instance"]
+    )
 
 
-def instance_records(mesh: PanopticMesh, categories: dict[int, Any], frames_observed=None) -> list[InstanceRecord]:
+def instance_records(
+    mesh: PanopticMesh, categories: dict[int, Any], frames_observed=None
+) -> list[InstanceRecord]:
     """Per-instance summary of a panoptic mesh. ``categories`` maps id -> Category (name, isthing)."""
     records = []
     frames_observed = frames_observed or {}

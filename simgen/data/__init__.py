@@ -1,7 +1,17 @@
 """Scene format, loading/validation, synthetic scenes and dataset importers."""
 
 from simgen.data.camera import Intrinsics
-from simgen.data.scene import Category, Frame, GroundTruth, Problem, Scene, SceneError, Segment, load_scene, validate_scene
+from simgen.data.scene import (
+    Category,
+    Frame,
+    GroundTruth,
+    Problem,
+    Scene,
+    SceneError,
+    Segment,
+    load_scene,
+    validate_scene,
+)
 
 __all__ = [
     "Category",

@@ -209,7 +209,9 @@ def _parse(root: Path, problems: list[Problem]) -> Scene | None:
     if not categories:
         problems.append(Problem(str(tpath), "no categories"))
     elif not any(c.isthing for c in categories.values()):
-        problems.append(Problem(str(tpath), "no thing categories (isthing: 1): nothing to separate into objects"))
+        problems.append(
+            Problem(str(tpath), "no thing categories (isthing: 1): nothing to separate into objects")
+        )
 
     frames_raw = meta.get("frames")
     if not isinstance(frames_raw, list) or not frames_raw:
@@ -279,7 +281,9 @@ def _parse_frame(
     elif not np.all(np.isfinite(c2w)):
         problems.append(Problem(where, "transform_matrix has non-finite values", i))
     elif not is_rigid(c2w):
-        problems.append(Problem(where, "transform_matrix is not rigid (rotation not orthonormal or det != 1)", i))
+        problems.append(
+            Problem(where, "transform_matrix is not rigid (rotation not orthonormal or det != 1)", i)
+        )
 
     try:
         K = Intrinsics(
@@ -377,7 +381,9 @@ def _check_frame_files(scene: Scene, f: Frame, problems: list[Problem]) -> dict[
             return False
         if size != want:
             problems.append(
-                Problem(str(path), f"wrong image size {size[0]}x{size[1]}, expected {want[0]}x{want[1]}", f.index)
+                Problem(
+                    str(path), f"wrong image size {size[0]}x{size[1]}, expected {want[0]}x{want[1]}", f.index
+                )
             )
             return False
         return True

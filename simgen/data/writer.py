@@ -115,7 +115,9 @@ class SceneWriter:
         meta["frames"] = self._frames
         if gt_segments is not None or self._gt_frames:
             gt = {
-                "segments": [{"id": int(k), "category_id": int(v)} for k, v in sorted((gt_segments or {}).items())],
+                "segments": [
+                    {"id": int(k), "category_id": int(v)} for k, v in sorted((gt_segments or {}).items())
+                ],
                 "frames": self._gt_frames,
                 **self._gt,
             }
