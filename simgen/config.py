@@ -56,7 +56,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
             kw.update(choices=choices, type=type(choices[0]))
         else:
             kw["type"] = tp
-        group.add_argument(_flag(prefix, f.name), help=f"{help_text} (default: {default})", **kw)
+        group.add_argument(_flag(prefix, f.name), help=help_text or " ", **kw)
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, prefix: str = "") -> T:

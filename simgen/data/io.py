@@ -73,11 +73,12 @@ def write_json(path: PathLike, data: Any) -> None:
 def write_image(path: PathLike, array: np.ndarray) -> None:
     """Write an 8-bit RGB/gray or 16-bit gray image; format from the file suffix."""
     array = np.asarray(array)
+    fmt = _pil_format(path)
+    # Fast zlib level: PNG encoding dominated scene writing at the default level 6, for ~10 % larger files.
+    opts = {"compress_level": 1} if fmt == "PNG" else {"quality": 95}
+    image = Image.fromarray(array if array.dtype == np.uint16 else array.astype(np.uint8))
     with atomic_path(path) as tmp:
-        if array.dtype == np.uint16:
-            Image.fromarray(array).save(tmp, format=_pil_format(path))
-        else:
-            Image.fromarray(array.astype(np.uint8)).save(tmp, format=_pil_format(path))
+        image.save(tmp, format=fmt, **opts)
 
 
 def _pil_format(path: PathLike) -> str:
