@@ -9,6 +9,12 @@ import sys
 # Modules exposing ``register(subparsers)``; one per pipeline stage.
 COMMAND_MODULES = [
     "simgen.data.cli",
+    "simgen.export.cli",
+    "simgen.data.importers.cli",
+    "simgen.build.cli",
+    "simgen.eval.cli",
+    "simgen.serve.cli",
+    "simgen.data.synth.cli",
 ]
 
 

@@ -1,0 +1,98 @@
+"""Settings of the fusion builder (one dataclass; every field is a ``simgen build`` flag)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class FusionConfig:
+    """Online panoptic TSDF fusion (``simgen build --method fusion``); see docs/fusion.md."""
+
+    split: Literal["train", "all"] = field(
+        default="train",
+        metadata={"help": "frames to fuse: 'train' keeps the scene's test views held out for evaluation"},
+    )
+    # --- volume
+    voxel_size: float = field(default=0.03, metadata={"help": "TSDF voxel edge in metres"})
+    trunc_voxels: float = field(default=3.0, metadata={"help": "TSDF truncation distance in voxels"})
+    max_depth: float = field(default=6.0, metadata={"help": "depth beyond this many metres is ignored"})
+    min_depth: float = field(default=0.1, metadata={"help": "depth below this many metres is ignored"})
+    max_weight: float = field(
+        default=64.0, metadata={"help": "cap of the per-voxel TSDF weight (bounds how slowly a voxel adapts)"}
+    )
+    label_band_voxels: float = field(
+        default=2.0,
+        metadata={"help": "only voxels within this many voxels of the observed surface receive labels"},
+    )
+    min_valid_depth_fraction: float = field(
+        default=0.01, metadata={"help": "a frame with less valid depth than this fraction is skipped"}
+    )
+    # --- keyframes and fragments
+    keyframe_translation: float = field(
+        default=0.05, metadata={"help": "a frame is a keyframe once the camera moved this many metres"}
+    )
+    keyframe_rotation_deg: float = field(
+        default=5.0, metadata={"help": "... or turned this many degrees since the last keyframe"}
+    )
+    fragment_size: int = field(
+        default=9, metadata={"help": "keyframes per fragment; instance merging runs after each fragment"}
+    )
+    # --- instance association
+    min_segment_pixels: int = field(
+        default=60, metadata={"help": "thing segments with fewer valid-depth pixels are ignored"}
+    )
+    match_min_iou: float = field(
+        default=0.15, metadata={"help": "a segment matches a global instance only above this mask IoU"}
+    )
+    match_min_score: float = field(
+        default=0.3, metadata={"help": "... and above this combined score (mask IoU and 3D overlap)"}
+    )
+    match_weight_3d: float = field(
+        default=0.3, metadata={"help": "weight of the 3D box overlap in the match score (mask IoU gets the rest)"}
+    )
+    class_mismatch_penalty: float = field(
+        default=0.3, metadata={"help": "subtracted from the match score when the classes differ"}
+    )
+    fuse_containment: float = field(
+        default=0.6,
+        metadata={
+            "help": "an unmatched segment lying this much inside an instance matched in the same frame is "
+            "fused into it (over-segmented pseudo-labels)"
+        },
+    )
+    merge_overlap: float = field(
+        default=0.5,
+        metadata={
+            "help": "instances never seen together, of one class, whose inflated boxes overlap this much "
+            "(of the smaller box) are merged"
+        },
+    )
+    merge_margin: float = field(default=0.05, metadata={"help": "box inflation (metres) for the merge test"})
+    min_frames: int = field(default=3, metadata={"help": "instances observed in fewer keyframes are dropped"})
+    lookup_stride: int = field(
+        default=2, metadata={"help": "pixel stride of the global-instance lookup used for association"}
+    )
+
+    @property
+    def trunc(self) -> float:
+        """Truncation distance in metres."""
+        return self.voxel_size * self.trunc_voxels
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent setting."""
+        checks = [
+            (self.voxel_size > 0, "voxel_size must be > 0"),
+            (self.trunc_voxels >= 1, "trunc_voxels must be >= 1"),
+            (self.max_depth > self.min_depth >= 0, "need max_depth > min_depth >= 0"),
+            (self.max_weight >= 1, "max_weight must be >= 1"),
+            (self.fragment_size >= 1, "fragment_size must be >= 1"),
+            (self.min_frames >= 1, "min_frames must be >= 1"),
+            (self.lookup_stride >= 1, "lookup_stride must be >= 1"),
+            (0 <= self.match_weight_3d <= 1, "match_weight_3d must lie in [0, 1]"),
+            (self.keyframe_translation >= 0 and self.keyframe_rotation_deg >= 0, "keyframe thresholds >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"invalid fusion config: {msg}")

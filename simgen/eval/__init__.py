@@ -1,0 +1,1 @@
+"""Evaluation of builds against a scene's ground truth (``simgen eval``); see docs/evaluation.md."""

@@ -1,0 +1,52 @@
+"""Settings of ``simgen eval`` (one dataclass; every field is a ``--flag``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["test", "train", "all"] = field(
+        default="test", metadata={"help": "which frames of the scene to render and compare"}
+    )
+    stride: int = field(
+        default=1, metadata={"help": "use every n-th frame of the split (memory and time for long scans)"}
+    )
+    report: str | None = field(
+        default=None, metadata={"help": "folder for the picture report (default: OUT/eval/report)"}
+    )
+    pictures: bool = field(
+        default=True, metadata={"help": "write the picture report (--no-pictures: numbers only)"}
+    )
+    frames: int = field(default=4, metadata={"help": "number of frames shown side by side in the report"})
+    samples: int = field(
+        default=200_000, metadata={"help": "points sampled uniformly on each mesh for the 3D metrics"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the surface sampling"})
+    threshold: float = field(
+        default=0.05, metadata={"help": "precision / recall / F-score distance threshold in metres"}
+    )
+    ignore_pred_void: bool = field(
+        default=False,
+        metadata={
+            "help": "PQ: leave unlabelled predicted pixels out of GT segments' unions (torchmetrics / "
+            "Panoptic Lifting convention) instead of counting them as misses (COCO)"
+        },
+    )
+    coverage_matching: Literal["max", "hungarian"] = field(
+        default="max",
+        metadata={"help": "mCov: best IoU per GT instance (max) or one-to-one assignment (hungarian)"},
+    )
+    quiet: bool = field(default=False, metadata={"help": "no progress bar and no table on stdout"})
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if not self.threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {self.threshold}")
+        if self.frames < 0:
+            raise ValueError(f"frames must be >= 0, got {self.frames}")

@@ -1,0 +1,401 @@
+"""``simgen eval``: render a build at a scene's frames and score it against the scene's ``gt/``.
+
+Pipeline (see docs/evaluation.md for every metric's definition):
+
+1. Ray-cast ``OUT/panoptic_mesh.ply`` at each frame of the split (the render server's code path:
+   :class:`simgen.render.raycast.MeshRaycaster` + :mod:`simgen.eval.render`).
+2. 2D: concatenate all frames and compute PQ^scene (and per-frame PQ for contrast), semantic
+   mIoU / mAcc and instance mCov / mW-Cov; RGB PSNR / SSIM and depth AbsRel of the rendered views.
+3. 3D: sample both meshes uniformly (fixed count, seeded), compute accuracy / completeness /
+   Chamfer-L1 / precision / recall / F-score, and label the GT samples from their nearest predicted
+   sample for 3D mIoU / mAcc / mCov / mW-Cov.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simgen.build.output import MESH_FILE, PanopticMesh, read_panoptic_mesh
+from simgen.data.scene import Scene, SceneError, load_scene
+from simgen.eval import metrics as M
+from simgen.eval.config import EvalConfig
+from simgen.eval.render import colors_at_hits, labels_at_hits
+
+GAUSSIANS_FILE = "gaussians.ply"
+EVAL_DIR = "eval"
+METRICS_JSON = "metrics.json"
+METRICS_MD = "metrics.md"
+
+
+class EvalError(ValueError):
+    """A build or scene that cannot be evaluated; the message names the file."""
+
+
+@dataclass
+class FrameData:
+    """Concatenated per-pixel arrays of the evaluated frames, ``(N, H, W)`` each (frames of one size)."""
+
+    indices: list[int]
+    pred_sem: np.ndarray  # int32, -1 = no hit / unknown
+    pred_inst: np.ndarray  # int32, 0 = none
+    gt_sem: np.ndarray  # int32, -1 = void
+    gt_inst: np.ndarray  # int32 GT segment id for things, 0 for stuff / void
+    gt_seg: np.ndarray  # int32 GT segment id (0 = void)
+
+
+def gt_labels(scene: Scene, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GT semantic, instance and segment images of frame ``i``.
+
+    Returns ``(H, W) int32`` each: category id (-1 = void), instance (GT segment id for things, 0 for
+    stuff and void) and the raw scene-consistent segment id (0 = void).
+    """
+    seg = scene.gt.panoptic(i)
+    ids, inv = np.unique(seg, return_inverse=True)
+    unknown = [int(s) for s in ids if s != 0 and int(s) not in scene.gt.segments]
+    if unknown:
+        raise EvalError(
+            f"{scene.gt.panoptic_paths[i]}: segment id(s) {unknown[:10]} are not listed in gt/gt.json"
+        )
+    cat = np.array([scene.gt.segments.get(int(s), -1) if s != 0 else -1 for s in ids], np.int32)
+    thing = np.array([c in scene.categories and scene.categories[c].isthing for c in cat.tolist()])
+    sem = cat[inv].reshape(seg.shape)
+    inst = np.where(thing[inv], ids[inv], 0).reshape(seg.shape).astype(np.int32)
+    return sem, inst, seg.astype(np.int32)
+
+
+def _appearance_renderer(out_dir: Path):
+    """(name, callable(K, c2w_cv) -> (rgb, depth)) for the Gaussians when a renderer is available.
+
+    ``simgen.splat`` plugs in by exposing ``load_eval_renderer(path) -> callable``; until it does, the
+    mesh's vertex colours are scored (and metrics.json says so).
+    """
+    path = out_dir / GAUSSIANS_FILE
+    if not path.is_file():
+        return None, "no gaussians.ply in the build"
+    try:
+        splat = importlib.import_module("simgen.splat")
+    except ImportError as e:
+        return None, f"gaussians.ply present but simgen.splat is not importable ({e})"
+    loader = getattr(splat, "load_eval_renderer", None)
+    if loader is None:
+        return None, "gaussians.ply present but simgen.splat has no load_eval_renderer()"
+    return ("gaussians", loader(path)), None
+
+
+def _check_inputs(out_dir: Path, scene_dir: Path) -> tuple[PanopticMesh, Scene]:
+    mesh_path = out_dir / MESH_FILE
+    if not out_dir.is_dir():
+        raise EvalError(f"{out_dir}: build folder does not exist")
+    if not mesh_path.is_file():
+        raise EvalError(f"{mesh_path}: missing (not a build folder? run a builder first)")
+    try:
+        scene = load_scene(scene_dir, validate=True, check_images=False)
+    except SceneError as e:
+        raise EvalError(str(e)) from e
+    if scene.gt is None:
+        raise EvalError(
+            f"{Path(scene_dir) / 'gt'}: the scene has no ground truth (gt/gt.json) to evaluate against"
+        )
+    if not scene.gt.panoptic_paths:
+        raise EvalError(f"{scene.gt.root / 'gt.json'}: no GT panoptic frames")
+    try:
+        mesh = read_panoptic_mesh(mesh_path)
+    except (ValueError, OSError) as e:
+        raise EvalError(f"{mesh_path}: unreadable ({e})") from e
+    if len(mesh.faces) == 0:
+        raise EvalError(f"{mesh_path}: the mesh has no faces")
+    known = set(scene.categories) | {-1}
+    extra = sorted(set(np.unique(mesh.semantic).tolist()) - known)
+    if extra:
+        raise EvalError(
+            f"{mesh_path}: semantic id(s) {extra[:10]} are not categories of the scene {scene.root}"
+        )
+    return mesh, scene
+
+
+def _category_table(scene: Scene, ids, values: dict[str, Any]) -> dict[str, dict]:
+    """{category name: {metric: value}} for JSON, nan -> None."""
+    out = {}
+    for j, c in enumerate(np.asarray(ids).tolist()):
+        name = scene.categories[c].name if c in scene.categories else str(c)
+        out[name] = {k: _clean(v[j]) for k, v in values.items()}
+    return out
+
+
+def _clean(v):
+    """JSON-ready: numpy scalars to Python, nan/inf to None."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _clean(v.tolist())
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return v if np.isfinite(v) else None
+    return v
+
+
+def evaluate(out_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None = None) -> dict[str, Any]:
+    """Evaluate the build in ``out_dir`` against ``scene_dir/gt``.
+
+    Writes nothing; returns ``{"metrics": JSON-ready dict, "data": intermediate arrays for the report}``.
+    Raises :class:`EvalError` with a message naming the file for unusable inputs.
+    """
+    from tqdm import tqdm
+
+    from simgen.render.raycast import MeshRaycaster
+
+    cfg = cfg or EvalConfig()
+    out_dir, scene_dir = Path(out_dir), Path(scene_dir)
+    t0 = time.perf_counter()
+    mesh, scene = _check_inputs(out_dir, scene_dir)
+    indices = scene.split_indices(cfg.split)[:: cfg.stride]
+    if not indices:
+        raise EvalError(f"{scene.root / 'transforms.json'}: split {cfg.split!r} has no frames")
+    if len(scene.gt.panoptic_paths) != len(scene.frames):
+        raise EvalError(f"{scene.gt.root / 'gt.json'}: GT frame count differs from transforms.json")
+    sizes = {(scene.frames[i].intrinsics.width, scene.frames[i].intrinsics.height) for i in indices}
+    if len(sizes) > 1:
+        raise EvalError(
+            f"{scene.root}: frames of several sizes {sorted(sizes)} (evaluate one size at a time)"
+        )
+
+    raycaster = MeshRaycaster(mesh.to_trimesh())
+    renderer, renderer_note = _appearance_renderer(out_dir)
+    things, stuff = scene.thing_ids, scene.stuff_ids
+
+    lists: dict[str, list] = {k: [] for k in ("pred_sem", "pred_inst", "gt_sem", "gt_inst", "gt_seg")}
+    psnrs, ssims, absrels, dcov = [], [], [], []
+    renders: dict[int, dict] = {}
+    picture_frames = set(_picture_frames(indices, cfg.frames))
+    t_render = time.perf_counter()
+    for i in tqdm(indices, desc="eval: render", unit="frame", disable=cfg.quiet or None, leave=False):
+        fr = scene.frames[i]
+        hits = raycaster.cast(fr.intrinsics, fr.c2w_cv)
+        sem, inst = labels_at_hits(mesh, hits)
+        if renderer is None:
+            rgb, depth = colors_at_hits(mesh, hits), hits.depth
+        else:
+            rgb, depth = renderer[1](fr.intrinsics, fr.c2w_cv)
+        try:
+            gs, gi, gseg = gt_labels(scene, i)
+            gt_rgb, gt_depth = scene.rgb(i), scene.depth(i)
+        except (OSError, ValueError) as e:
+            raise EvalError(f"frame {i} ({fr.name}): cannot read ground truth: {e}") from e
+        if gs.shape != sem.shape:
+            raise EvalError(
+                f"{scene.gt.panoptic_paths[i]}: size {gs.shape[::-1]} differs from the camera's {sem.shape[::-1]}"
+            )
+        for k, v in zip(lists, (sem, inst, gs, gi, gseg), strict=True):
+            lists[k].append(v)
+        psnrs.append(M.psnr(rgb, gt_rgb))
+        ssims.append(M.ssim(rgb, gt_rgb))
+        d = M.depth_absrel(depth, gt_depth)
+        absrels.append(d["absrel"])
+        dcov.append(d["coverage"])
+        if i in picture_frames:
+            renders[i] = {"rgb": gt_rgb, "pred_rgb": rgb, "depth": depth, "gt_depth": gt_depth}
+    render_s = time.perf_counter() - t_render
+    fd = FrameData(indices, *(np.stack(lists[k]) for k in lists))
+
+    # ---- 2D panoptic, semantic, instance
+    # PQ^scene: the (N, H, W) stacks are one concatenated image to match_segments.
+    match = M.match_segments(
+        fd.pred_sem, fd.pred_inst, fd.gt_sem, fd.gt_inst, things, stuff, -1, cfg.ignore_pred_void
+    )
+    pan = M.pq_from_match(match, things, stuff)
+    pan_frame = M.per_frame_pq(
+        fd.pred_sem, fd.pred_inst, fd.gt_sem, fd.gt_inst, things, stuff, -1, cfg.ignore_pred_void
+    )
+    class_ids = sorted(scene.categories)
+    sem2d = M.semantic_iou(fd.pred_sem, fd.gt_sem, class_ids)
+    cov2d = M.coverage(fd.pred_inst, fd.gt_inst, ignore=fd.gt_sem == -1, matching=cfg.coverage_matching)
+
+    # ---- 3D
+    t3 = time.perf_counter()
+    three_d, data3d = _evaluate_3d(mesh, scene, class_ids, cfg)
+    time_3d = time.perf_counter() - t3
+
+    per_class_pan = {
+        (scene.categories[c].name if c in scene.categories else str(c)): v
+        for c, v in pan["per_class"].items()
+    }
+    metrics = {
+        "build": str(out_dir.resolve()),
+        "scene": str(scene.root.resolve()),
+        "split": cfg.split,
+        "frames": indices,
+        "config": dataclasses.asdict(cfg),
+        "panoptic": {**{k: v for k, v in pan.items() if k != "per_class"}, "per_class": per_class_pan},
+        "panoptic_per_frame": {k: v for k, v in pan_frame.items() if k != "per_class"},
+        "semantic_2d": {
+            "miou": sem2d["miou"],
+            "macc": sem2d["macc"],
+            "pixel_acc": sem2d["pixel_acc"],
+            "per_class": _category_table(scene, class_ids, {"iou": sem2d["iou"], "acc": sem2d["acc"]}),
+        },
+        "instance_2d": {
+            "mcov": cov2d["mcov"],
+            "mwcov": cov2d["mwcov"],
+            "n_instances": cov2d["n_instances"],
+            "matching": cfg.coverage_matching,
+        },
+        **three_d,
+        "appearance": {
+            "renderer": "gaussians" if renderer is not None else "mesh-vertex-colour",
+            "note": renderer_note,
+            "psnr": float(np.mean(psnrs)),
+            "ssim": float(np.mean(ssims)),
+            "depth_absrel": float(np.nanmean(absrels)) if np.isfinite(absrels).any() else float("nan"),
+            "depth_coverage": float(np.nanmean(dcov)) if np.isfinite(dcov).any() else float("nan"),
+        },
+        "timing_s": {
+            "render": round(render_s, 3),
+            "3d": round(time_3d, 3),
+            "total": round(time.perf_counter() - t0, 3),
+        },
+    }
+    data = {
+        "scene": scene,
+        "mesh": mesh,
+        "frames": fd,
+        "match": match,
+        "semantic_2d": sem2d,
+        "renders": renders,
+        "picture_frames": sorted(picture_frames),
+        "class_ids": class_ids,
+        **data3d,
+    }
+    return {"metrics": _clean(metrics), "data": data}
+
+
+def _picture_frames(indices: list[int], n: int) -> list[int]:
+    """``n`` frames spread evenly over the evaluated ones."""
+    if n <= 0:
+        return []
+    pos = np.unique(np.linspace(0, len(indices) - 1, min(n, len(indices))).round().astype(int))
+    return [indices[p] for p in pos]
+
+
+def _evaluate_3d(mesh: PanopticMesh, scene: Scene, class_ids: list[int], cfg: EvalConfig):
+    """Geometry and 3D label metrics on surface samples. Returns (metrics dict, arrays for the report)."""
+    if scene.gt.mesh_path is None or scene.gt.mesh_labels_path is None:
+        note = "the scene's gt/gt.json names no mesh_path / mesh_labels_path"
+        return {"geometry": {"note": note}, "semantic_3d": {"note": note}, "instance_3d": {"note": note}}, {}
+    try:
+        gt_mesh = scene.gt.mesh()
+        gt_seg_v = scene.gt.mesh_labels()
+    except (OSError, ValueError) as e:
+        raise EvalError(f"{scene.gt.mesh_path}: cannot read the GT mesh or its labels ({e})") from e
+    if len(gt_seg_v) != len(gt_mesh.vertices):
+        raise EvalError(
+            f"{scene.gt.mesh_labels_path}: {len(gt_seg_v)} labels for {len(gt_mesh.vertices)} GT mesh vertices"
+        )
+    gt_pts, gt_vi = M.sample_surface(gt_mesh.vertices, gt_mesh.faces, cfg.samples, seed=cfg.seed)
+    pred_pts, pred_vi = M.sample_surface(mesh.vertices, mesh.faces, cfg.samples, seed=cfg.seed)
+    d_pg, _ = M.nearest_distances(pred_pts, gt_pts)
+    d_gp, nn = M.nearest_distances(gt_pts, pred_pts)
+    geometry = M.geometry_from_distances(d_pg, d_gp, cfg.threshold)
+    geometry["samples"] = cfg.samples
+    # Mean spacing of the GT samples: distances of this order are sampling noise, not error.
+    geometry["sample_spacing_cm"] = float(np.sqrt(gt_mesh.area / cfg.samples)) * 100
+
+    # GT labels of the GT samples; predicted labels transferred from the nearest predicted sample.
+    seg = gt_seg_v[gt_vi]
+    cat_of = np.vectorize(lambda s: scene.gt.segments.get(int(s), -1) if s != 0 else -1, otypes=[np.int32])
+    uniq, inv = np.unique(seg, return_inverse=True)
+    ucat = cat_of(uniq) if len(uniq) else np.zeros(0, np.int32)
+    gt_sem = ucat[inv]
+    is_thing = np.isin(gt_sem, scene.thing_ids)
+    gt_inst = np.where(is_thing, seg, 0)
+    pred_sem = mesh.semantic[pred_vi][nn]
+    pred_inst = mesh.instance[pred_vi][nn]
+    sem3d = M.semantic_iou(pred_sem, gt_sem, class_ids)
+    cov3d = M.coverage(pred_inst, gt_inst, ignore=gt_sem == -1, matching=cfg.coverage_matching)
+    out = {
+        "geometry": geometry,
+        "semantic_3d": {
+            "miou": sem3d["miou"],
+            "macc": sem3d["macc"],
+            "point_acc": sem3d["pixel_acc"],
+            "per_class": _category_table(scene, class_ids, {"iou": sem3d["iou"], "acc": sem3d["acc"]}),
+        },
+        "instance_3d": {
+            "mcov": cov3d["mcov"],
+            "mwcov": cov3d["mwcov"],
+            "n_instances": cov3d["n_instances"],
+            "matching": cfg.coverage_matching,
+        },
+    }
+    data = {"gt_mesh": gt_mesh, "gt_vertex_segments": gt_seg_v, "semantic_3d": sem3d, "coverage_3d": cov3d}
+    return out, data
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def markdown_table(m: dict[str, Any]) -> str:
+    """The headline numbers of a metrics.json dict as a Markdown table (percentages for ratios)."""
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.2f}"
+
+    def num(x, digits=2):
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    p, pf = m["panoptic"], m["panoptic_per_frame"]
+    rows = [
+        ("PQ^scene", pct(p["pq"])),
+        ("SQ^scene", pct(p["sq"])),
+        ("RQ^scene", pct(p["rq"])),
+        ("PQ^scene things", pct(p["pq_things"])),
+        ("PQ^scene stuff", pct(p["pq_stuff"])),
+        ("PQ per frame (no cross-frame consistency)", pct(pf["pq"])),
+        ("mIoU 2D", pct(m["semantic_2d"]["miou"])),
+        ("mAcc 2D", pct(m["semantic_2d"]["macc"])),
+        ("mCov 2D", pct(m["instance_2d"]["mcov"])),
+        ("mW-Cov 2D", pct(m["instance_2d"]["mwcov"])),
+    ]
+    if "miou" in m.get("semantic_3d", {}):
+        rows += [
+            ("mIoU 3D", pct(m["semantic_3d"]["miou"])),
+            ("mAcc 3D", pct(m["semantic_3d"]["macc"])),
+            ("mCov 3D", pct(m["instance_3d"]["mcov"])),
+            ("mW-Cov 3D", pct(m["instance_3d"]["mwcov"])),
+        ]
+    g = m.get("geometry", {})
+    if "accuracy_cm" in g:
+        t = num(g["threshold_cm"], 0)
+        rows += [
+            ("Accuracy (cm)", num(g["accuracy_cm"])),
+            ("Completeness (cm)", num(g["completeness_cm"])),
+            ("Chamfer-L1 (cm)", num(g["chamfer_l1_cm"])),
+            (f"Precision @ {t} cm", pct(g["precision"])),
+            (f"Recall @ {t} cm", pct(g["recall"])),
+            (f"F-score @ {t} cm", pct(g["fscore"])),
+        ]
+    a = m["appearance"]
+    rows += [
+        (f"PSNR (dB, {a['renderer']})", num(a["psnr"])),
+        (f"SSIM ({a['renderer']})", num(a["ssim"], 4)),
+        ("Depth AbsRel", num(a["depth_absrel"], 4)),
+        ("Depth coverage", pct(a["depth_coverage"])),
+    ]
+    head = (
+        f"Evaluation of `{m['build']}` on `{m['scene']}`, split `{m['split']}` ({len(m['frames'])} frames). "
+        "Ratios in %.\n\n"
+    )
+    width = max(len(r[0]) for r in rows)
+    lines = [f"| {'metric':<{width}} | value |", f"| {'-' * width} | ----: |"]
+    lines += [f"| {a_:<{width}} | {b} |" for a_, b in rows]
+    return head + "\n".join(lines) + "\n"

@@ -1,0 +1,527 @@
+"""``run_export``: build folder (panoptic_mesh.ply + instances.json) -> Gazebo / MuJoCo world folder.
+
+Layout written (see docs/export.md)::
+
+    OUT/models/<name>/{model.config, model.sdf, meshes/visual.{obj,mtl,png}, meshes/hull_<k>.stl}
+    OUT/worlds/<scene>.sdf      OUT/mjcf/<scene>.xml
+    OUT/panoptic.json  OUT/alignment.json  OUT/export.json  OUT/README.md
+
+Everything is written to a staging folder first and swapped in only when the export completes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trimesh
+from tqdm.auto import tqdm
+
+from simgen.build import output
+from simgen.config import to_dict
+from simgen.data import io
+from simgen.export import colliders, sdf
+from simgen.export.align import AlignmentError, apply, estimate_alignment
+from simgen.export.clean import clean_mesh
+from simgen.export.config import ExportConfig
+from simgen.export.mjcf import MjcfBody, mjcf_world
+from simgen.export.split import Part, is_floor, sanitize, split_parts
+from simgen.export.texture import bake_vertex_colors
+
+# Entries of OUT that an export owns (replaced as a whole by the next export).
+EXPORT_ENTRIES = ("models", "worlds", "mjcf", "panoptic.json", "alignment.json", "export.json", "README.md")
+
+# Density (kg/m^3) of the solid volume, by a word in the class name; "default" for the rest.
+DENSITIES = {
+    "table": 600.0,
+    "desk": 600.0,
+    "chair": 450.0,
+    "stool": 450.0,
+    "sofa": 250.0,
+    "couch": 250.0,
+    "bed": 300.0,
+    "cabinet": 500.0,
+    "shelf": 500.0,
+    "bookshelf": 500.0,
+    "box": 300.0,
+    "ball": 150.0,
+    "plant": 400.0,
+    "lamp": 800.0,
+    "monitor": 900.0,
+    "tv": 900.0,
+    "default": 500.0,
+}
+
+
+class ExportError(RuntimeError):
+    """The build cannot be exported (message names the file / setting)."""
+
+
+@dataclass
+class PartResult:
+    """What the per-part worker produced (model frame: origin at the part's bottom centre)."""
+
+    name: str
+    visual: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None  # vertices, faces, uv, texture
+    visual_faces_in: int
+    colliders: colliders.ColliderResult
+    volume_error: float | None
+    error_reference: str  # "mesh" (watertight), "hole-filled mesh", "convex hull" (open), "-" (boxes)
+    solid_volume: float  # m^3 used for mass: mesh volume if watertight, else union of hulls
+    mean_rgb: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _process_part(part: Part, origin: np.ndarray, room_centre: np.ndarray, cfg: ExportConfig) -> PartResult:
+    """Clean, texture and build colliders for one part (runs in a worker process)."""
+    t0 = time.perf_counter()
+    v = part.vertices - origin
+    notes = list(part.warnings)
+    mean_rgb = part.colors.reshape(-1, 3).mean(0) if len(part.colors) else np.full(3, 180.0)
+    if len(part.faces) == 0:  # vertices only (empty instance): its convex hull stands in for the mesh
+        hv, hf = colliders.robust_convex_hull(v)
+        vis_v, vis_f = hv, hf
+        vis_c = np.tile(mean_rgb.astype(np.uint8), (len(hv), 1))
+        col_v, col_f = hv, hf
+    else:
+        (vis_v, vis_f, vis_c), (col_v, col_f), clean_notes = clean_mesh(
+            v, part.faces, part.colors, cfg.face_budget, cfg.collider_faces, cfg.min_piece_fraction, cfg.max_hole_edges
+        )
+        notes += [f"{part.name}: {n}" for n in clean_notes]
+        if len(vis_f) == 0:  # cleaning removed everything: fall back to the raw part
+            vis_v, vis_f, vis_c, col_v, col_f = v, part.faces, part.colors, v, part.faces
+    visual = None
+    try:
+        visual = bake_vertex_colors(vis_v, vis_f, vis_c, cfg.texture_size)
+    except Exception as e:  # keep the model; it gets a plain colour instead of a texture
+        notes.append(f"{part.name}: texture baking failed ({e}); visual has a plain colour")
+        visual = (np.asarray(vis_v, float), np.asarray(vis_f, np.int64), None, None)
+    mesh = trimesh.Trimesh(vis_v, vis_f, process=False)
+    if part.kind == "thing" and len(part.faces) == 0:
+        col = colliders.ColliderResult(hulls=[(col_v, col_f)], method="convex-hull")
+        ref_kind, err, solid = "convex hull", 0.0, colliders.hull_volume(col_v, col_f)
+    elif part.kind == "thing":
+        col = colliders.decompose_thing(
+            part.name,
+            col_v,
+            col_f,
+            cfg.coacd_threshold,
+            cfg.max_hulls,
+            cfg.coacd_resolution,
+            cfg.seed,
+            cfg.coacd_preprocess_resolution,
+        )
+        hull_vol = sum(colliders.hull_volume(hv, hf) for hv, hf in col.hulls)
+        closed = trimesh.Trimesh(col_v, col_f, process=False)
+        if mesh.is_watertight and mesh.volume > 1e-9:
+            ref, ref_kind, solid = float(mesh.volume), "mesh", float(mesh.volume)
+        elif closed.is_watertight and closed.volume > 1e-9:
+            ref, ref_kind, solid = float(closed.volume), "hole-filled mesh", float(closed.volume)
+        else:
+            ref_kind = "convex hull"
+            try:
+                ref = float(trimesh.convex.convex_hull(vis_v).volume)
+            except Exception:
+                ref = colliders.hull_volume(*colliders.robust_convex_hull(vis_v))
+            solid = colliders.union_volume(col.hulls, seed=cfg.seed)
+        err = abs(hull_vol - ref) / ref if ref > 0 else None
+    else:
+        col = colliders.ColliderResult(method="boxes")
+        col.boxes = colliders.stuff_boxes(
+            vis_v, vis_f, part.kind, room_centre - origin, cfg.wall_thickness, seed=cfg.seed
+        )
+        if not col.boxes:
+            notes.append(f"{part.name}: no planar piece large enough for a collider; visual only")
+        err, ref_kind, solid = None, "-", 0.0
+    notes += col.warnings
+    return PartResult(
+        part.name, visual, len(vis_f), col, err, ref_kind, solid, mean_rgb, notes, time.perf_counter() - t0
+    )
+
+
+def _process_job(args) -> PartResult:
+    return _process_part(*args)
+
+
+def load_densities(path: str | None) -> dict[str, float]:
+    table = dict(DENSITIES)
+    if path:
+        try:
+            extra = json.loads(Path(path).read_text())
+            table.update({str(k).lower(): float(v) for k, v in extra.items()})
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            raise ExportError(f"{path}: not a JSON object of class name/id -> density ({e})") from e
+    return table
+
+
+def density_for(table: dict[str, float], category_id: int, name: str) -> float:
+    if str(category_id) in table:
+        return table[str(category_id)]
+    lname = name.lower()
+    if lname in table:
+        return table[lname]
+    for word, d in table.items():
+        if word != "default" and word in lname:
+            return d
+    return table["default"]
+
+
+def mass_properties(hulls, solid_volume: float, density: float) -> sdf.Inertial:
+    """Mass = solid volume x density; inertia from trimesh's mass properties of the hulls (parallel-axis
+    sum), scaled to that mass (hull overlaps would otherwise count twice)."""
+    masses, coms, inertias = [], [], []
+    for v, f in hulls:
+        m = trimesh.Trimesh(v, f, process=False)
+        if m.volume < 0:
+            m.invert()
+        m.density = density
+        masses.append(m.mass)
+        coms.append(m.center_mass)
+        inertias.append(m.moment_inertia)
+    masses, coms = np.asarray(masses), np.asarray(coms)
+    total = masses.sum()
+    com = (masses[:, None] * coms).sum(0) / total
+    inertia = np.zeros((3, 3))
+    for mi, ci, Ii in zip(masses, coms, inertias, strict=True):
+        d = ci - com
+        inertia += Ii + mi * (d @ d * np.eye(3) - np.outer(d, d))
+    mass = solid_volume * density if solid_volume > 0 else total
+    return sdf.Inertial(float(mass), com, inertia * (mass / total))
+
+
+def label_map(category_ids: list[int]) -> dict[int, int]:
+    """Category id -> Gazebo label in 1..255 (0 is Gazebo's background): identity when every id fits."""
+    ids = sorted(set(category_ids))
+    if all(1 <= c <= 255 for c in ids):
+        return {c: c for c in ids}
+    if len(ids) > 255:
+        raise ExportError(f"{len(ids)} categories in the export: Gazebo labels hold at most 255")
+    return {c: k + 1 for k, c in enumerate(ids)}
+
+
+def _palette(i: int) -> list[int]:
+    rng = np.random.default_rng(1000 + i)
+    return rng.integers(40, 256, 3).tolist()
+
+
+def _write_obj(path: Path, v, f, uv, tex, mean_rgb) -> None:
+    """OBJ + MTL (+ PNG texture) named after ``path``'s stem."""
+    stem = path.stem
+    mtl = [f"newmtl {stem}", "Ka 1 1 1", "Kd 1 1 1", "Ks 0 0 0", "d 1", "illum 1"]
+    if tex is None:
+        mtl[2] = "Kd " + " ".join(f"{c / 255:.4f}" for c in mean_rgb)
+    else:
+        io.write_image(path.with_suffix(".png"), tex)
+        mtl.append(f"map_Kd {stem}.png")
+    path.with_suffix(".mtl").write_text("\n".join(mtl) + "\n")
+    lines = [f"mtllib {stem}.mtl", f"usemtl {stem}"]
+    lines += [f"v {a:.6f} {b:.6f} {c:.6f}" for a, b, c in v]
+    if uv is not None:
+        lines += [f"vt {a:.6f} {b:.6f}" for a, b in uv]
+        lines += [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in np.asarray(f) + 1]
+    else:
+        lines += [f"f {a} {b} {c}" for a, b, c in np.asarray(f) + 1]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _swap_in(stage: Path, out_dir: Path) -> None:
+    """Move the export entries of ``stage`` into ``out_dir``, replacing the previous export's entries."""
+    old = Path(tempfile.mkdtemp(prefix=".export-old-", dir=out_dir))
+    try:
+        for name in EXPORT_ENTRIES:
+            if (out_dir / name).exists():
+                os.replace(out_dir / name, old / name)
+        for name in EXPORT_ENTRIES:
+            if (stage / name).exists():
+                os.replace(stage / name, out_dir / name)
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _categories(cats: list[dict], path: Path) -> dict[int, dict]:
+    try:
+        return {int(c["id"]): {"name": str(c["name"]), "isthing": bool(int(c.get("isthing", 0)))} for c in cats}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"{path}: malformed 'categories' entry ({e})") from e
+
+
+def run_export(build_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportConfig | None = None) -> dict:
+    """Export a build folder to Gazebo (SDFormat) and / or MuJoCo (MJCF).
+
+    Args:
+        build_dir: folder with ``panoptic_mesh.ply`` and ``instances.json`` (simgen.build.output layout).
+        out_dir: output folder (default: ``build_dir``); only the entries in ``EXPORT_ENTRIES`` are replaced.
+        cfg: settings (default ``ExportConfig()``).
+    Returns:
+        The summary written to ``OUT/export.json``: per-model rows (name, class, faces, hulls, volume error,
+        warnings), warnings, fallbacks, timings, paths.
+    Raises:
+        ExportError / AlignmentError with a message naming the file or setting.
+    """
+    cfg = cfg or ExportConfig()
+    t_start = time.perf_counter()
+    build_dir = Path(build_dir)
+    out_dir = Path(out_dir) if out_dir is not None else build_dir
+    mesh_path, inst_path = build_dir / output.MESH_FILE, build_dir / output.INSTANCES_FILE
+    for p in (mesh_path, inst_path):
+        if not p.is_file():
+            raise ExportError(f"{p}: missing (not a simgen build folder)")
+    try:
+        pmesh = output.read_panoptic_mesh(mesh_path)
+    except Exception as e:
+        raise ExportError(f"{mesh_path}: cannot read ({e})") from e
+    if len(pmesh.faces) == 0:
+        raise ExportError(f"{mesh_path}: the mesh has no faces")
+    try:
+        records, cat_list = output.read_instances(inst_path)
+    except Exception as e:
+        raise ExportError(f"{inst_path}: cannot read ({e})") from e
+    categories = _categories(cat_list, inst_path)
+    densities = load_densities(cfg.densities)
+    scene = sanitize(cfg.scene_name or build_dir.resolve().name)
+
+    # 1. floor alignment
+    floor_ids = [c for c, v in categories.items() if is_floor(v["name"]) and not v["isthing"]]
+    floor_mask = np.isin(pmesh.semantic, floor_ids) & (pmesh.instance <= 0)
+    up = np.asarray(cfg.up, float) if cfg.up else None
+    if up is not None and up.size != 3:
+        raise ExportError(f"--up needs 3 numbers, got {list(cfg.up)}")
+    try:
+        alignment = estimate_alignment(pmesh.vertices, floor_mask, up=up, seed=cfg.seed)
+    except AlignmentError as e:
+        raise AlignmentError(f"{mesh_path}: {e}") from e
+    vertices = apply(alignment.world_from_scene, pmesh.vertices)
+
+    # 2. split
+    parts, warnings = split_parts(pmesh, vertices, categories, records, keep_ceiling=cfg.keep_ceiling)
+    if not parts:
+        raise ExportError(f"{mesh_path}: no labelled part to export (every face is unknown or left out)")
+    room_min, room_max = vertices.min(0), vertices.max(0)
+    room_centre = (room_min + room_max) / 2
+    origins = {}
+    for p in parts:
+        lo, hi = p.vertices.min(0), p.vertices.max(0)
+        origins[p.name] = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
+
+    # 3-5. clean, texture, colliders: one job per part, in worker processes
+    jobs = [(p, origins[p.name], room_centre, cfg) for p in parts]
+    results: dict[str, PartResult] = {}
+    bar = tqdm(total=len(jobs), desc="export", unit="model", disable=cfg.quiet)
+    # Biggest parts first so both workers stay busy until the end.
+    order = sorted(jobs, key=lambda j: -len(j[0].faces))
+    if cfg.workers <= 0 or len(jobs) == 1:
+        for job in order:
+            results[job[0].name] = _process_job(job)
+            bar.update()
+    else:
+        with cf.ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs))) as pool:
+            futures = {pool.submit(_process_job, j): j for j in order}
+            for fut in cf.as_completed(futures):
+                part = futures[fut][0]
+                try:
+                    results[part.name] = fut.result()
+                except Exception as e:  # a crashed worker (e.g. CoACD segfault): redo this part here, no CoACD
+                    warnings.append(f"{part.name}: worker failed ({type(e).__name__}); retried with its convex hull")
+                    results[part.name] = _fallback_part(part, origins[part.name], room_centre, cfg)
+                bar.update()
+    bar.close()
+
+    # 6-8. write into a staging folder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export-new-", dir=out_dir))
+    try:
+        summary = _write_all(stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings)
+        summary["seconds"] = round(time.perf_counter() - t_start, 2)
+        summary["out_dir"] = str(out_dir)
+        summary["build_dir"] = str(build_dir)
+        io.write_json(stage / "export.json", summary)
+        _swap_in(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return summary
+
+
+def _fallback_part(part: Part, origin, room_centre, cfg: ExportConfig) -> PartResult:
+    """Convex-hull-only stand-in for a part whose worker died."""
+    v = part.vertices - origin
+    hv, hf = colliders.robust_convex_hull(v)
+    col = colliders.ColliderResult(hulls=[(hv, hf)], method="convex-hull")
+    if part.kind != "thing":
+        col = colliders.ColliderResult(
+            boxes=colliders.stuff_boxes(v, part.faces, part.kind, room_centre - origin, cfg.wall_thickness),
+            method="boxes",
+        )
+    mean = part.colors.mean(0) if len(part.colors) else np.full(3, 180.0)
+    return PartResult(
+        part.name, (v, part.faces, None, None), len(part.faces), col, None, "-", colliders.hull_volume(hv, hf), mean,
+        [f"{part.name}: processed without cleaning, texture or decomposition (worker failure)"],
+    )
+
+
+def _write_all(stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings) -> dict:
+    labels = label_map([p.category_id for p in parts])
+    models_dir = stage / "models"
+    includes, bodies, rows, segments = [], [], [], []
+    fallbacks = []
+    for p in parts:
+        r = results[p.name]
+        mdir = models_dir / p.name / "meshes"
+        mdir.mkdir(parents=True)
+        vv, vf, uv, tex = r.visual
+        _write_obj(mdir / "visual.obj", vv, vf, uv, tex, r.mean_rgb)
+        hull_files = []
+        for k, (hv, hf) in enumerate(r.colliders.hulls):
+            trimesh.Trimesh(hv, hf, process=False).export(mdir / f"hull_{k}.stl")
+            hull_files.append(f"meshes/hull_{k}.stl")
+        static = not (cfg.dynamic_things and p.kind == "thing")
+        inertial = None
+        if not static:
+            inertial = mass_properties(
+                r.colliders.hulls, r.solid_volume, density_for(densities, p.category_id, p.category_name)
+            )
+        spec = sdf.ModelSpec(
+            p.name,
+            static,
+            labels[p.category_id],
+            "meshes/visual.obj",
+            hull_files,
+            r.colliders.boxes,
+            inertial,
+            f"{p.category_name} ({p.kind}{f', instance {p.instance_id}' if p.instance_id else ''}) exported by simgen",
+        )
+        if cfg.format in ("sdf", "all"):
+            sdf.write_xml(sdf.model_sdf(spec, cfg.sdf_version), models_dir / p.name / "model.sdf")
+            sdf.write_xml(sdf.model_config(p.name, spec.description, cfg.sdf_version), models_dir / p.name / "model.config")
+        pose = np.eye(4)
+        pose[:3, 3] = origins[p.name]
+        includes.append((p.name, pose))
+        rgba = np.append(np.asarray(r.mean_rgb) / 255.0, 1.0)
+        bodies.append(MjcfBody(spec, pose, f"{p.name}/meshes/visual.png" if tex is not None else None, rgba))
+        if r.colliders.method == "convex-hull":
+            fallbacks.append(p.name)
+        warnings.extend(r.notes)
+        rows.append(
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "class": p.category_name,
+                "category_id": p.category_id,
+                "instance_id": p.instance_id,
+                "faces": int(len(vf)),
+                "faces_in": int(len(p.faces)),
+                "hulls": len(r.colliders.hulls),
+                "boxes": len(r.colliders.boxes),
+                "collider": r.colliders.method,
+                "volume_error": None if r.volume_error is None else round(float(r.volume_error), 4),
+                "volume_error_vs": r.error_reference,
+                "mass_kg": None if inertial is None else round(inertial.mass, 3),
+                "seconds": round(r.seconds, 2),
+                "warnings": list(r.notes),
+            }
+        )
+        segments.append(
+            {
+                "model": p.name,
+                "id": p.instance_id,
+                "kind": p.kind,
+                "category_id": p.category_id,
+                "category_name": p.category_name,
+                "label": labels[p.category_id],
+                "color": _palette(p.instance_id if p.instance_id else 10_000 + p.category_id),
+            }
+        )
+    verts = np.concatenate([p.vertices for p in parts])
+    room_min, room_max = verts.min(0), verts.max(0)
+    if cfg.format in ("sdf", "all"):
+        (stage / "worlds").mkdir()
+        sdf.write_xml(sdf.world_sdf(scene, includes, room_min, room_max, cfg.sdf_version), stage / "worlds" / f"{scene}.sdf")
+    if cfg.format in ("mjcf", "all"):
+        (stage / "mjcf").mkdir()
+        sdf.write_xml(mjcf_world(scene, bodies), stage / "mjcf" / f"{scene}.xml")
+    io.write_json(
+        stage / "panoptic.json",
+        {
+            "scene": scene,
+            "label_of_category": {str(c): lab for c, lab in labels.items()},
+            "categories": [
+                {"id": c, "name": categories[c]["name"] if c in categories else "unknown",
+                 "isthing": bool(categories.get(c, {}).get("isthing", True)), "label": lab}
+                for c, lab in labels.items()
+            ],
+            "segments": segments,
+            "note": "Gazebo's segmentation camera reports 'label' as the class; in panoptic mode each model is "
+            "one instance. 'id' is simgen's instance id (0 for stuff).",
+        },
+    )
+    io.write_json(stage / "alignment.json", alignment.to_json())
+    (stage / "README.md").write_text(_readme(scene, cfg))
+    return {
+        "scene": scene,
+        "format": cfg.format,
+        "sdf_version": cfg.sdf_version,
+        "alignment": {"method": alignment.method, "floor_inlier_rms_m": round(alignment.inlier_rms, 4)},
+        "models": rows,
+        "fallbacks": fallbacks,
+        "warnings": warnings,
+        "volume_error_note": "|sum of hull volumes - volume| / volume, against the mesh when it is watertight, "
+        "else the hole-filled collider mesh when that is, else the convex hull; masses then use the hulls' "
+        "union volume.",
+        "config": {**to_dict(cfg), "up": list(cfg.up) if cfg.up else None},
+    }
+
+
+def _readme(scene: str, cfg: ExportConfig) -> str:
+    return f"""# {scene}: simulation world exported by simgen
+
+Gazebo (Harmonic or newer; SDFormat {cfg.sdf_version}):
+
+    GZ_SIM_RESOURCE_PATH=$PWD/models gz sim worlds/{scene}.sdf
+
+(Gazebo Fortress: `IGN_GAZEBO_RESOURCE_PATH=$PWD/models ign gazebo worlds/{scene}.sdf`.)
+
+MuJoCo:
+
+    python -m mujoco.viewer --mjcf=mjcf/{scene}.xml
+
+Check the export (libsdformat validator, mesh files, convex colliders): `simgen check .`
+
+- World frame: metres, z up, floor at z = 0. `alignment.json` maps the scanned scene's frame to it
+  (`world_from_scene`) and back (`scene_from_world`).
+- `panoptic.json`: each model's class, Gazebo label (0-255) and simgen instance id.
+- `export.json`: per-model faces, collider hull counts, volume errors and warnings.
+"""
+
+
+def format_summary(summary: dict) -> str:
+    """The per-model table printed at the end of ``simgen export``."""
+    head = f"{'model':<24} {'class':<14} {'faces':>7} {'hulls':>5} {'boxes':>5} {'vol.err':>8}  notes"
+    lines = [head, "-" * len(head)]
+    for r in summary["models"]:
+        err = "-" if r["volume_error"] is None else f"{100 * r['volume_error']:.1f}%"
+        note = "FALLBACK: convex hull" if r["collider"] == "convex-hull" else ""
+        if r["warnings"]:
+            note = (note + "; " if note else "") + f"{len(r['warnings'])} warning(s)"
+        lines.append(
+            f"{r['name'][:24]:<24} {r['class'][:14]:<14} {r['faces']:>7} {r['hulls']:>5} {r['boxes']:>5} {err:>8}  {note}"
+        )
+    lines.append(f"volume error: {summary['volume_error_note']}")
+    if summary["fallbacks"]:
+        lines.append(f"fallbacks (convex hull): {', '.join(summary['fallbacks'])}")
+    for w in summary["warnings"]:
+        lines.append(f"warning: {w}")
+    lines.append(f"exported {len(summary['models'])} models in {summary.get('seconds', 0):.1f} s -> {summary.get('out_dir')}")
+    return "\n".join(lines)
+
+
+def export_paths(out_dir: str | Path, scene: str) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    return {"world": out_dir / "worlds" / f"{scene}.sdf", "mjcf": out_dir / "mjcf" / f"{scene}.xml"}

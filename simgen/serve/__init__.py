@@ -1,0 +1,7 @@
+"""The render server (``simgen serve``): RGB, depth and panoptic images of a build or export over HTTP.
+
+Modules: :mod:`~simgen.serve.scene` (what is rendered, :func:`load_render_scene`), :mod:`~simgen.serve.poses`
+(camera pose conventions), :mod:`~simgen.serve.api` (request parsing, response encoding),
+:mod:`~simgen.serve.app` (Flask app, :func:`create_app`), :mod:`~simgen.serve.openapi`,
+:mod:`~simgen.serve.server` (waitress, worker processes). Client: :mod:`simgen.client`. See docs/serve.md.
+"""

@@ -1,0 +1,300 @@
+"""The scene a render server holds: a panoptic mesh in the served world frame, ray cast per request.
+
+:func:`load_render_scene` is the one place that decides *what* is rendered. Today it is the build's
+single ``panoptic_mesh.ply`` (moved into the export's floor-aligned Gazebo world frame when the folder
+holds ``alignment.json``), which is the geometry the exported per-object meshes are cut from. Switching
+to the exported per-model meshes later changes only this function.
+
+Images (all ``(H, W)`` row-major, pixel centres, OpenCV camera axes, see :mod:`simgen.render.raycast`):
+
+* depth: ``float32`` z-depth in metres, 0 where the ray hits nothing;
+* panoptic: ``int32`` segment id per pixel, 0 = void (no hit, or no label). Things: the instance id
+  (> 0). Pixels with a category but no instance (stuff, or an unassigned thing):
+  ``STUFF_ID_OFFSET + category_id``. The segments in view come with the image as
+  ``{id, category_id, category_name, isthing, instance}``;
+* rgb: ``(H, W, 3) uint8`` vertex colours interpolated (barycentric) at the hit point, black on a miss.
+
+Labels and colours at the hits come from :mod:`simgen.eval.render` (the hit triangle's corner nearest
+to the hit point; barycentric colour), so served images and evaluation renders agree pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simgen.build.output import INSTANCES_FILE, MESH_FILE, PanopticMesh, instance_records, read_panoptic_mesh
+from simgen.data.camera import Intrinsics, look_at, opengl_to_opencv
+
+STUFF_ID_OFFSET = 1_000_000  # segment id of a category-only region = STUFF_ID_OFFSET + category_id
+ALIGNMENT_FILE = "alignment.json"  # written by simgen export (simgen/export/pipeline.py)
+EXPORT_FILE = "export.json"  # simgen export's summary; names the build folder it came from
+OUTPUTS = ("rgb", "depth", "panoptic")
+
+
+class SceneLoadError(ValueError):
+    """The folder cannot be served; the message names the file."""
+
+
+@dataclass(frozen=True)
+class CategoryInfo:
+    id: int
+    name: str
+    isthing: bool
+
+
+@dataclass
+class RenderScene:
+    """A read-only scene, shared by every request of one server process.
+
+    Attributes:
+        mesh: the panoptic mesh in the served world frame (metres).
+        categories: {category id: CategoryInfo}.
+        world_from_scene: ``(4, 4)`` transform applied to the build's mesh (identity without alignment).
+        world_frame: ``"gazebo"`` (export's floor-aligned world, z up, floor z = 0) or ``"scene"``.
+        source: the folder served.
+    """
+
+    mesh: PanopticMesh
+    categories: dict[int, CategoryInfo]
+    world_from_scene: np.ndarray
+    world_frame: str
+    source: Path
+    _raycaster: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _default_camera: dict | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        m = self.mesh
+        # The table of every segment the scene can show, built once so a request only looks up.
+        self.segments = self._segment_table()
+        self.instances = [r.__dict__ for r in instance_records(m, self.categories)]
+        for r in self.instances:
+            r.pop("frames_observed", None)
+
+    # -- loading --------------------------------------------------------------------------------------
+
+    def warm(self) -> RenderScene:
+        """Build the ray-casting BVH now (call in the process that serves; it is not fork-safe)."""
+        self.raycaster  # noqa: B018 -- property access builds it
+        self.default_camera()
+        return self
+
+    @property
+    def raycaster(self):
+        if self._raycaster is None:
+            with self._lock:
+                if self._raycaster is None:
+                    from simgen.render.raycast import MeshRaycaster
+
+                    self._raycaster = MeshRaycaster(self.mesh.to_trimesh())
+        return self._raycaster
+
+    def _segment_table(self) -> dict[int, dict]:
+        table: dict[int, dict] = {}
+        m = self.mesh
+        things = m.instance > 0
+        if things.any():
+            ids, inverse = np.unique(m.instance[things], return_inverse=True)
+            sem = m.semantic[things]
+            for k, iid in enumerate(ids.tolist()):
+                s = sem[inverse == k]
+                s = s[s >= 0]
+                cid = int(np.bincount(s).argmax()) if s.size else -1
+                table[iid] = self._segment(iid, cid, iid)
+        for cid in np.unique(m.semantic[~things & (m.semantic >= 0)]).tolist():
+            sid = STUFF_ID_OFFSET + cid
+            table[sid] = self._segment(sid, cid, 0)
+        return table
+
+    def _segment(self, sid: int, cid: int, instance: int) -> dict:
+        cat = self.categories.get(cid)
+        return {
+            "id": int(sid),
+            "category_id": int(cid),
+            "category_name": cat.name if cat else "unknown",
+            "isthing": bool(cat.isthing) if cat else instance > 0,
+            "instance": int(instance),
+        }
+
+    # -- rendering ------------------------------------------------------------------------------------
+
+    def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
+        """Render the requested outputs for one camera.
+
+        Args:
+            K: intrinsics (image size ``K.height x K.width``).
+            c2w_cv: ``(4, 4)`` camera-to-world, OpenCV axes, served world frame.
+            outputs: any of ``"rgb"``, ``"depth"``, ``"panoptic"``.
+
+        Returns:
+            ``{"rgb": (H, W, 3) uint8, "depth": (H, W) float32 metres, "panoptic": (H, W) int32,
+            "segments": [segment dicts in view, by id]}`` -- only the keys requested (segments with
+            panoptic).
+        """
+        from simgen.eval.render import colors_at_hits, labels_at_hits
+
+        # One cast serves every output; labels and colours come from the evaluation's renderer so the
+        # server and `simgen eval` label pixels identically.
+        hits = self.raycaster.cast(K, c2w_cv)
+        out: dict[str, Any] = {}
+        if "depth" in outputs:
+            out["depth"] = hits.depth
+        if "panoptic" in outputs:
+            semantic, instance = labels_at_hits(self.mesh, hits)
+            pan = segment_ids(semantic, instance)
+            out["panoptic"] = pan
+            out["segments"] = [self.segments[i] for i in np.unique(pan).tolist() if i in self.segments]
+        if "rgb" in outputs:
+            out["rgb"] = colors_at_hits(self.mesh, hits)
+        return out
+
+    # -- description ----------------------------------------------------------------------------------
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        v = self.mesh.vertices
+        return v.min(0).astype(np.float64), v.max(0).astype(np.float64)
+
+    def default_camera(self) -> dict:
+        """A camera that sees the scene: ``{"c2w_cv": (4, 4), "width", "height", "hfov_deg"}``.
+
+        Candidates (z is up): eye height in the middle looking along 8 headings, and the 4 upper corners
+        of the bounds looking at the centre; the one seeing the most instances and the most surface
+        farther than 0.3 m wins (near hits mean the camera sits inside an object).
+        """
+        if self._default_camera is not None:
+            return self._default_camera
+        lo, hi = self.bounds()
+        centre = (lo + hi) / 2
+        size = np.maximum(hi - lo, 1e-3)
+        eye_z = lo[2] + min(1.5, 0.6 * size[2])
+        candidates = []
+        for a in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+            eye = np.array([centre[0], centre[1], eye_z])
+            target = eye + np.array([np.cos(a), np.sin(a), -0.25])
+            candidates.append(look_at(eye, target))
+        for sx in (-1, 1):
+            for sy in (-1, 1):
+                eye = centre + 0.45 * size * np.array([sx, sy, 0.0])
+                eye[2] = lo[2] + 0.9 * size[2]
+                candidates.append(look_at(eye, centre))
+        K = Intrinsics(32.0, 32.0, 32.0, 24.0, 64, 48)  # 90 deg horizontal field of view
+        best, best_score = None, -np.inf
+        for c2w_gl in candidates:
+            c2w = opengl_to_opencv(c2w_gl)
+            out = self.render(K, c2w, ("depth", "panoptic"))
+            d = out["depth"]
+            things = sum(1 for s in out["segments"] if s["instance"] > 0)
+            # Seen surface, minus surface too close (inside an object), plus every instance in view.
+            score = float((d > 0.3).mean() - 2.0 * ((d > 0) & (d <= 0.3)).mean()) + 0.25 * things
+            if score > best_score:
+                best, best_score = c2w, score
+        self._default_camera = {"c2w_cv": best, "width": 640, "height": 480, "hfov_deg": 90.0}
+        return self._default_camera
+
+
+def segment_ids(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
+    """Per-element segment id ``int32``: instance id if > 0, else STUFF_ID_OFFSET + category, else 0."""
+    semantic = np.asarray(semantic, dtype=np.int64)
+    instance = np.asarray(instance, dtype=np.int64)
+    out = np.where(instance > 0, instance, np.where(semantic >= 0, STUFF_ID_OFFSET + semantic, 0))
+    return out.astype(np.int32)
+
+
+def _read_categories(folder: Path, mesh: PanopticMesh) -> dict[int, CategoryInfo]:
+    path = folder / INSTANCES_FILE
+    cats: dict[int, CategoryInfo] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            for c in data.get("categories", []):
+                cats[int(c["id"])] = CategoryInfo(int(c["id"]), str(c["name"]), bool(c["isthing"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise SceneLoadError(f"{path}: cannot read categories ({e})") from e
+    # Categories the mesh uses but the file does not name still get an entry.
+    for cid in np.unique(mesh.semantic[mesh.semantic >= 0]).tolist():
+        if cid not in cats:
+            isthing = bool((mesh.instance[mesh.semantic == cid] > 0).any())
+            cats[cid] = CategoryInfo(cid, f"class_{cid}", isthing)
+    return cats
+
+
+def _read_alignment(path: Path) -> np.ndarray:
+    try:
+        data = json.loads(path.read_text())
+        T = np.asarray(data["world_from_scene"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as e:
+        raise SceneLoadError(f"{path}: no readable 'world_from_scene' 4x4 matrix ({e})") from e
+    from simgen.data.camera import is_rigid
+
+    if not is_rigid(T):
+        raise SceneLoadError(f"{path}: 'world_from_scene' is not a rigid 4x4 transform")
+    return T
+
+
+def _mesh_folder(folder: Path) -> Path:
+    """The folder holding ``panoptic_mesh.ply``: ``folder`` itself (a build, or an export written into
+    its build folder, the default), else the ``build_dir`` an export records in ``export.json``."""
+    if (folder / MESH_FILE).is_file():
+        return folder
+    export_json = folder / EXPORT_FILE
+    if export_json.is_file():
+        try:
+            build_dir = Path(json.loads(export_json.read_text())["build_dir"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise SceneLoadError(f"{export_json}: no readable 'build_dir' ({e})") from e
+        # export.json stores the path as given on the command line: try it, then relative to the export.
+        for cand in (build_dir, folder / build_dir, folder.parent / build_dir):
+            if (cand / MESH_FILE).is_file():
+                return cand
+        raise SceneLoadError(
+            f"{folder / MESH_FILE}: missing, and the build folder {build_dir} named in {export_json} has no "
+            f"{MESH_FILE}; serve the build folder, or export into it (simgen export BUILD)"
+        )
+    raise SceneLoadError(f"{folder / MESH_FILE}: missing (serve a build folder or an export of one)")
+
+
+def load_render_scene(out_dir: str | Path, warm: bool = True) -> RenderScene:
+    """Load a build or export folder for serving.
+
+    Reads ``panoptic_mesh.ply`` (+ ``instances.json`` for category names) from ``out_dir`` -- or, for an
+    export written outside its build folder, from the ``build_dir`` recorded in ``export.json`` -- and,
+    when ``out_dir/alignment.json`` exists (an export), moves the mesh into the export's floor-aligned
+    world frame (``world_from_scene``: z up, floor at z = 0), the frame Gazebo poses are in.
+
+    Args:
+        out_dir: build folder or export folder.
+        warm: build the ray-casting BVH now. Pass False in a parent process that forks workers (embree's
+            thread pool does not survive ``fork``); each worker then calls :meth:`RenderScene.warm`.
+
+    Raises:
+        SceneLoadError: naming the missing or unreadable file.
+    """
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        raise SceneLoadError(f"{folder}: not a folder")
+    mesh_dir = _mesh_folder(folder)
+    mesh_path = mesh_dir / MESH_FILE
+    try:
+        mesh = read_panoptic_mesh(mesh_path)
+    except Exception as e:  # plyfile raises many types on corrupt input; report them all the same way
+        raise SceneLoadError(f"{mesh_path}: cannot read ({e})") from e
+    if len(mesh.faces) == 0:
+        raise SceneLoadError(f"{mesh_path}: the mesh has no faces")
+    if len(mesh.instance) and int(mesh.instance.max()) >= STUFF_ID_OFFSET:
+        raise SceneLoadError(f"{mesh_path}: instance ids must be < {STUFF_ID_OFFSET} (segment id encoding)")
+    align_path = folder / ALIGNMENT_FILE
+    T = np.eye(4)
+    frame = "scene"
+    if align_path.exists():
+        T = _read_alignment(align_path)
+        v = mesh.vertices.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+        mesh = PanopticMesh(v, mesh.faces, mesh.colors, mesh.semantic, mesh.instance)
+        frame = "gazebo"
+    scene = RenderScene(mesh, _read_categories(mesh_dir, mesh), T, frame, folder.resolve())
+    return scene.warm() if warm else scene

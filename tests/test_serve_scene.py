@@ -1,0 +1,171 @@
+"""The render server's scene: loading build / export folders, segment ids, rendering outputs.
+
+``make_build`` (a floor, a wall and two boxes) is shared by the other ``test_serve_*`` files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from simgen.build.output import PanopticMesh, instance_records, write_instances, write_panoptic_mesh
+from simgen.data.camera import Intrinsics, backproject
+from simgen.data.io import write_json
+from simgen.data.scene import Category
+from simgen.serve.poses import parse_pose
+from simgen.serve.scene import STUFF_ID_OFFSET, SceneLoadError, load_render_scene, segment_ids
+
+CATEGORIES = {1: Category(1, "floor", False), 2: Category(2, "box", True), 3: Category(3, "wall", False)}
+BOX1 = ((2.0, 0.0, 0.5), (1.0, 1.0, 1.0))  # centre, extents: straight ahead of a camera at the origin
+BOX2 = ((0.0, 2.5, 0.4), (0.8, 0.8, 0.8))
+
+
+def _part(mesh: trimesh.Trimesh, color, semantic: int, instance: int) -> PanopticMesh:
+    n = len(mesh.vertices)
+    return PanopticMesh(
+        mesh.vertices, mesh.faces, np.tile(color, (n, 1)), np.full(n, semantic), np.full(n, instance)
+    )
+
+
+def scene_mesh() -> PanopticMesh:
+    """Floor z = 0 (6 x 6 m, stuff 1), wall x = -3 (stuff 3), box 1 and box 2 (thing 2, instances 1, 2)."""
+    floor = trimesh.creation.box(
+        extents=(6, 6, 0.02), transform=trimesh.transformations.translation_matrix((0, 0, -0.01))
+    )
+    wall = trimesh.creation.box(
+        extents=(0.02, 6, 2.5), transform=trimesh.transformations.translation_matrix((-3, 0, 1.25))
+    )
+    b1 = trimesh.creation.box(extents=BOX1[1], transform=trimesh.transformations.translation_matrix(BOX1[0]))
+    b2 = trimesh.creation.box(extents=BOX2[1], transform=trimesh.transformations.translation_matrix(BOX2[0]))
+    parts = [
+        _part(floor, (128, 128, 128), 1, 0),
+        _part(wall, (40, 40, 200), 3, 0),
+        _part(b1, (220, 30, 30), 2, 1),
+        _part(b2, (30, 220, 30), 2, 2),
+    ]
+    verts, faces, off = [], [], 0
+    for p in parts:
+        verts.append(p.vertices)
+        faces.append(p.faces + off)
+        off += len(p.vertices)
+    return PanopticMesh(
+        np.concatenate(verts),
+        np.concatenate(faces),
+        np.concatenate([p.colors for p in parts]),
+        np.concatenate([p.semantic for p in parts]),
+        np.concatenate([p.instance for p in parts]),
+    )
+
+
+def make_build(folder: Path, world_from_scene: np.ndarray | None = None) -> Path:
+    """A build folder; with ``world_from_scene`` the mesh is stored in a scene frame and an export's
+    ``alignment.json`` maps it back to the world frame the boxes are defined in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mesh = scene_mesh()
+    if world_from_scene is not None:
+        inv = np.linalg.inv(world_from_scene)
+        v = mesh.vertices.astype(np.float64) @ inv[:3, :3].T + inv[:3, 3]
+        mesh = PanopticMesh(v, mesh.faces, mesh.colors, mesh.semantic, mesh.instance)
+        write_json(folder / "alignment.json", {"world_from_scene": world_from_scene.tolist()})
+    write_panoptic_mesh(folder / "panoptic_mesh.ply", mesh)
+    write_instances(folder / "instances.json", instance_records(mesh, CATEGORIES), CATEGORIES)
+    return folder
+
+
+def gazebo_pose(x=0.0, y=0.0, z=0.5, yaw=0.0) -> dict:
+    return {
+        "x": x,
+        "y": y,
+        "z": z,
+        "qx": 0.0,
+        "qy": 0.0,
+        "qz": float(np.sin(yaw / 2)),
+        "qw": float(np.cos(yaw / 2)),
+    }
+
+
+K = Intrinsics(100.0, 100.0, 80.0, 60.0, 160, 120)
+
+
+def test_segment_ids_encoding():
+    sem = np.array([-1, 1, 2, 2, 3])
+    inst = np.array([0, 0, 5, 0, 0])
+    np.testing.assert_array_equal(
+        segment_ids(sem, inst), [0, STUFF_ID_OFFSET + 1, 5, STUFF_ID_OFFSET + 2, STUFF_ID_OFFSET + 3]
+    )
+
+
+def test_render_build_folder(tmp_path):
+    scene = load_render_scene(make_build(tmp_path))
+    assert scene.world_frame == "scene"
+    assert {c.name for c in scene.categories.values()} == {"floor", "box", "wall"}
+    out = scene.render(K, parse_pose(gazebo_pose(), "gazebo"))
+    # The camera at (0, 0, 0.5) looks along +x at box 1, whose face is at x = 1.5: centre depth 1.5 m.
+    assert out["depth"][60, 80] == pytest.approx(1.5, abs=1e-4)
+    assert out["panoptic"][60, 80] == 1
+    assert tuple(out["rgb"][60, 80]) == (220, 30, 30)
+    # Bottom rows see the floor (stuff: offset + category), top rows see nothing behind the box.
+    assert out["panoptic"][-1, 0] == STUFF_ID_OFFSET + 1
+    assert out["depth"][0, 0] == 0 and out["panoptic"][0, 0] == 0 and tuple(out["rgb"][0, 0]) == (0, 0, 0)
+    segs = {s["id"]: s for s in out["segments"]}
+    assert segs[1] == {"id": 1, "category_id": 2, "category_name": "box", "isthing": True, "instance": 1}
+    assert segs[STUFF_ID_OFFSET + 1]["category_name"] == "floor" and not segs[STUFF_ID_OFFSET + 1]["isthing"]
+    assert set(segs) == set(np.unique(out["panoptic"]).tolist()) - {0}
+    # Depth re-projected with the same intrinsics and pose lands on the mesh surface.
+    pts = backproject(out["depth"], K, parse_pose(gazebo_pose(), "gazebo"))
+    valid = out["depth"] > 0
+    d = trimesh.proximity.ProximityQuery(scene.mesh.to_trimesh()).signed_distance(pts[valid][::37])
+    assert np.abs(d).max() < 1e-3
+
+
+def test_alignment_moves_mesh_into_world_frame(tmp_path):
+    # A scene frame rotated 90 degrees about x and shifted: alignment.json maps it back.
+    R = trimesh.transformations.rotation_matrix(np.pi / 2, (1, 0, 0))
+    T = trimesh.transformations.translation_matrix((0.3, -1.0, 2.0)) @ R
+    aligned = load_render_scene(make_build(tmp_path / "export", T))
+    plain = load_render_scene(make_build(tmp_path))
+    assert aligned.world_frame == "gazebo"
+    np.testing.assert_allclose(aligned.world_from_scene, T)
+    c2w = parse_pose(gazebo_pose(yaw=0.3), "gazebo")
+    a, b = aligned.render(K, c2w), plain.render(K, c2w)
+    np.testing.assert_allclose(a["depth"], b["depth"], atol=1e-4)
+    assert (a["panoptic"] != b["panoptic"]).mean() < 0.002  # only pixels on edges may differ
+    lo, hi = aligned.bounds()
+    np.testing.assert_allclose(lo, [-3.01, -3, -0.02], atol=1e-4)
+    np.testing.assert_allclose(hi, [3, 3, 2.5], atol=1e-4)
+
+
+def test_export_folder_elsewhere_reads_build_dir(tmp_path):
+    build = make_build(tmp_path / "build")
+    export = tmp_path / "export"
+    export.mkdir()
+    write_json(export / "alignment.json", {"world_from_scene": np.eye(4).tolist()})
+    write_json(export / "export.json", {"build_dir": str(build)})
+    scene = load_render_scene(export)
+    assert scene.world_frame == "gazebo" and len(scene.mesh.faces) == len(scene_mesh().faces)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(SceneLoadError, match="panoptic_mesh.ply: missing"):
+        load_render_scene(tmp_path)
+    make_build(tmp_path)
+    (tmp_path / "alignment.json").write_text(json.dumps({"world_from_scene": [[1, 2], [3, 4]]}))
+    with pytest.raises(SceneLoadError, match="alignment.json"):
+        load_render_scene(tmp_path)
+    (tmp_path / "alignment.json").unlink()
+    (tmp_path / "panoptic_mesh.ply").write_bytes(b"ply\nformat nonsense\n")
+    with pytest.raises(SceneLoadError, match="panoptic_mesh.ply: cannot read"):
+        load_render_scene(tmp_path)
+
+
+def test_default_camera_sees_the_scene(tmp_path):
+    scene = load_render_scene(make_build(tmp_path))
+    cam = scene.default_camera()
+    W, H = 160, 120
+    f = W / 2 / np.tan(np.radians(cam["hfov_deg"]) / 2)
+    d = scene.render(Intrinsics(f, f, W / 2, H / 2, W, H), cam["c2w_cv"], ("depth",))["depth"]
+    assert (d > 0.3).mean() > 0.5
