@@ -7,20 +7,24 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from simgen.config import add_dataclass_args, dataclass_from_args
 from simgen.data.scene import SceneError, load_scene
+from simgen.export.config import ExportConfig
 
 EXAMPLES = """examples:
   simgen build scenes/room                              # fusion, output in scenes/room/simgen_out/
   simgen build scenes/room -o builds/room --quiet       # no progress bar
   simgen build scenes/room --fusion.voxel-size 0.02 --fusion.keyframe-translation 0.1
   simgen build scenes/room --fusion.split all           # fuse the test views too
+  simgen build scenes/room --method neural --neural.steps 3000
+  simgen build scenes/room --no-export                  # reconstruction only
 
-output (docs/build-output.md): panoptic_mesh.ply, instances.json, build.json (written last)
+output (docs/build-output.md): panoptic_mesh.ply, instances.json, build.json (written last),
+then the simulation export (docs/export.md): worlds/, models/, mjcf/, alignment.json
 """
 
 
@@ -36,8 +40,12 @@ class Method:
 def _methods() -> dict[str, Method]:
     # One entry per method; the flags of each method's config get the prefix "--<method>.".
     from simgen.build.fusion import FusionConfig, run_fusion
+    from simgen.build.neural import NeuralConfig, run_neural
 
-    return {"fusion": Method(FusionConfig, run_fusion, "online panoptic TSDF fusion (fast, CPU)")}
+    return {
+        "fusion": Method(FusionConfig, run_fusion, "online panoptic TSDF fusion (fast, CPU)"),
+        "neural": Method(NeuralConfig, run_neural, "PanopticRecon++ neural fields (quality; faster on CUDA)"),
+    }
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,9 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, help="build folder (default: SCENE_DIR/simgen_out)")
     p.add_argument("--method", choices=sorted(methods), default="fusion", help="reconstruction method")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument("--no-export", action="store_true", help="skip the Gazebo / MuJoCo export step")
     for name, m in methods.items():
         group = p.add_argument_group(f"{name} method options")
         add_dataclass_args(group, m.config, prefix=f"{name}.")
+    add_dataclass_args(p.add_argument_group("export options (see `simgen export -h`)"), ExportConfig, prefix="export.")
     p.set_defaults(func=cmd_build)
 
 
@@ -70,6 +80,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         cfg = dataclass_from_args(method.config, args, prefix=f"{args.method}.")
         if hasattr(cfg, "validate"):
             cfg.validate()
+        export_cfg = dataclass_from_args(ExportConfig, args, prefix="export.")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -93,15 +104,33 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
     if not args.quiet:
-        c, t = result["counters"], result["timings_s"]
-        print(
-            f"{args.method}: {c['frames']} frames, {c['keyframes']} keyframes "
-            f"({c['skipped_no_depth']} skipped without depth), {c['instances']} instances, "
-            f"{c['vertices']} vertices; validate {t_validate:.1f} s, fusion {t['fusion_loop']:.1f} s "
-            f"({t['frames_per_second']:.0f} frames/s), mesh {t.get('mesh', 0):.1f} s"
-        )
+        print(_summary(args.method, result, t_validate))
         print(f"wrote {out_dir}")
+    if args.no_export:
+        return 0
+    from simgen.export.pipeline import ExportError, format_summary, run_export
+
+    if args.quiet:
+        export_cfg = replace(export_cfg, quiet=True)
+    try:
+        summary = run_export(out_dir, out_dir, export_cfg)
+    except (ExportError, ValueError, OSError) as e:
+        print(f"error: export of {out_dir} failed: {e}", file=sys.stderr)
+        print(f"the build itself is complete in {out_dir}; rerun `simgen export {out_dir}`", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(format_summary(summary))
     return 0
+
+
+def _summary(method: str, record: dict[str, Any], t_validate: float) -> str:
+    """One line from the build record's counters and timings (whatever the method reports)."""
+    c, t = record.get("counters", {}), record.get("timings_s", {})
+    parts = [f"{k.replace('_', ' ')} {v}" for k, v in c.items() if isinstance(v, int)]
+    times = [f"validate {t_validate:.1f} s"] + [
+        f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in t.items() if isinstance(v, float)
+    ]
+    return f"{method}: " + ", ".join(parts) + "; " + ", ".join(times)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
