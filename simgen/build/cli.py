@@ -127,9 +127,12 @@ def _summary(method: str, record: dict[str, Any], t_validate: float) -> str:
     """One line from the build record's counters and timings (whatever the method reports)."""
     c, t = record.get("counters", {}), record.get("timings_s", {})
     parts = [f"{k.replace('_', ' ')} {v}" for k, v in c.items() if isinstance(v, int)]
-    times = [f"validate {t_validate:.1f} s"] + [
-        f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in t.items() if isinstance(v, float)
-    ]
+    times = [f"validate {t_validate:.1f} s"]
+    for k, v in t.items():
+        if isinstance(v, float):
+            rate = k.endswith("_per_second")
+            name = k.removesuffix("_per_second" if rate else "_s").replace("_", " ")
+            times.append(f"{v:.1f} {name}/s" if rate else f"{name} {v:.1f} s")
     return f"{method}: " + ", ".join(parts) + "; " + ", ".join(times)
 
 
