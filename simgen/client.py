@@ -212,6 +212,14 @@ class RenderClient:
         self._check(status, payload)
         return decode_npz(payload)
 
+    def post_render(self, body: Mapping[str, Any], batch: bool = False) -> dict[str, Any]:
+        """``POST /render`` (or ``/render/batch``) with a ready JSON body (npz encoding) -> decoded arrays."""
+        if body.get("encoding", "npz") != "npz":
+            raise ValueError("post_render decodes npz answers only; leave 'encoding' out or set it to 'npz'")
+        status, _, payload = self.request("POST", "/render/batch" if batch else "/render", dict(body))
+        self._check(status, payload)
+        return decode_npz(payload)
+
     def png(self, output: str, pose: Mapping[str, float], **params: Any) -> tuple[bytes, dict[str, str]]:
         """``GET /render/<output>.png`` -> (PNG bytes, response headers)."""
         status, hdrs, payload = self.request("GET", f"/render/{output}.png", query={**pose, **params})

@@ -115,8 +115,13 @@ def test_swapping_two_objects_labels_costs_what_hand_counting_says(tmp_path, sce
     assert m["panoptic"]["sq"] == pytest.approx(
         np.mean([0.0 if len(seen[c]) == 1 and c in (a_cls, b_cls) else 1.0 for c in seen])
     )
-    # Class-agnostic coverage does not care about the class swap, but the instance ids are swapped too:
-    # each GT object is still covered by exactly one predicted instance with IoU 1.
+    # 2D mCov pairs segments as PQ^scene does (same class): the two swapped objects score 0, the rest 1.
+    n_objects = sum(len(seen[c]) for c in things)
+    assert m["instance_2d"]["mcov"] == pytest.approx((n_objects - 2) / n_objects)
+    assert m["instance_2d"]["matching"] == "panoptic"
+    # 3D mCov is class-agnostic (Hungarian on the masks): each object is still covered exactly.
+    assert m["instance_3d"]["mcov"] == pytest.approx(1.0) and m["instance_3d"]["matching"] == "hungarian"
+    m = _run(tmp_path / "swap", scene_dir, "--split", split, "--no-pictures", "--coverage-2d", "max", *FAST)
     assert m["instance_2d"]["mcov"] == pytest.approx(1.0)
     assert m["semantic_2d"]["miou"] < 1.0
     assert m["geometry"]["fscore"] == 1.0
@@ -177,3 +182,53 @@ def test_clear_errors(tmp_path, scene_dir, scene, capsys):
     assert main(["eval", str(bad), "--scene", str(scene_dir), "--quiet"]) == 1
     assert "semantic id(s) [99]" in capsys.readouterr().err
     assert not (bad / "eval" / "metrics.json").exists()
+
+
+def test_observed_mask_depth_test_by_hand():
+    from types import SimpleNamespace
+
+    from simgen.data.camera import Intrinsics
+    from simgen.eval.evaluate import observed_mask
+
+    # One camera at the origin looking along +z (OpenCV axes), a 4 x 4 image, depth 2 m except the
+    # pixel (u=3, v=3) which has no depth.
+    K = Intrinsics(2.0, 2.0, 2.0, 2.0, 4, 4)
+    depth = np.full((4, 4), 2.0, np.float32)
+    depth[3, 3] = 0
+    frame = SimpleNamespace(intrinsics=K, c2w_cv=np.eye(4), name="f0", depth_path="f0.png")
+    scene = SimpleNamespace(frames=[frame], depth=lambda i: depth)
+    pts = np.array(
+        [
+            [0.0, 0.0, 2.0],  # centre, on the depth surface
+            [0.0, 0.0, 2.04],  # 4 cm behind it: within the 5 cm tolerance
+            [0.0, 0.0, 2.2],  # hidden behind the observed surface
+            [0.0, 0.0, -2.0],  # behind the camera
+            [5.0, 0.0, 2.0],  # outside the image
+            [0.9, 0.9, 2.0],  # u = v = 2 + 2 * 0.45 = 2.9 -> pixel (2, 2), observed
+            [1.1, 1.1, 2.0],  # u = v = 3.1 -> pixel (3, 3), no depth there
+        ]
+    )
+    assert observed_mask(pts, scene, 0.05).tolist() == [True, True, False, False, False, True, False]
+    # A second camera that sees the hidden point makes it observed.
+    frame2 = SimpleNamespace(intrinsics=K, c2w_cv=np.eye(4), name="f1", depth_path="f1.png")
+    far = np.full((4, 4), 2.2, np.float32)
+    scene2 = SimpleNamespace(frames=[frame, frame2], depth=lambda i: depth if i == 0 else far)
+    assert observed_mask(pts, scene2, 0.05)[2]
+
+
+def test_gaussians_in_the_build_are_scored(tmp_path, scene_dir, scene):
+    pytest.importorskip("torch")
+    from simgen.splat.gaussians import init_from_mesh, save_ply
+
+    mesh = _gt_mesh(scene)
+    build = _write_build(tmp_path / "gs", mesh)
+    g = init_from_mesh(mesh, count=20000, sh_degree=0, seed=0)
+    save_ply(build / "gaussians.ply", g)
+    m = _run(build, scene_dir, "--no-pictures", *FAST)
+    a = m["appearance"]
+    assert a["renderer"] == "gaussians" and a["note"] is None
+    # Gaussians lying on the GT surface render its depth closely wherever they cover it.
+    assert a["depth_coverage"] > 0.5 and a["depth_absrel"] < 0.05
+    assert a["psnr"] > 10
+    (build / "gaussians.ply").write_text("not a ply")
+    assert main(["eval", str(build), "--scene", str(scene_dir), "--quiet", "--no-pictures"]) == 1

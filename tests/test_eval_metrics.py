@@ -164,6 +164,8 @@ def _torchmetrics_pq(pred_sem, pred_inst, gt_sem, gt_inst, batch: bool):
     torch = pytest.importorskip("torch")
     tm = pytest.importorskip("torchmetrics.detection")
     unused = max(THINGS + STUFF) + 1
+    # A thing pixel with instance 0 has no panoptic label in simgen (unlabelled): torchmetrics' void.
+    pred_sem = np.where(np.isin(pred_sem, THINGS) & (pred_inst == 0), -1, pred_sem)
     p = np.stack([np.where(pred_sem == -1, unused, pred_sem), pred_inst], -1)
     t = np.stack([np.where(gt_sem == -1, unused, gt_sem), gt_inst], -1)
     if not batch:  # scene level: one image, all frames concatenated
@@ -390,3 +392,77 @@ def test_render_panoptic_labels_nearest_corner_and_interpolates_colour():
     assert (colors_at_hits(flat, hits)[valid] == [10, 120, 230]).all()
     sem2, _ = labels_at_hits(mesh, hits)
     np.testing.assert_array_equal(sem2, sem)
+
+
+def test_coverage_from_panoptic_matching():
+    # The four-frame swap: scene-level IoU 0.6 for both class-3 instances (see the PQ test above).
+    sem, inst = _scene_frames(n_frames=4)
+    pred = inst.copy()
+    a, b = pred[-1] == 10, pred[-1] == 20
+    pred[-1][a], pred[-1][b] = 20, 10
+    m = M.match_segments(sem, pred, sem, inst, THINGS, STUFF)
+    r = M.coverage_from_match(m)
+    assert r["n_instances"] == 2 and r["gt_ids"].tolist() == [10, 20]
+    np.testing.assert_allclose(r["iou"], [0.6, 0.6])
+    assert r["mcov"] == pytest.approx(0.6) and r["mwcov"] == pytest.approx(0.6)
+    assert r["best_pred"].tolist() == [10, 20]
+    # Right mask, wrong class: no panoptic pair, so 0 here while the class-agnostic coverage gives 1.
+    gt_sem, gt_inst = np.array([3, 3, 3, 3, 3, 3, 1, 1]), np.array([1, 1, 1, 1, 2, 2, 0, 0])
+    pred_sem = np.array([3, 3, 3, 3, 4, 4, 1, 1])
+    m = M.match_segments(pred_sem, gt_inst, gt_sem, gt_inst, THINGS, STUFF)
+    r = M.coverage_from_match(m)
+    np.testing.assert_allclose(r["iou"], [1.0, 0.0])
+    assert r["mcov"] == 0.5 and r["mwcov"] == pytest.approx(4 / 6)
+    assert M.coverage(gt_inst, gt_inst)["mcov"] == 1.0
+    # Below the 0.5 threshold a pair does not count: IoU 2/4 -> 0. GT void pixels leave the union.
+    gt_sem, gt_inst = np.array([3, 3, 3, 3, -1, -1]), np.array([1, 1, 1, 1, 0, 0])
+    m = M.match_segments(
+        np.array([3, 3, 1, 1, 3, 3]), np.array([5, 5, 0, 0, 5, 5]), gt_sem, gt_inst, THINGS, STUFF
+    )
+    assert M.coverage_from_match(m)["mcov"] == 0.0
+    m = M.match_segments(
+        np.array([3, 3, 3, 1, 3, 3]), np.array([5, 5, 5, 0, 5, 5]), gt_sem, gt_inst, THINGS, STUFF
+    )
+    assert M.coverage_from_match(m)["mcov"] == pytest.approx(3 / 4)
+    # No GT thing: nan.
+    m = M.match_segments(np.array([1, 1]), np.zeros(2), np.array([1, 1]), np.zeros(2), THINGS, STUFF)
+    assert np.isnan(M.coverage_from_match(m)["mcov"])
+
+
+def test_surface_distances_against_exact_point_to_mesh():
+    import trimesh
+
+    box = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
+    v, f = np.asarray(box.vertices), np.asarray(box.faces)
+    ref, _, ref_f = M.sample_surface(v, f, 5000, seed=3, return_faces=True)
+    rng = np.random.default_rng(0)
+    on, _ = M.sample_surface(v, f, 2000, seed=4)
+    query = on + rng.normal(0, 0.02, on.shape)
+    d, nn = M.surface_distances(query, ref, ref_f, v, f)
+    _, exact, _ = trimesh.proximity.closest_point(box, query)
+    point_to_point = np.linalg.norm(query - ref[nn], axis=1)
+    assert (d >= exact - 1e-9).all() and (d <= point_to_point + 1e-9).all()
+    assert np.mean(np.abs(d - exact) < 1e-9) > 0.99
+    # Points on the surface are at distance 0 (up to rounding), unlike their distance to the samples.
+    d_on, _ = M.surface_distances(on, ref, ref_f, v, f)
+    assert d_on.max() < 1e-9 and np.linalg.norm(on[:, None] - ref[None, :200], axis=2).min(1).mean() > 1e-3
+    assert np.isinf(M.surface_distances(query, np.zeros((0, 3)), np.zeros(0, int), v, f)[0]).all()
+
+
+def test_thing_pixels_without_instance_are_unlabelled():
+    gt_sem, gt_inst = np.array([3, 3, 3, 3, 3, 3, 1, 1]), np.array([1, 1, 1, 1, 2, 2, 0, 0])
+    # Instance 1 predicted, the two pixels of instance 2 carry the class but no instance: no segment is
+    # made of them (no false positive), GT instance 2 is missed, and semantics still count the class.
+    pred_inst = np.array([7, 7, 7, 7, 0, 0, 0, 0])
+    r = M.panoptic_quality(gt_sem, pred_inst, gt_sem, gt_inst, THINGS, STUFF)
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 0, 1)
+    assert r["per_class"][3]["rq"] == pytest.approx(1 / 1.5)
+    assert M.semantic_iou(gt_sem, gt_sem, THINGS + STUFF)["miou"] == 1.0
+    # One id-0 segment over a class's every instance would match the biggest one if it were a segment.
+    gt_inst = np.array([1, 1, 1, 1, 1, 2, 0, 0])
+    r = M.panoptic_quality(gt_sem, np.zeros(8, int), gt_sem, gt_inst, THINGS, STUFF)
+    assert r["per_class"][3]["tp"] == 0 and r["pq_things"] == 0.0
+    # In GT, a thing pixel without instance is void: not scored.
+    r = M.panoptic_quality(gt_sem, np.array([7, 7, 7, 7, 7, 7, 0, 0]), gt_sem, np.array([1, 1, 1, 1, 0, 0, 0, 0]),
+                           THINGS, STUFF)  # fmt: skip
+    assert r["pq"] == 1.0

@@ -8,7 +8,8 @@ import torch
 from simgen.splat import rasterize as R
 from simgen.splat.rasterize import project_gaussians, rasterize, rasterize_reference
 
-torch.set_num_threads(2)
+# One thread: on the shared 2-core machine, 2 OpenMP threads under load ran 30x slower (spin waits).
+torch.set_num_threads(1)
 
 
 def _scene(n: int, seed: int, opaque: bool = False, dtype=torch.float64):

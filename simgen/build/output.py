@@ -121,7 +121,7 @@ def instance_records(
         if iid <= 0:
             continue
         sel = mesh.instance == iid
-        pts = mesh.vertices[sel]
+        pts = mesh.vertices[sel].astype(np.float64)  # float64: rounded values print as written
         sem = mesh.semantic[sel]
         sem = sem[sem >= 0]
         cid = int(np.bincount(sem).argmax()) if sem.size else -1

@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   simgen eval runs/room --scene scenes/room --split all --report /tmp/room_report
   simgen eval runs/room --scene scenes/room --no-pictures --quiet   # numbers only, silently
   simgen eval runs/room --scene scenes/room --ignore-pred-void      # torchmetrics / Panoptic Lifting PQ
+  simgen eval runs/room --scene scenes/room --gt-culling none       # score the whole GT mesh, seen or not
 
 outputs (OUT/eval/): metrics.json (every number), metrics.md (the table), report/ (pictures + report.md).
 Metric definitions: docs/evaluation.md.

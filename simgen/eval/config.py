@@ -35,9 +35,29 @@ class EvalConfig:
             "Panoptic Lifting convention) instead of counting them as misses (COCO)"
         },
     )
-    coverage_matching: Literal["max", "hungarian"] = field(
-        default="max",
-        metadata={"help": "mCov: best IoU per GT instance (max) or one-to-one assignment (hungarian)"},
+    coverage_2d: Literal["panoptic", "max", "hungarian"] = field(
+        default="panoptic",
+        metadata={
+            "help": "2D mCov pairing: the PQ^scene matches (same class, IoU > 0.5; the paper's protocol), the "
+            "best IoU per GT instance (max) or a one-to-one class-agnostic assignment (hungarian)"
+        },
+    )
+    coverage_3d: Literal["hungarian", "max"] = field(
+        default="hungarian",
+        metadata={
+            "help": "3D mCov pairing: one-to-one assignment (hungarian; the paper's) or best IoU (max)"
+        },
+    )
+    gt_culling: Literal["observed", "none"] = field(
+        default="observed",
+        metadata={
+            "help": "3D metrics: score completeness, recall and labels only on GT surface some frame of the "
+            "scene observed (depth test), or on the whole GT mesh (none)"
+        },
+    )
+    observed_tolerance: float = field(
+        default=0.05,
+        metadata={"help": "a GT surface point is observed when within this many metres of a frame's depth"},
     )
     quiet: bool = field(default=False, metadata={"help": "no progress bar and no table on stdout"})
 
@@ -48,5 +68,7 @@ class EvalConfig:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
         if not self.threshold > 0:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
+        if not self.observed_tolerance > 0:
+            raise ValueError(f"observed_tolerance must be > 0, got {self.observed_tolerance}")
         if self.frames < 0:
             raise ValueError(f"frames must be >= 0, got {self.frames}")

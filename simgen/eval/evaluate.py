@@ -7,8 +7,9 @@ Pipeline (see docs/evaluation.md for every metric's definition):
 2. 2D: concatenate all frames and compute PQ^scene (and per-frame PQ for contrast), semantic
    mIoU / mAcc and instance mCov / mW-Cov; RGB PSNR / SSIM and depth AbsRel of the rendered views.
 3. 3D: sample both meshes uniformly (fixed count, seeded), compute accuracy / completeness /
-   Chamfer-L1 / precision / recall / F-score, and label the GT samples from their nearest predicted
-   sample for 3D mIoU / mAcc / mCov / mW-Cov.
+   Chamfer-L1 / precision / recall / F-score from sample-to-surface distances, and label the GT
+   samples from their nearest predicted sample for 3D mIoU / mAcc / mCov / mW-Cov. Completeness,
+   recall and the 3D labels are scored on the GT surface some frame observed (``--gt-culling``).
 """
 
 from __future__ import annotations
@@ -70,23 +71,56 @@ def gt_labels(scene: Scene, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return sem, inst, seg.astype(np.int32)
 
 
-def _appearance_renderer(out_dir: Path):
-    """(name, callable(K, c2w_cv) -> (rgb, depth)) for the Gaussians when a renderer is available.
+def gaussian_renderer(path: Path):
+    """``callable(K, c2w_cv) -> (rgb (H, W, 3) uint8, depth (H, W) float32 metres, 0 = nothing)`` for the
+    Gaussians in ``path`` (a 3DGS PLY), through :mod:`simgen.splat` (gsplat on CUDA, torch otherwise).
 
-    ``simgen.splat`` plugs in by exposing ``load_eval_renderer(path) -> callable``; until it does, the
-    mesh's vertex colours are scored (and metrics.json says so).
+    Uses ``simgen.splat.train.render_gaussians`` (the render server's path: depth 0 where the accumulated
+    alpha is below 0.5) when it is importable, else the rasteriser directly. Raises :class:`EvalError`
+    naming the file when it cannot be read.
+    """
+    import torch
+
+    from simgen.splat.gaussians import load_ply
+
+    try:
+        g = load_ply(path)
+    except Exception as e:  # plyfile raises its own parse errors besides OSError / ValueError
+        raise EvalError(f"{path}: unreadable Gaussians ({type(e).__name__}: {e})") from e
+    if torch.cuda.is_available():
+        g = g.to("cuda")
+    try:
+        from simgen.splat.train import render_gaussians
+    except ImportError:
+        render_gaussians = None
+
+    def render(K, c2w_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        Km = np.array([[K.fx, 0, K.cx], [0, K.fy, K.cy], [0, 0, 1]], np.float64)
+        if render_gaussians is not None:
+            out = render_gaussians(g, Km, c2w_cv, K.width, K.height, outputs=("rgb", "depth"))
+            return out["rgb"], out["depth"]
+        with torch.no_grad():
+            out = g.render(np.linalg.inv(c2w_cv).astype(np.float32), Km.astype(np.float32), K.width, K.height)
+        rgb = np.clip(np.round(out["rgb"].float().cpu().numpy() * 255), 0, 255).astype(np.uint8)
+        return rgb, out["depth"].float().cpu().numpy().astype(np.float32)
+
+    return render
+
+
+def _appearance_renderer(out_dir: Path):
+    """``((name, callable(K, c2w_cv) -> (rgb, depth)) or None, note)`` for the build's Gaussians.
+
+    Without ``gaussians.ply`` (or without a usable :mod:`simgen.splat`) the mesh's vertex colours are
+    scored instead and metrics.json says so.
     """
     path = out_dir / GAUSSIANS_FILE
     if not path.is_file():
-        return None, "no gaussians.ply in the build"
+        return None, "no gaussians.ply in the build: RGB is the mesh's vertex colour"
     try:
-        splat = importlib.import_module("simgen.splat")
+        importlib.import_module("simgen.splat.gaussians")
     except ImportError as e:
         return None, f"gaussians.ply present but simgen.splat is not importable ({e})"
-    loader = getattr(splat, "load_eval_renderer", None)
-    if loader is None:
-        return None, "gaussians.ply present but simgen.splat has no load_eval_renderer()"
-    return ("gaussians", loader(path)), None
+    return ("gaussians", gaussian_renderer(path)), None
 
 
 def _check_inputs(out_dir: Path, scene_dir: Path) -> tuple[PanopticMesh, Scene]:
@@ -219,7 +253,10 @@ def evaluate(out_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None 
     )
     class_ids = sorted(scene.categories)
     sem2d = M.semantic_iou(fd.pred_sem, fd.gt_sem, class_ids)
-    cov2d = M.coverage(fd.pred_inst, fd.gt_inst, ignore=fd.gt_sem == -1, matching=cfg.coverage_matching)
+    if cfg.coverage_2d == "panoptic":
+        cov2d = M.coverage_from_match(match)
+    else:
+        cov2d = M.coverage(fd.pred_inst, fd.gt_inst, ignore=fd.gt_sem == -1, matching=cfg.coverage_2d)
 
     # ---- 3D
     t3 = time.perf_counter()
@@ -248,7 +285,7 @@ def evaluate(out_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None 
             "mcov": cov2d["mcov"],
             "mwcov": cov2d["mwcov"],
             "n_instances": cov2d["n_instances"],
-            "matching": cfg.coverage_matching,
+            "matching": cfg.coverage_2d,
         },
         **three_d,
         "appearance": {
@@ -287,6 +324,39 @@ def _picture_frames(indices: list[int], n: int) -> list[int]:
     return [indices[p] for p in pos]
 
 
+def observed_mask(points: np.ndarray, scene: Scene, tolerance: float, quiet: bool = True) -> np.ndarray:
+    """Which world points ``(N, 3)`` some frame of ``scene`` observed: ``(N,) bool``.
+
+    A point is observed by a frame when it projects inside the image in front of the camera and its
+    camera z is within ``tolerance`` metres of the frame's depth at that pixel (nearest pixel; depth 0 =
+    invalid never observes). All frames of the scene count (train and test): this is the surface the
+    scan covers, the same for every builder.
+    """
+    from tqdm import tqdm
+
+    from simgen.data.camera import project
+
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    seen = np.zeros(len(pts), bool)
+    for i in tqdm(range(len(scene.frames)), desc="eval: observed GT", unit="frame", disable=quiet or None,
+                  leave=False):  # fmt: skip
+        fr = scene.frames[i]
+        K = fr.intrinsics
+        try:
+            depth = scene.depth(i)
+        except (OSError, ValueError) as e:
+            raise EvalError(f"frame {i} ({fr.name}): cannot read depth {fr.depth_path}: {e}") from e
+        uv, z = project(pts, K, fr.c2w_cv)
+        with np.errstate(invalid="ignore"):
+            u = np.floor(uv[:, 0]).astype(np.int64, copy=False)
+            v = np.floor(uv[:, 1]).astype(np.int64, copy=False)
+        inside = (z > 0) & (u >= 0) & (u < K.width) & (v >= 0) & (v < K.height)
+        idx = np.flatnonzero(inside & ~seen)
+        d = depth[v[idx], u[idx]]
+        seen[idx[(d > 0) & (np.abs(z[idx] - d) < tolerance)]] = True
+    return seen
+
+
 def _evaluate_3d(mesh: PanopticMesh, scene: Scene, class_ids: list[int], cfg: EvalConfig):
     """Geometry and 3D label metrics on surface samples. Returns (metrics dict, arrays for the report)."""
     if scene.gt.mesh_path is None or scene.gt.mesh_labels_path is None:
@@ -301,13 +371,27 @@ def _evaluate_3d(mesh: PanopticMesh, scene: Scene, class_ids: list[int], cfg: Ev
         raise EvalError(
             f"{scene.gt.mesh_labels_path}: {len(gt_seg_v)} labels for {len(gt_mesh.vertices)} GT mesh vertices"
         )
-    gt_pts, gt_vi = M.sample_surface(gt_mesh.vertices, gt_mesh.faces, cfg.samples, seed=cfg.seed)
-    pred_pts, pred_vi = M.sample_surface(mesh.vertices, mesh.faces, cfg.samples, seed=cfg.seed)
-    d_pg, _ = M.nearest_distances(pred_pts, gt_pts)
-    d_gp, nn = M.nearest_distances(gt_pts, pred_pts)
+    gt_v, gt_f = np.asarray(gt_mesh.vertices), np.asarray(gt_mesh.faces)
+    gt_pts, gt_vi, gt_fi = M.sample_surface(gt_v, gt_f, cfg.samples, seed=cfg.seed, return_faces=True)
+    pred_pts, pred_vi, pred_fi = M.sample_surface(
+        mesh.vertices, mesh.faces, cfg.samples, seed=cfg.seed, return_faces=True
+    )
+    if cfg.gt_culling == "observed":
+        observed = observed_mask(gt_pts, scene, cfg.observed_tolerance, quiet=cfg.quiet)
+    else:
+        observed = np.ones(len(gt_pts), bool)
+    # Accuracy is the distance to the true surface, seen or not; completeness, recall and the labels
+    # are scored on the observed GT surface only: no builder can recover what no camera saw.
+    # Distances to the other mesh's surface (its samples' triangles, see M.surface_distances), so the
+    # scores carry no sampling floor; labels come from the nearest predicted sample.
+    d_pg, _ = M.surface_distances(pred_pts, gt_pts, gt_fi, gt_v, gt_f)
+    gt_pts, gt_vi = gt_pts[observed], gt_vi[observed]
+    d_gp, nn = M.surface_distances(gt_pts, pred_pts, pred_fi, mesh.vertices, mesh.faces)
     geometry = M.geometry_from_distances(d_pg, d_gp, cfg.threshold)
     geometry["samples"] = cfg.samples
-    # Mean spacing of the GT samples: distances of this order are sampling noise, not error.
+    geometry["gt_culling"] = cfg.gt_culling
+    geometry["gt_observed_fraction"] = float(observed.mean()) if len(observed) else float("nan")
+    # Mean spacing of the GT samples (how finely labels and distances are resolved).
     geometry["sample_spacing_cm"] = float(np.sqrt(gt_mesh.area / cfg.samples)) * 100
 
     # GT labels of the GT samples; predicted labels transferred from the nearest predicted sample.
@@ -321,7 +405,7 @@ def _evaluate_3d(mesh: PanopticMesh, scene: Scene, class_ids: list[int], cfg: Ev
     pred_sem = mesh.semantic[pred_vi][nn]
     pred_inst = mesh.instance[pred_vi][nn]
     sem3d = M.semantic_iou(pred_sem, gt_sem, class_ids)
-    cov3d = M.coverage(pred_inst, gt_inst, ignore=gt_sem == -1, matching=cfg.coverage_matching)
+    cov3d = M.coverage(pred_inst, gt_inst, ignore=gt_sem == -1, matching=cfg.coverage_3d)
     out = {
         "geometry": geometry,
         "semantic_3d": {
@@ -334,7 +418,7 @@ def _evaluate_3d(mesh: PanopticMesh, scene: Scene, class_ids: list[int], cfg: Ev
             "mcov": cov3d["mcov"],
             "mwcov": cov3d["mwcov"],
             "n_instances": cov3d["n_instances"],
-            "matching": cfg.coverage_matching,
+            "matching": cfg.coverage_3d,
         },
     }
     data = {"gt_mesh": gt_mesh, "gt_vertex_segments": gt_seg_v, "semantic_3d": sem3d, "coverage_3d": cov3d}
@@ -383,6 +467,7 @@ def markdown_table(m: dict[str, Any]) -> str:
             (f"Precision @ {t} cm", pct(g["precision"])),
             (f"Recall @ {t} cm", pct(g["recall"])),
             (f"F-score @ {t} cm", pct(g["fscore"])),
+            ("GT surface observed (scored)", pct(g.get("gt_observed_fraction"))),
         ]
     a = m["appearance"]
     rows += [

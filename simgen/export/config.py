@@ -19,7 +19,8 @@ class ExportConfig:
     )
     face_budget: int = field(default=50_000, metadata={"help": "max faces per visual mesh (quadric decimation)"})
     collider_faces: int = field(
-        default=4_000, metadata={"help": "faces a part is decimated to before convex decomposition"}
+        default=1_000,
+        metadata={"help": "faces a thing is decimated to before convex decomposition (CoACD time grows with it)"},
     )
     min_piece_fraction: float = field(
         default=0.02,
@@ -27,10 +28,15 @@ class ExportConfig:
     )
     max_hole_edges: int = field(default=30, metadata={"help": "close holes bounded by at most this many edges"})
     coacd_threshold: float = field(
-        default=0.08, metadata={"help": "CoACD concavity threshold (smaller: more, tighter hulls)"}
+        default=0.1, metadata={"help": "CoACD concavity threshold (smaller: more, tighter hulls, slower)"}
     )
-    max_hulls: int = field(default=12, metadata={"help": "max convex hulls per object (CoACD max_convex_hull)"})
-    coacd_resolution: int = field(default=1000, metadata={"help": "CoACD sampling resolution (speed vs. accuracy)"})
+    max_hulls: int = field(default=8, metadata={"help": "max convex hulls per object (CoACD max_convex_hull)"})
+    coacd_resolution: int = field(
+        default=500, metadata={"help": "CoACD surface samples for the concavity metric (speed vs. accuracy)"}
+    )
+    coacd_iterations: int = field(
+        default=60, metadata={"help": "CoACD Monte-Carlo tree search iterations per cut (speed vs. accuracy)"}
+    )
     coacd_preprocess_resolution: int = field(
         default=30, metadata={"help": "CoACD remeshing resolution, used only for parts still open after hole filling"}
     )
@@ -50,7 +56,11 @@ class ExportConfig:
         metadata={"help": "up vector in the scene frame (3 numbers); required when the build has no floor class"},
     )
     workers: int = field(
-        default=2, metadata={"help": "processes for convex decomposition (0: in this process, for debugging)"}
+        default=2,
+        metadata={
+            "help": "processes for cleaning, texturing and convex decomposition; used only when the parts are big "
+            "enough to pay for starting them (0: always in this process, for debugging)"
+        },
     )
     texture_size: int = field(default=1024, metadata={"help": "side of each baked texture (pixels)"})
     seed: int = field(default=0, metadata={"help": "random seed (RANSAC, CoACD)"})

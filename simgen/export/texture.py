@@ -6,33 +6,78 @@ import numpy as np
 from scipy import ndimage
 
 
+def morton_chunks(vertices: np.ndarray, faces: np.ndarray, chunk_faces: int) -> list[np.ndarray]:
+    """Split faces into spatially compact chunks of at most ``chunk_faces`` faces.
+
+    Faces are sorted by the Morton (Z-order) code of their centroid on a 1024^3 grid over the mesh's
+    bounding cube, then cut into runs. Returns a list of (k,) int64 face-index arrays covering every face once.
+    """
+    centroids = np.asarray(vertices, np.float64)[faces].mean(1)
+    lo = centroids.min(0)
+    scale = 1023.0 / max(float(np.ptp(centroids, axis=0).max()), 1e-12)
+    q = np.clip((centroids - lo) * scale, 0, 1023).astype(np.uint64)
+
+    def spread(x: np.ndarray) -> np.ndarray:  # put 10 bits at every third position
+        x = (x | (x << np.uint64(16))) & np.uint64(0x030000FF)
+        x = (x | (x << np.uint64(8))) & np.uint64(0x0300F00F)
+        x = (x | (x << np.uint64(4))) & np.uint64(0x030C30C3)
+        return (x | (x << np.uint64(2))) & np.uint64(0x09249249)
+
+    code = spread(q[:, 0]) | (spread(q[:, 1]) << np.uint64(1)) | (spread(q[:, 2]) << np.uint64(2))
+    order = np.argsort(code, kind="stable")
+    return np.array_split(order, max(1, int(np.ceil(len(faces) / max(int(chunk_faces), 1)))))
+
+
 def bake_vertex_colors(
-    vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray, size: int = 1024
+    vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray, size: int = 1024, chunk_faces: int = 1000
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """UV-unwrap with xatlas and rasterise the vertex colours into a texture.
 
+    xatlas's chart building grows faster than linearly with the face count (about 0.6 s for 5 000 faces
+    but 35 s for 50 000 here), so the mesh is unwrapped as spatially compact chunks of ``chunk_faces``
+    faces that xatlas charts independently and packs into one atlas (about 3 s for 50 000 faces). Chunk
+    borders become UV seams, which the texture padding hides.
+
     Args:
-        vertices: (N, 3) float; faces: (F, 3) int; colors: (N, 3) uint8; size: texture side (pixels).
+        vertices: (N, 3) float; faces: (F, 3) int; colors: (N, 3) uint8; size: texture side (pixels);
+        chunk_faces: faces per independently charted chunk.
     Returns:
         (vertices (M, 3) float64, faces (F, 3) int64, uv (M, 2) float64 in [0, 1] with v up (OBJ
-        convention), texture (size, size, 3) uint8 with row 0 at the top). Vertices are split on UV seams.
+        convention), texture (size, size, 3) uint8 with row 0 at the top). Vertices are split on UV seams;
+        faces keep their input order.
     """
     import xatlas
 
     vertices = np.asarray(vertices, np.float32)
-    faces = np.asarray(faces, np.uint32)
+    faces = np.asarray(faces, np.int64)
+    if len(faces) == 0:
+        raise ValueError("no faces to unwrap")
+    chunks = morton_chunks(vertices, faces, chunk_faces)
     atlas = xatlas.Atlas()
-    atlas.add_mesh(vertices, faces)
+    used_per_chunk = []
+    for idx in chunks:
+        used, local = np.unique(faces[idx].reshape(-1), return_inverse=True)
+        used_per_chunk.append(used)
+        atlas.add_mesh(vertices[used], local.reshape(-1, 3).astype(np.uint32))
     pack = xatlas.PackOptions()
-    pack.resolution = int(size)
+    pack.resolution = int(size)  # texels per unit chosen so every chart fits one atlas of this size
     pack.padding = 2
     pack.bilinear = True
     atlas.generate(pack_options=pack)
-    vmap, new_faces, uv = atlas[0]
-    new_faces = new_faces.astype(np.int64)
+    if atlas.atlas_count != 1:
+        raise ValueError(f"xatlas made {atlas.atlas_count} atlases instead of one")
+    vmaps, uvs, out_faces = [], [], np.empty((len(faces), 3), np.int64)
+    offset = 0
+    for k, (idx, used) in enumerate(zip(chunks, used_per_chunk, strict=True)):
+        vmap, chunk_faces_out, uv = atlas[k]
+        out_faces[idx] = chunk_faces_out.astype(np.int64) + offset
+        vmaps.append(used[vmap])
+        uvs.append(uv)
+        offset += len(vmap)
+    vmap, uv = np.concatenate(vmaps), np.concatenate(uvs).astype(np.float64)
     col = np.asarray(colors, np.float32)[vmap]
-    tex = _rasterise(uv.astype(np.float64), new_faces, col, size)
-    return vertices[vmap].astype(np.float64), new_faces, uv.astype(np.float64), tex
+    tex = _rasterise(uv, out_faces, col, size)
+    return vertices[vmap].astype(np.float64), out_faces, uv, tex
 
 
 def _rasterise(uv: np.ndarray, faces: np.ndarray, col: np.ndarray, size: int) -> np.ndarray:

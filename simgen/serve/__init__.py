@@ -3,5 +3,8 @@
 Modules: :mod:`~simgen.serve.scene` (what is rendered, :func:`load_render_scene`), :mod:`~simgen.serve.poses`
 (camera pose conventions), :mod:`~simgen.serve.api` (request parsing, response encoding),
 :mod:`~simgen.serve.app` (Flask app, :func:`create_app`), :mod:`~simgen.serve.openapi`,
-:mod:`~simgen.serve.server` (waitress, worker processes). Client: :mod:`simgen.client`. See docs/serve.md.
+:mod:`~simgen.serve.server` (waitress, worker processes), :mod:`~simgen.serve.gazebo` (the logic of the Gazebo
+camera plugin in ``sensor_plugin/``), :mod:`~simgen.serve.world` (``simgen world``: Jackal-sized robot in an
+exported world), :mod:`~simgen.serve.drive` (``simgen drive``: the MuJoCo stand-in loop). Client:
+:mod:`simgen.client`. See docs/serve.md.
 """

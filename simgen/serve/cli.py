@@ -26,6 +26,22 @@ RENDER_EXAMPLES = """examples:
   simgen render out/build --pose ... --output rgb depth panoptic -o views.npz       # server's npz
 """
 
+WORLD_EXAMPLES = """examples:
+  simgen world out/export --robot jackal                      # out/export/worlds/<scene>_jackal.sdf
+  simgen world out/export --spawn 1.0 -0.5 1.57 --server http://10.0.0.5:8000 --rate-hz 15
+
+then (Gazebo Harmonic; see docs/serve.md):
+  simgen serve out/export &
+  GZ_SIM_RESOURCE_PATH=out/export/models GZ_SIM_SYSTEM_PLUGIN_PATH=$PWD/sensor_plugin \\
+    gz sim out/export/worlds/<scene>_jackal.sdf
+"""
+
+DRIVE_EXAMPLES = """examples:
+  simgen drive out/export --waypoints 1 0  1 1.5  -0.5 1.5          # in-process renders, out/export/drive/
+  simgen serve out/export & simgen drive out/export --server http://127.0.0.1:8000 --waypoints 2 0
+  simgen drive out/export --spawn 0 0 0 --waypoints 3 0 -o /tmp/crash   # into an obstacle: stops, says which
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from simgen.cli import _Formatter
@@ -81,6 +97,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--out", required=True, help="output file: .png (one output) or .npz")
     p.set_defaults(func=cmd_render)
+
+    from simgen.serve.world import WorldConfig
+
+    p = sub.add_parser(
+        "world",
+        help="add a Jackal-sized robot with the simgen camera to an exported Gazebo world",
+        description="Write OUT/models/simgen_<name> (four-wheel diff-drive robot, 0.51 x 0.43 x 0.25 m, camera "
+        "link with the simgen camera plugin) and OUT/worlds/<scene>_<name>.sdf: the export's world plus the "
+        "robot at the floor point farthest from every obstacle (or --spawn).",
+        epilog=WORLD_EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    p.add_argument("out_dir", metavar="OUT", help="export folder (simgen export's output)")
+    add_dataclass_args(p, WorldConfig)
+    p.set_defaults(func=cmd_world)
+
+    from simgen.serve.drive import DriveConfig
+
+    p = sub.add_parser(
+        "drive",
+        help="drive a Jackal-sized robot through an export in MuJoCo, rendering its camera",
+        description="MuJoCo stands in for Gazebo: the export's MJCF plus a Jackal-sized robot driven along "
+        "--waypoints; at --rate-hz of simulation time the camera pose is rendered (by --server, or in this "
+        "process) and RGB, depth and panoptic frames, trajectory.json and drive.gif are written. Driving into "
+        "an obstacle stops the run and names the collider.",
+        epilog=DRIVE_EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    p.add_argument("out_dir", metavar="OUT", help="export folder (simgen export's output)")
+    p.add_argument("-o", "--out", default=None, help="output folder (default: OUT/drive)")
+    add_dataclass_args(p, DriveConfig)
+    p.set_defaults(func=cmd_drive)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -164,4 +212,61 @@ def cmd_render(args: argparse.Namespace) -> int:
         io.write_panoptic(out, result["panoptic"])
         io.write_json(out.with_suffix(".segments.json"), {"segments": result["segments"]})
     print(f"wrote {out} ({args.size[0]}x{args.size[1]}, {', '.join(params.outputs)})")
+    return 0
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from simgen.config import dataclass_from_args
+    from simgen.serve.scene import SceneLoadError
+    from simgen.serve.world import WorldConfig, WorldError, compose_world
+
+    cfg = dataclass_from_args(WorldConfig, args)
+    if not Path(args.out_dir).is_dir():
+        print(f"error: {args.out_dir}: not a folder", file=sys.stderr)
+        return 1
+    if cfg.rate_hz <= 0 or cfg.width < 1 or cfg.height < 1 or not 0 < cfg.hfov_rad < 3.14159:
+        print("error: --rate-hz must be > 0, --width/--height >= 1, --hfov-rad in (0, pi)", file=sys.stderr)
+        return 2
+    try:
+        result = compose_world(args.out_dir, cfg)
+    except (WorldError, SceneLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    x, y, yaw = result["spawn"]
+    print(
+        f"wrote {result['world']} (robot {cfg.name!r} at x={x:.2f} y={y:.2f} yaw={yaw:.2f}) and {result['model']}"
+    )
+    print(
+        f"run: simgen serve {args.out_dir} &  GZ_SIM_RESOURCE_PATH={Path(args.out_dir) / 'models'} "
+        f"GZ_SIM_SYSTEM_PLUGIN_PATH=<simgen checkout>/sensor_plugin gz sim {result['world']}"
+    )
+    return 0
+
+
+def cmd_drive(args: argparse.Namespace) -> int:
+    from simgen.client import RenderError
+    from simgen.config import dataclass_from_args
+    from simgen.serve.drive import DriveConfig, DriveError, drive
+    from simgen.serve.scene import SceneLoadError
+    from simgen.serve.world import WorldError
+
+    cfg = dataclass_from_args(DriveConfig, args)
+    if not Path(args.out_dir).is_dir():
+        print(f"error: {args.out_dir}: not a folder", file=sys.stderr)
+        return 1
+    if cfg.rate_hz <= 0 or cfg.speed <= 0 or cfg.max_time <= 0 or cfg.width < 1 or cfg.height < 1:
+        print("error: --rate-hz, --speed, --max-time must be > 0 and --width/--height >= 1", file=sys.stderr)
+        return 2
+    try:
+        summary = drive(args.out_dir, cfg, args.out)
+    except (DriveError, WorldError, SceneLoadError, RenderError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    f = summary["final"]
+    what = f"blocked by {summary['blocked_by']}" if summary["status"] == "blocked" else summary["status"]
+    print(
+        f"{what}: {summary['waypoints_reached']}/{len(summary['waypoints'])} waypoints, "
+        f"{len(summary['frames'])} frames, {f['time']:.1f} s simulated, robot at x={f['x']:.2f} y={f['y']:.2f} "
+        f"-> {Path(args.out) if args.out else Path(args.out_dir) / 'drive'}"
+    )
     return 0

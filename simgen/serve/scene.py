@@ -14,8 +14,10 @@ Images (all ``(H, W)`` row-major, pixel centres, OpenCV camera axes, see :mod:`s
   ``{id, category_id, category_name, isthing, instance}``;
 * rgb: ``(H, W, 3) uint8`` vertex colours interpolated (barycentric) at the hit point, black on a miss.
 
-Labels and colours at the hits come from :mod:`simgen.eval.render` (the hit triangle's corner nearest
-to the hit point; barycentric colour), so served images and evaluation renders agree pixel for pixel.
+Labels and colours follow :mod:`simgen.eval.render` (the hit triangle's corner nearest to the hit point;
+barycentric colour). Requests take :class:`FastCaster`, an embree path that computes both from embree's
+own barycentrics in float32; :meth:`RenderScene.render_reference` renders through the project's generic
+ray caster and :mod:`simgen.eval.render`, and tests hold the two to the same images.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class RenderScene:
     _raycaster: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _default_camera: dict | None = field(default=None, repr=False)
+    _fast: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         m = self.mesh
@@ -82,6 +85,7 @@ class RenderScene:
     def warm(self) -> RenderScene:
         """Build the ray-casting BVH now (call in the process that serves; it is not fork-safe)."""
         self.raycaster  # noqa: B018 -- property access builds it
+        self.fast  # noqa: B018
         self.default_camera()
         return self
 
@@ -124,6 +128,18 @@ class RenderScene:
 
     # -- rendering ------------------------------------------------------------------------------------
 
+    @property
+    def fast(self) -> FastCaster | None:
+        """The embree hot path (None without embreex: :meth:`render` then uses the generic ray caster)."""
+        if self._fast is None:
+            with self._lock:
+                if self._fast is None:
+                    try:
+                        self._fast = FastCaster(self.mesh)
+                    except ImportError:
+                        self._fast = False
+        return self._fast or None
+
     def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
         """Render the requested outputs for one camera.
 
@@ -137,10 +153,23 @@ class RenderScene:
             "segments": [segment dicts in view, by id]}`` -- only the keys requested (segments with
             panoptic).
         """
+        fast = self.fast
+        if fast is not None:
+            out = fast.render(K, c2w_cv, outputs)
+            if "panoptic" in out:
+                out["segments"] = [
+                    self.segments[i] for i in np.unique(out["panoptic"]).tolist() if i in self.segments
+                ]
+            return out
+        return self.render_reference(K, c2w_cv, outputs)
+
+    def render_reference(
+        self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS
+    ) -> dict[str, Any]:
+        """:meth:`render` through the project's generic ray caster and :mod:`simgen.eval.render` (what
+        ``simgen eval`` renders); the reference the embree hot path is tested against."""
         from simgen.eval.render import colors_at_hits, labels_at_hits
 
-        # One cast serves every output; labels and colours come from the evaluation's renderer so the
-        # server and `simgen eval` label pixels identically.
         hits = self.raycaster.cast(K, c2w_cv)
         out: dict[str, Any] = {}
         if "depth" in outputs:
@@ -196,6 +225,115 @@ class RenderScene:
                 best, best_score = c2w, score
         self._default_camera = {"c2w_cv": best, "width": 640, "height": 480, "hfov_deg": 90.0}
         return self._default_camera
+
+
+class FastCaster:
+    """The server's render hot path: embree first hits with barycentric coordinates, float32 throughout.
+
+    :class:`simgen.render.raycast.MeshRaycaster` re-solves every hit in float64 and
+    :mod:`simgen.eval.render` recomputes barycentrics from the hit point, which together cost ~4x the
+    embree traversal itself at 320x240. Here embree's own ``u, v`` give the colour weights, and per-face
+    tables (corner positions, colours, segment ids) make every output one gather. Labels follow the
+    same rule as :func:`simgen.eval.render.labels_at_hits` (the hit triangle's corner nearest to the
+    hit point); tests check the two paths agree.
+
+    Args:
+        mesh: panoptic mesh in the served world frame.
+
+    Raises:
+        ImportError: embreex is not installed.
+    """
+
+    def __init__(self, mesh: PanopticMesh):
+        from embreex import rtcore_scene
+        from embreex.mesh_construction import TriangleMesh
+
+        faces = np.asarray(mesh.faces, dtype=np.int64)
+        v32 = np.ascontiguousarray(mesh.vertices, dtype=np.float32)
+        self._scene = rtcore_scene.EmbreeScene()
+        TriangleMesh(scene=self._scene, vertices=v32, indices=faces.astype(np.int32))
+        # Squared distance from a point with barycentrics (w0, w1, w2) to each corner, as quadratic forms of
+        # the other two weights: |P - A|^2 = w1^2 |AB|^2 + w2^2 |AC|^2 + 2 w1 w2 AB.AC (and cyclically), so
+        # the nearest corner needs 9 numbers per face instead of the hit point and 9 coordinates.
+        a, b, c = (np.asarray(mesh.vertices, dtype=np.float64)[faces[:, k]] for k in range(3))
+
+        def dot(x, y):
+            return (x * y).sum(1)
+
+        ab, ac, bc = b - a, c - a, c - b
+        self.gram = np.stack(
+            [
+                dot(ab, ab),
+                dot(ac, ac),
+                dot(ab, ac),
+                dot(ab, ab),
+                dot(bc, bc),
+                -dot(ab, bc),
+                dot(ac, ac),
+                dot(bc, bc),
+                dot(ac, bc),
+            ],
+            1,
+        ).astype(np.float32)  # (F, 9)
+        self.colors = np.asarray(mesh.colors, dtype=np.float32)[faces]  # (F, 3, 3) corner colours
+        self.segment = segment_ids(mesh.semantic, mesh.instance)[faces]  # (F, 3) corner segment ids
+        self._dirs: tuple[Intrinsics, np.ndarray, np.ndarray] | None = None
+
+    def _camera_dirs(self, K: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+        """Unit ray directions ``(H*W, 3) float32`` in the OpenCV camera frame and their z (cos to the axis)."""
+        cached = self._dirs  # one read: request threads may swap the cache for another camera meanwhile
+        if cached is None or cached[0] != K:
+            u, v = np.meshgrid(np.arange(K.width) + 0.5, np.arange(K.height) + 0.5)
+            d = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u)], -1).reshape(-1, 3)
+            d /= np.sqrt((d * d).sum(1, keepdims=True))
+            d = d.astype(np.float32)
+            cached = (K, d, d[:, 2].copy())
+            self._dirs = cached  # one camera at a time keeps memory flat
+        return cached[1], cached[2]
+
+    def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
+        """Like :meth:`RenderScene.render` without ``segments``: ``rgb``, ``depth``, ``panoptic`` arrays."""
+        c2w = np.asarray(c2w_cv, dtype=np.float64)
+        d_cam, z_cam = self._camera_dirs(K)
+        # Rotate as three scaled columns: a (N, 3) @ (3, 3) matmul goes through multi-threaded BLAS, which
+        # on a busy 2-core machine took 70+ ms here instead of under 1 ms.
+        R = c2w[:3, :3].astype(np.float32)
+        dirs = d_cam[:, :1] * R[:, 0] + d_cam[:, 1:2] * R[:, 1] + d_cam[:, 2:] * R[:, 2]
+        origins = np.broadcast_to(c2w[:3, 3].astype(np.float32), dirs.shape)
+        r = self._scene.run(np.ascontiguousarray(origins), dirs, output=1)
+        prim = r["primID"]
+        hit = np.flatnonzero(prim >= 0)
+        f = prim[hit]
+        t = r["tfar"][hit]
+        shape = (K.height, K.width)
+        out: dict[str, Any] = {}
+        if "depth" in outputs:
+            depth = np.zeros(K.height * K.width, np.float32)
+            depth[hit] = t * z_cam[hit]
+            out["depth"] = depth.reshape(shape)
+        if "panoptic" in outputs or "rgb" in outputs:
+            w1, w2 = r["u"][hit], r["v"][hit]  # embree: P = (1 - u - v) A + u B + v C
+            w0 = 1 - w1 - w2
+        if "panoptic" in outputs:
+            g = self.gram[f]
+            d2 = np.stack(
+                [
+                    w1 * w1 * g[:, 0] + w2 * w2 * g[:, 1] + 2 * w1 * w2 * g[:, 2],  # to A
+                    w0 * w0 * g[:, 3] + w2 * w2 * g[:, 4] + 2 * w0 * w2 * g[:, 5],  # to B: BA, BC
+                    w0 * w0 * g[:, 6] + w1 * w1 * g[:, 7] + 2 * w0 * w1 * g[:, 8],  # to C: CA, CB
+                ],
+                1,
+            )
+            pan = np.zeros(K.height * K.width, np.int32)
+            pan[hit] = self.segment[f, d2.argmin(1)]
+            out["panoptic"] = pan.reshape(shape)
+        if "rgb" in outputs:
+            col = self.colors[f]
+            mixed = w0[:, None] * col[:, 0] + w1[:, None] * col[:, 1] + w2[:, None] * col[:, 2]
+            rgb = np.zeros((K.height * K.width, 3), np.uint8)
+            rgb[hit] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+            out["rgb"] = rgb.reshape(*shape, 3)
+        return out
 
 
 def segment_ids(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:

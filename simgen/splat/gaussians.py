@@ -50,7 +50,9 @@ class GaussianScene:
         }
         for name, shape in expect.items():
             if tuple(getattr(self, name).shape) != shape:
-                raise ValueError(f"GaussianScene.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}")
+                raise ValueError(
+                    f"GaussianScene.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}"
+                )
         if self.sh.dim() != 3 or self.sh.shape[0] != n or self.sh.shape[2] != 3:
             raise ValueError(f"GaussianScene.sh must have shape (N, K, 3), got {tuple(self.sh.shape)}")
         sh_degree_from_bases(self.sh.shape[1])
@@ -127,14 +129,19 @@ def from_points(
     *,
     semantic: np.ndarray | None = None,
     instance: np.ndarray | None = None,
+    normals: np.ndarray | None = None,
     sh_degree: int = 3,
     opacity: float = 0.1,
     scale_factor: float = 1.0,
+    flatness: float = 0.1,
 ) -> GaussianScene:
-    """Isotropic Gaussians at ``points`` ``(M, 3)`` with colours ``(M, 3)`` in [0, 1] (or uint8).
+    """Gaussians at ``points`` ``(M, 3)`` with colours ``(M, 3)`` in [0, 1] (or uint8).
 
     Scales are ``scale_factor`` times the mean distance to the 3 nearest points, opacity ``opacity``,
-    higher SH bands zero. Labels default to unknown (-1 / 0).
+    higher SH bands zero. Labels default to unknown (-1 / 0). Without ``normals`` the Gaussians are
+    isotropic; with unit ``normals`` ``(M, 3)`` they are flat discs in the surface (the scale along the
+    normal is ``flatness`` times the others), so that a Gaussian on a surface seen edge-on does not hang
+    3 sigma over its neighbours in the image.
     """
     points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     colors = np.asarray(colors)
@@ -145,12 +152,21 @@ def from_points(
         raise ValueError(f"from_points: {m} points but {len(colors)} colours")
     sh = torch.zeros(m, num_sh_bases(sh_degree), 3)
     sh[:, 0] = rgb_to_sh0(torch.from_numpy(colors))
-    scale = knn_scale(points) * scale_factor
+    log_scale = torch.from_numpy(np.log(knn_scale(points) * scale_factor).astype(np.float32))[:, None].repeat(
+        1, 3
+    )
+    quats = torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(m, 1)
+    if normals is not None:
+        normals = np.asarray(normals, np.float32).reshape(-1, 3)
+        if len(normals) != m:
+            raise ValueError(f"from_points: {m} points but {len(normals)} normals")
+        quats = torch.from_numpy(quats_z_to(normals))
+        log_scale[:, 2] += float(np.log(flatness))
     p = float(np.clip(opacity, 1e-4, 1 - 1e-4))
     return GaussianScene(
         means=torch.from_numpy(points.copy()),
-        quats=torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(m, 1),
-        log_scales=torch.from_numpy(np.log(scale).astype(np.float32))[:, None].repeat(1, 3),
+        quats=quats,
+        log_scales=log_scale,
         opacity_logits=torch.full((m,), float(np.log(p / (1 - p)))),
         sh=sh,
         semantic=torch.from_numpy(
@@ -160,6 +176,19 @@ def from_points(
             np.zeros(m, np.int32) if instance is None else np.asarray(instance, np.int32).reshape(m)
         ),
     )
+
+
+def quats_z_to(normals: np.ndarray) -> np.ndarray:
+    """``(M, 4)`` float32 wxyz unit quaternions rotating the z axis onto each of ``normals`` ``(M, 3)``.
+
+    Shortest-arc rotation ``q = (1 + z.n, z x n)`` normalised; zero or -z normals get a half turn about x.
+    """
+    n = np.asarray(normals, np.float64).reshape(-1, 3)
+    n = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    q = np.stack([1.0 + n[:, 2], -n[:, 1], n[:, 0], np.zeros(len(n))], axis=1)
+    norm = np.linalg.norm(q, axis=1)
+    q[norm < 1e-6] = (0.0, 1.0, 0.0, 0.0)
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
 def voxel_downsample(points: np.ndarray, voxel: float, *values: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -221,26 +250,50 @@ def init_from_rgbd(
     return from_points(pts, cols, sh_degree=sh_degree)
 
 
-def init_from_mesh(mesh, *, count: int | None = None, sh_degree: int = 3, seed: int = 0) -> GaussianScene:
+def init_from_mesh(
+    mesh,
+    *,
+    count: int | None = None,
+    sh_degree: int = 3,
+    seed: int = 0,
+    opacity: float = 0.1,
+    flat: bool = True,
+) -> GaussianScene:
     """Gaussians on a :class:`simgen.build.output.PanopticMesh`, carrying its colours and labels.
 
     With ``count`` None, one Gaussian per vertex. Otherwise ``count`` points are sampled uniformly on the
     surface (meshes of large flat faces have too few vertices); each takes the colour and labels of the
-    nearest corner of its face.
+    nearest corner of its face. With ``flat`` the Gaussians are discs in the surface (vertex or face
+    normal); otherwise isotropic.
     """
-    if count is None:
-        return from_points(
-            mesh.vertices, mesh.colors, semantic=mesh.semantic, instance=mesh.instance, sh_degree=sh_degree
-        )
     import trimesh
 
     tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    if count is None:
+        normals = tm.vertex_normals if (flat and len(mesh.faces)) else None
+        return from_points(
+            mesh.vertices,
+            mesh.colors,
+            semantic=mesh.semantic,
+            instance=mesh.instance,
+            normals=normals,
+            sh_degree=sh_degree,
+            opacity=opacity,
+        )
+    if len(mesh.faces) == 0:
+        raise ValueError("init_from_mesh: the mesh has no faces to sample")
     pts, face = trimesh.sample.sample_surface(tm, count, seed=seed)
     corners = mesh.faces[face]  # (count, 3)
     d = np.linalg.norm(mesh.vertices[corners] - pts[:, None, :], axis=-1)
     v = corners[np.arange(len(pts)), d.argmin(axis=1)]
     return from_points(
-        pts, mesh.colors[v], semantic=mesh.semantic[v], instance=mesh.instance[v], sh_degree=sh_degree
+        pts,
+        mesh.colors[v],
+        semantic=mesh.semantic[v],
+        instance=mesh.instance[v],
+        normals=tm.face_normals[face] if flat else None,
+        sh_degree=sh_degree,
+        opacity=opacity,
     )
 
 

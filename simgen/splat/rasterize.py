@@ -193,7 +193,8 @@ def rasterize(
         accumulated depth; ``alpha`` ``(H, W)`` accumulated opacity; ``features`` ``(H, W, F)`` blended
         features, not normalised (``None`` without ``features``); ``means2d`` ``(N, 2)`` projected means, part
         of the autograd graph (call ``retain_grad()`` on it to get the view-space gradient used by
-        densification); ``radii`` ``(N,)`` int pixel radii, 0 for culled Gaussians; ``backend`` the one used.
+        densification); ``radii`` ``(N,)`` int pixel radii, 0 for culled Gaussians; ``backend`` the one used;
+        ``info`` gsplat's raw ``meta`` dict (what its densification strategies read), None on the torch path.
     """
     if backend not in BACKENDS:
         raise ValueError(f"rasterize: backend must be one of {BACKENDS}, got {backend!r}")
@@ -211,7 +212,20 @@ def rasterize(
         )
     else:
         out = _rasterize_torch(
-            means, quats, scales, opacities, vals, viewmat, K, width, height, near, far, tile_size, eps2d, chunk
+            means,
+            quats,
+            scales,
+            opacities,
+            vals,
+            viewmat,
+            K,
+            width,
+            height,
+            near,
+            far,
+            tile_size,
+            eps2d,
+            chunk,
         )
     n_feat = vals.shape[1] - 3
     blended, alpha = out["blended"], out["alpha"]
@@ -226,6 +240,7 @@ def rasterize(
         "means2d": out["means2d"],
         "radii": out["radii"],
         "backend": backend,
+        "info": out.get("info"),
     }
 
 
@@ -273,6 +288,7 @@ def _rasterize_gsplat(means, quats, scales, opacities, vals, viewmat, K, width, 
         "alpha": alphas[0, ..., 0],
         "means2d": meta["means2d"][0],
         "radii": radii.to(torch.int64),
+        "info": meta,
     }
 
 
@@ -293,10 +309,12 @@ def _tile_pairs(means2d, radii, depths, tile_size, n_tx, n_ty):
         counts = w * (y1 - y0)
         total = int(counts.sum())
         rank = torch.empty_like(vis)
-        rank[torch.sort(depths[vis].detach(), stable=True).indices] = torch.arange(len(vis))
-        g = torch.repeat_interleave(torch.arange(len(vis)), counts)
+        rank[torch.sort(depths[vis].detach(), stable=True).indices] = torch.arange(
+            len(vis), device=vis.device
+        )
+        g = torch.repeat_interleave(torch.arange(len(vis), device=vis.device), counts)
         first = torch.cumsum(counts, 0) - counts
-        local = torch.arange(total) - first[g]
+        local = torch.arange(total, device=vis.device) - first[g]
         tile = (y0[g] + local // w[g]) * n_tx + x0[g] + local % w[g]
         order = torch.sort(tile * max(len(vis), 1) + rank[g]).indices
         tile_count = torch.bincount(tile, minlength=n_tx * n_ty)
@@ -304,7 +322,9 @@ def _tile_pairs(means2d, radii, depths, tile_size, n_tx, n_ty):
         return vis[g[order]], tile_start, tile_count
 
 
-def _rasterize_torch(means, quats, scales, opacities, vals, viewmat, K, width, height, near, far, ts, eps2d, chunk):
+def _rasterize_torch(
+    means, quats, scales, opacities, vals, viewmat, K, width, height, near, far, ts, eps2d, chunk
+):
     proj = project_gaussians(means, quats, scales, viewmat, K, width, height, near, far, eps2d)
     means2d, conics, depths, radii = proj["means2d"], proj["conics"], proj["depths"], proj["radii"]
     dtype, dev = means.dtype, means.device
@@ -353,7 +373,9 @@ def _rasterize_torch(means, quats, scales, opacities, vals, viewmat, K, width, h
         a, b, c = con[..., 0], con[..., 1], con[..., 2]
         const = log_o[g] - (0.5 * a * mx * mx + b * mx * my + 0.5 * c * my * my)
         const = torch.where(in_list, const, torch.full_like(const, -1e4))  # padding: alpha = exp(-1e4) = 0
-        coef = torch.stack([-0.5 * a, -b, -0.5 * c, a * mx + b * my, c * my + b * mx, const], dim=1)  # (L, 6, C)
+        coef = torch.stack(
+            [-0.5 * a, -b, -0.5 * c, a * mx + b * my, c * my + b * mx, const], dim=1
+        )  # (L, 6, C)
         e = torch.matmul(pix_mono, coef)  # (L, P, C)
         alpha = torch.exp(torch.clamp_max(e, e_max)) * (e >= e_min[g][:, None, :])
         cp = torch.cumprod(1.0 - alpha, dim=2)  # transmittance after each Gaussian, relative to chunk start
@@ -418,18 +440,28 @@ def rasterize_reference(
         x, y, z = p[0], p[1], p[2]
         if not (near < _scalar(z) < far):
             continue
-        lim_x = (float(-(cx / fx + 0.3 * 0.5 * width / fx)), float((width - cx) / fx + 0.3 * 0.5 * width / fx))
-        lim_y = (float(-(cy / fy + 0.3 * 0.5 * height / fy)), float((height - cy) / fy + 0.3 * 0.5 * height / fy))
+        lim_x = (
+            float(-(cx / fx + 0.3 * 0.5 * width / fx)),
+            float((width - cx) / fx + 0.3 * 0.5 * width / fx),
+        )
+        lim_y = (
+            float(-(cy / fy + 0.3 * 0.5 * height / fy)),
+            float((height - cy) / fy + 0.3 * 0.5 * height / fy),
+        )
         tx = z * torch.clamp(x / z, *lim_x)
         ty = z * torch.clamp(y / z, *lim_y)
-        J = torch.stack([torch.stack([fx / z, 0 * z, -fx * tx / z**2]), torch.stack([0 * z, fy / z, -fy * ty / z**2])])
+        J = torch.stack(
+            [torch.stack([fx / z, 0 * z, -fx * tx / z**2]), torch.stack([0 * z, fy / z, -fy * ty / z**2])]
+        )
         Rq = quat_to_rotmat(quats[i : i + 1])[0]
         S = torch.diag(scales[i] ** 2)
         W = viewmat[:3, :3]
         cov = J @ W @ Rq @ S @ Rq.T @ W.T @ J.T + eps2d * torch.eye(2, dtype=means.dtype)
         if _scalar(torch.det(cov)) <= 0:
             continue
-        proj.append((_scalar(z), i, torch.stack([fx * x / z + cx, fy * y / z + cy]), torch.linalg.inv(cov), z))
+        proj.append(
+            (_scalar(z), i, torch.stack([fx * x / z + cx, fy * y / z + cy]), torch.linalg.inv(cov), z)
+        )
     proj.sort(key=lambda e: (e[0], e[1]))  # depth, ties by index (the tiled path's stable sort)
     n_ch = vals.shape[1]
     zero = means.sum() * 0  # keeps empty pixels in the autograd graph

@@ -70,7 +70,9 @@ class InstanceTable:
     # Pairs (a < b) observed as different segments of one frame: evidence they are different objects.
     separate: set[tuple[int, int]] = field(default_factory=set)
     counters: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("created", "matched", "fused", "merged", "vanished", "dropped"), 0)
+        default_factory=lambda: dict.fromkeys(
+            ("created", "matched", "fused", "merged", "vanished", "dropped"), 0
+        )
     )
 
     def create(self) -> GlobalInstance:
@@ -81,7 +83,9 @@ class InstanceTable:
         return inst
 
 
-def _box_containment(a_min: np.ndarray, a_max: np.ndarray, b_min: np.ndarray, b_max: np.ndarray) -> np.ndarray:
+def _box_containment(
+    a_min: np.ndarray, a_max: np.ndarray, b_min: np.ndarray, b_max: np.ndarray
+) -> np.ndarray:
     """Fraction of the volume of boxes ``a`` (``(S, 3)``) inside boxes ``b`` (``(G, 3)``): ``(G, S)``."""
     lo = np.maximum(a_min[None], b_min[:, None])
     hi = np.minimum(a_max[None], b_max[:, None])
@@ -159,7 +163,9 @@ def associate(
     contain_2d = joint / np.maximum(n_s[None, :], 1)  # share of the segment inside the instance
 
     insts = [table.instances[int(g)] for g in gid]
-    same_class = np.array([[inst.column == c for c in seg.column] for inst in insts], dtype=bool).reshape(G, S)
+    same_class = np.array([[inst.column == c for c in seg.column] for inst in insts], dtype=bool).reshape(
+        G, S
+    )
     if G:
         g_min = np.stack([i.box_min for i in insts]) - cfg.merge_margin
         g_max = np.stack([i.box_max for i in insts]) + cfg.merge_margin
@@ -251,11 +257,15 @@ def merge_instances(
     if len(ids) < 2:
         return {}
     lo, hi = bmin - cfg.merge_margin, bmax + cfg.merge_margin
-    inter = np.prod(np.clip(np.minimum(hi[:, None], hi[None]) - np.maximum(lo[:, None], lo[None]), 0, None), -1)
+    inter = np.prod(
+        np.clip(np.minimum(hi[:, None], hi[None]) - np.maximum(lo[:, None], lo[None]), 0, None), -1
+    )
     vol = np.prod(hi - lo, axis=-1)
     overlap = inter / np.minimum(vol[:, None], vol[None])
     cols = np.array([table.instances[int(i)].column for i in ids])
-    cand = (overlap >= cfg.merge_overlap) & (cols[:, None] == cols[None]) & np.triu(np.ones_like(inter, bool), 1)
+    cand = (
+        (overlap >= cfg.merge_overlap) & (cols[:, None] == cols[None]) & np.triu(np.ones_like(inter, bool), 1)
+    )
     pairs = sorted(zip(*np.nonzero(cand), strict=True), key=lambda p: -overlap[p])
     group = {int(i): {int(i)} for i in ids}
     root = {int(i): int(i) for i in ids}

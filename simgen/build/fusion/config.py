@@ -50,7 +50,8 @@ class FusionConfig:
         default=0.3, metadata={"help": "... and above this combined score (mask IoU and 3D overlap)"}
     )
     match_weight_3d: float = field(
-        default=0.3, metadata={"help": "weight of the 3D box overlap in the match score (mask IoU gets the rest)"}
+        default=0.3,
+        metadata={"help": "weight of the 3D box overlap in the match score (mask IoU gets the rest)"},
     )
     class_mismatch_penalty: float = field(
         default=0.3, metadata={"help": "subtracted from the match score when the classes differ"}
@@ -73,6 +74,13 @@ class FusionConfig:
     min_frames: int = field(default=3, metadata={"help": "instances observed in fewer keyframes are dropped"})
     lookup_stride: int = field(
         default=2, metadata={"help": "pixel stride of the global-instance lookup used for association"}
+    )
+
+    prefetch: bool = field(
+        default=True,
+        metadata={
+            "help": "decode the next keyframe's images in a background thread while the current one fuses"
+        },
     )
 
     @property

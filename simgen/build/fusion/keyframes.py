@@ -36,6 +36,17 @@ class KeyframeSelector:
     def accept(self, c2w: np.ndarray) -> None:
         self.last = np.asarray(c2w, dtype=np.float64).copy()
 
+    def next_candidate(self, poses: list[np.ndarray], start: int) -> int | None:
+        """Position of the first pose at or after ``start`` that is a candidate now, None if there is none.
+
+        This is the next keyframe if the current reference stays, which lets the reader fetch its images
+        ahead of time.
+        """
+        for k in range(start, len(poses)):  # loops over frames (4x4 poses), not pixels
+            if self.is_candidate(poses[k]):
+                return k
+        return None
+
 
 def select_keyframes(poses: Iterable[np.ndarray], translation: float, rotation_deg: float) -> list[int]:
     """Indices of the keyframes of a pose sequence (every pose assumed usable)."""

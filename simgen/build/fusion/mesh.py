@@ -40,7 +40,12 @@ def extract_mesh(
         storage row of each vertex's nearest voxel; ``corners`` ``(V, 8) int64`` the rows of the 8 corners
         of a cube holding the vertex (-1 where not allocated).
     """
-    empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros(0, np.int64), np.zeros((0, 8)))
+    empty = (
+        np.zeros((0, 3), np.float32),
+        np.zeros((0, 3), np.int32),
+        np.zeros(0, np.int64),
+        np.zeros((0, 8)),
+    )
     origin, index = vol.dense_index()
     if index.size == 0:
         return empty
@@ -183,6 +188,14 @@ def panoptic_mesh(
         z = np.zeros(0, np.int32)
         return PanopticMesh(verts, faces, np.zeros((0, 3), np.uint8), z, z)
     colors, semantic, inst = label_vertices(
-        vol, rows, corners, faces, class_ids, thing_columns, instance_class, instance_lut, propagate_iterations
+        vol,
+        rows,
+        corners,
+        faces,
+        class_ids,
+        thing_columns,
+        instance_class,
+        instance_lut,
+        propagate_iterations,
     )
     return PanopticMesh(verts, faces, colors, semantic, inst)

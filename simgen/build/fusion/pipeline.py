@@ -5,6 +5,8 @@ associate the frame's thing segments (:mod:`association`), then integrate depth,
 classes (score-weighted) and the associated global ids into the volume (:mod:`tsdf`). After each fragment
 the instance table is cleaned (instances that lost every voxel) and duplicates are merged. At the end,
 instances observed in fewer than ``min_frames`` keyframes are dropped and the mesh is extracted.
+The next keyframe follows from the poses alone, so its images are decoded in a background thread
+(:mod:`reader`) while the current one is fused.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from simgen.build.fusion.association import (
 from simgen.build.fusion.config import FusionConfig
 from simgen.build.fusion.keyframes import KeyframeSelector
 from simgen.build.fusion.mesh import panoptic_mesh
+from simgen.build.fusion.reader import FrameData, FrameReader
 from simgen.build.fusion.tsdf import VoxelBlockVolume, directions
 from simgen.config import to_dict
 from simgen.data import io
@@ -58,12 +61,11 @@ class FusionState:
         self.timings[key] += t1 - t0
         return t1
 
-    def add_keyframe(self, scene: Scene, i: int, depth: np.ndarray) -> None:
-        """Associate and integrate scene frame ``i`` (``depth`` already range-filtered)."""
+    def add_keyframe(self, scene: Scene, i: int, frame: FrameData) -> None:
+        """Associate and integrate scene frame ``i`` (its depth already range-filtered)."""
         cfg, f = self.cfg, scene.frames[i]
         t = time.perf_counter()
-        rgb, pan = scene.rgb(i), scene.panoptic(i)
-        t = self._tick("read", t)
+        depth, rgb, pan = frame.depth, frame.rgb, frame.panoptic
         c2w, K = f.c2w_cv, f.intrinsics
         seg = frame_segments(pan, f.segments, self.column_of, self.thing_columns)
 
@@ -136,7 +138,9 @@ def _peak_rss_mb() -> float:
     return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20  # kB on Linux, bytes on macOS
 
 
-def run_fusion(scene: Scene, cfg: FusionConfig, out_dir: str | Path | None, progress: bool = True) -> dict[str, Any]:
+def run_fusion(
+    scene: Scene, cfg: FusionConfig, out_dir: str | Path | None, progress: bool = True
+) -> dict[str, Any]:
     """Build a panoptic mesh of ``scene`` by online TSDF fusion and write the build folder.
 
     Args:
@@ -150,7 +154,7 @@ def run_fusion(scene: Scene, cfg: FusionConfig, out_dir: str | Path | None, prog
         ``"instances"`` (the instance records).
     """
     cfg.validate()
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     state = FusionState(scene, cfg)
     selector = KeyframeSelector(cfg.keyframe_translation, cfg.keyframe_rotation_deg)
     frames = scene.split_indices(cfg.split)
@@ -160,37 +164,49 @@ def run_fusion(scene: Scene, cfg: FusionConfig, out_dir: str | Path | None, prog
     skipped: list[int] = []
     fragment: list[int] = []
 
-    bar = tqdm(frames, desc="fusion", unit="frame", disable=not progress, dynamic_ncols=True)
-    for i in bar:
-        c2w = scene.frames[i].c2w_cv
-        if not selector.is_candidate(c2w):
-            continue
-        t = time.perf_counter()
-        depth = scene.depth(i)
-        depth[(depth < cfg.min_depth) | (depth > cfg.max_depth)] = 0
-        state._tick("read", t)
-        if np.count_nonzero(depth) < cfg.min_valid_depth_fraction * depth.size:
-            counters["skipped_no_depth"] += 1
-            skipped.append(i)
-            msg = f"frame {i} ({scene.frames[i].name}): no valid depth in [{cfg.min_depth}, {cfg.max_depth}] m"
-            warnings.warn(f"{msg}; skipped", SkippedFrameWarning, stacklevel=2)
-            continue
-        selector.accept(c2w)
-        state.add_keyframe(scene, i, depth)
-        counters["keyframes"] += 1
-        fragment.append(i)
-        if len(fragment) == cfg.fragment_size:
-            state.end_fragment(fragment[0])
-            counters["fragments"] += 1
-            fragment = []
-        bar.set_postfix(keyframes=counters["keyframes"], instances=len(state.table.instances), refresh=False)
-    bar.close()
+    poses = [scene.frames[i].c2w_cv for i in frames]
+    with (
+        tqdm(total=len(frames), desc="fusion", unit="frame", disable=not progress, dynamic_ncols=True) as bar,
+        FrameReader(scene, cfg.min_depth, cfg.max_depth, background=cfg.prefetch) as reader,
+    ):
+        pos = selector.next_candidate(poses, 0)
+        while pos is not None:
+            i = frames[pos]
+            t = time.perf_counter()
+            frame = reader.get(i)
+            state._tick("read", t)
+            usable = np.count_nonzero(frame.depth) >= cfg.min_valid_depth_fraction * frame.depth.size
+            if not usable:
+                counters["skipped_no_depth"] += 1
+                skipped.append(i)
+                msg = f"frame {i} ({scene.frames[i].name}): no valid depth in [{cfg.min_depth}, {cfg.max_depth}] m"
+                warnings.warn(f"{msg}; skipped", SkippedFrameWarning, stacklevel=2)
+            else:
+                selector.accept(poses[pos])
+            # The next keyframe depends only on the poses and the reference: read it while this one fuses.
+            nxt = selector.next_candidate(poses, pos + 1)
+            reader.prefetch(None if nxt is None else frames[nxt])
+            if usable:
+                state.add_keyframe(scene, i, frame)
+                counters["keyframes"] += 1
+                fragment.append(i)
+                if len(fragment) == cfg.fragment_size:
+                    state.end_fragment(fragment[0])
+                    counters["fragments"] += 1
+                    fragment = []
+            bar.update((len(frames) if nxt is None else nxt) - pos)
+            bar.set_postfix(
+                keyframes=counters["keyframes"], instances=len(state.table.instances), refresh=False
+            )
+            pos = nxt
     if fragment:
         state.end_fragment(fragment[0])
         counters["fragments"] += 1
     if counters["keyframes"] == 0:
         raise ValueError(f"{scene.root}: no frame with valid depth; nothing to fuse")
     t_loop = time.perf_counter() - t_start
+    # CPU time beside wall time: on a shared machine the wall time also counts waiting for other processes.
+    cpu_loop = time.process_time() - cpu_start
 
     mesh, frames_observed = state.finish()
     records = output.instance_records(mesh, scene.categories, frames_observed)
@@ -206,6 +222,8 @@ def run_fusion(scene: Scene, cfg: FusionConfig, out_dir: str | Path | None, prog
     timings["fusion_loop"] = round(t_loop, 4)
     timings["frames_per_second"] = round(counters["frames"] / t_loop, 2)
     timings["keyframes_per_second"] = round(counters["keyframes"] / t_loop, 2)
+    timings["fusion_loop_cpu"] = round(cpu_loop, 4)
+    timings["cpu_frames_per_second"] = round(counters["frames"] / max(cpu_loop, 1e-9), 2)
     record: dict[str, Any] = {
         "method": "fusion",
         "scene": str(scene.root),

@@ -26,7 +26,9 @@ from simgen.data.camera import Intrinsics, camera_directions
 BLOCK = 8
 BLOCK_VOXELS = BLOCK**3
 # (512, 3) local voxel offsets inside a block, in storage order.
-LOCAL = np.stack(np.meshgrid(*(np.arange(BLOCK),) * 3, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.int32)
+LOCAL = (
+    np.stack(np.meshgrid(*(np.arange(BLOCK),) * 3, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.int32)
+)
 _KEY_BITS = 21
 _KEY_OFFSET = 1 << (_KEY_BITS - 1)  # block coordinates are shifted to be non-negative before packing
 _KEY_MASK = (1 << _KEY_BITS) - 1
@@ -282,10 +284,10 @@ class VoxelBlockVolume:
         if rgb is not None and r.size:
             wc = w_old[lab]
             inv = np.float32(1.0) / (wc + np.float32(1.0))
-            src = rgb.reshape(-1, 3)[p]
+            src = rgb.reshape(-1, 3)
             for k in range(3):  # one plane at a time: 1-D gathers are much faster than (n, 3) row gathers
                 plane = self.color[k]
-                plane[r] = (plane[r] * wc + src[:, k]) * inv
+                plane[r] = (plane[r] * wc + src[:, k][p]) * inv
         if label_class is not None and r.size:
             c = label_class.reshape(-1)[p]
             has = c >= 0

@@ -53,6 +53,7 @@ class NeuralConfig:
     seg_samples: int | None = _f(None, "semantic / instance fields evaluated at the k highest-weight samples")
     near: float = _f(0.05, "near plane, metres")
     trunc: float = _f(0.1, "SDF truncation tau, metres (eq. 24)")
+    depth_normalise: bool = _f(True, "divide rendered depth by the ray's accumulated opacity (eq. 10)")
     sdf_beta: float = _f(5.0, "free-space penalty sharpness beta (eq. 24)")
     n_eikonal: int | None = _f(None, "points per step for the eikonal loss")
     # --- fields
@@ -64,9 +65,11 @@ class NeuralConfig:
     seg_max_res: int | None = _f(None, "semantic / instance finest grid resolution")
     base_res: int = _f(16, "coarsest grid resolution of every hash grid")
     hidden: int = _f(64, "MLP width")
-    xi_mode: Literal["learnable", "scheduled"] = _f("learnable", "S-density sharpness xi: learned or scheduled")
-    xi_init: float = _f(20.0, "initial xi (1/m)")
-    xi_final: float = _f(400.0, "xi at the end when scheduled (geometric growth)")
+    xi_mode: Literal["learnable", "scheduled"] = _f(
+        "scheduled", "S-density sharpness xi: learned or scheduled"
+    )
+    xi_init: float = _f(30.0, "initial xi (1/m)")
+    xi_final: float = _f(300.0, "xi at the end when scheduled (geometric growth)")
     init_radius: float = _f(0.0, "initial SDF sphere radius in metres; 0 = half the box diagonal / 2")
     # --- tokens
     n_tokens: int = _f(24, "initial instance tokens (back-projected random thing pixels)")
@@ -74,7 +77,8 @@ class NeuralConfig:
     token_scale: float = _f(0.3, "initial Gaussian std of a token, metres")
     # --- optimiser
     lr_grid: float = _f(1e-2, "learning rate of hash tables")
-    lr_mlp: float = _f(1e-3, "learning rate of MLPs and xi")
+    lr_mlp: float = _f(5e-3, "learning rate of MLPs")
+    lr_xi: float = _f(1e-2, "learning rate of log(xi) when xi is learnable")
     lr_token: float = _f(5e-3, "learning rate of token parameters")
     lr_decay: float = _f(0.1, "learning-rate factor reached at the last step (exponential)")
     # --- loss weights (eq. 23)

@@ -50,7 +50,9 @@ class RayData:
         return len(self.frame_ids)
 
 
-def load_rays(scene: Scene, frames: list[int], downscale: int, device, trunc: float, progress: bool) -> RayData:
+def load_rays(
+    scene: Scene, frames: list[int], downscale: int, device, trunc: float, progress: bool
+) -> RayData:
     """Read depth, panoptic labels and colour of ``frames`` into a :class:`RayData`."""
     classes = scene.stuff_ids + scene.thing_ids
     n_stuff = len(scene.stuff_ids)
@@ -141,7 +143,9 @@ def sample_batch(data: RayData, n_frames: int, rays_per_frame: int, rng: np.rand
     """``n_frames`` distinct random frames, ``rays_per_frame`` random pixels each."""
     frames = rng.choice(data.n_frames, size=min(n_frames, data.n_frames), replace=False)
     counts = data.start[frames + 1] - data.start[frames]
-    idx = np.concatenate([data.start[f] + rng.integers(0, c, rays_per_frame) for f, c in zip(frames, counts)])
+    idx = np.concatenate(
+        [data.start[f] + rng.integers(0, c, rays_per_frame) for f, c in zip(frames, counts, strict=True)]
+    )
     dev = data.dirs.device
     idx_t = torch.as_tensor(idx, device=dev)
     pos = torch.arange(len(frames), device=dev).repeat_interleave(rays_per_frame)

@@ -32,14 +32,16 @@ def sdf_volume(model: PanopticModel, voxel: float, chunk: int = 65536) -> tuple[
     dims = np.maximum(np.ceil((hi - lo) / voxel).astype(int) + 1, 2)
     if np.prod(dims) > 400_000_000:
         raise ValueError(f"mesh grid {dims.tolist()} too large for voxel {voxel} m; raise neural.mesh-voxel")
-    axes = [torch.arange(n, dtype=torch.float32) * voxel + float(o) for n, o in zip(dims, lo)]
+    axes = [torch.arange(n, dtype=torch.float32) * voxel + float(o) for n, o in zip(dims, lo, strict=True)]
     dev = model.box.lo.device
     vol = np.empty(dims, np.float32)
     gx, gy = torch.meshgrid(axes[0], axes[1], indexing="ij")
     xy = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
     for k, z in enumerate(axes[2]):  # slices (hundreds), each vectorised
         p = torch.cat([xy, torch.full((len(xy), 1), float(z))], dim=1).to(dev)
-        vol[:, :, k] = torch.cat([model.sdf(c).float() for c in p.split(chunk)]).cpu().numpy().reshape(dims[:2])
+        vol[:, :, k] = (
+            torch.cat([model.sdf(c).float() for c in p.split(chunk)]).cpu().numpy().reshape(dims[:2])
+        )
     return vol, lo
 
 

@@ -46,8 +46,17 @@ class SDFField(nn.Module):
     encoding's weights in the first layer start at zero so the initial surface is the clean sphere.
     """
 
-    def __init__(self, box: Box, spec: HashGridSpec, device, backend="auto", hidden=64, layers=2,
-                 init_radius=1.0, inside_out=True):
+    def __init__(
+        self,
+        box: Box,
+        spec: HashGridSpec,
+        device,
+        backend="auto",
+        hidden=64,
+        layers=2,
+        init_radius=1.0,
+        inside_out=True,
+    ):
         super().__init__()
         self.box = box
         self.enc = make_hashgrid(spec, device, backend)

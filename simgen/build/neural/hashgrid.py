@@ -37,7 +37,6 @@ PRIMES = (1, 2654435761, 805459861)  # tiny-cuda-nn's coherent prime hash, one p
 _U32 = 0xFFFFFFFF
 
 
-
 @dataclass(frozen=True)
 class HashGridSpec:
     """Shape of a hash encoding (the fields of tiny-cuda-nn's ``HashGrid`` config)."""
@@ -52,7 +51,9 @@ class HashGridSpec:
     def per_level_scale(self) -> float:
         if self.n_levels <= 1:
             return 1.0
-        return math.exp((math.log(self.max_resolution) - math.log(self.base_resolution)) / (self.n_levels - 1))
+        return math.exp(
+            (math.log(self.max_resolution) - math.log(self.base_resolution)) / (self.n_levels - 1)
+        )
 
     @property
     def out_dim(self) -> int:
@@ -77,9 +78,9 @@ def level_layout(spec: HashGridSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """
     log2_b = np.float32(math.log2(spec.per_level_scale))
     levels = np.arange(spec.n_levels, dtype=np.float32)
-    scale = (np.exp2(levels * log2_b).astype(np.float32) * np.float32(spec.base_resolution) - np.float32(1.0)).astype(
-        np.float32
-    )
+    scale = (
+        np.exp2(levels * log2_b).astype(np.float32) * np.float32(spec.base_resolution) - np.float32(1.0)
+    ).astype(np.float32)
     res = np.ceil(scale).astype(np.int64) + 1
     cap = 2**spec.log2_table
     dense = res.astype(np.float64) ** 3
@@ -136,9 +137,13 @@ class HashGrid(nn.Module):
         self.register_buffer("offset", torch.from_numpy(offset), persistent=False)
         hashed = res.astype(np.float64) ** 3 > size
         if np.any(np.diff(hashed.astype(int)) < 0):
-            raise ValueError("hash-grid levels must be dense first, then hashed")  # true for growing resolutions
+            raise ValueError(
+                "hash-grid levels must be dense first, then hashed"
+            )  # true for growing resolutions
         self.n_dense = int((~hashed).sum())
-        self.table = nn.Parameter(torch.empty(int(size.sum()), spec.n_features).uniform_(-init_scale, init_scale))
+        self.table = nn.Parameter(
+            torch.empty(int(size.sum()), spec.n_features).uniform_(-init_scale, init_scale)
+        )
 
     @property
     def out_dim(self) -> int:

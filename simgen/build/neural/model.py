@@ -24,7 +24,9 @@ from simgen.build.neural.hashgrid import HashGridSpec
 class PanopticModel(nn.Module):
     """Fields of one scene. ``classes``: category id per contiguous class, ``n_stuff`` stuff ones first."""
 
-    def __init__(self, cfg: NeuralConfig, lo: np.ndarray, hi: np.ndarray, classes: list[int], n_stuff: int, device):
+    def __init__(
+        self, cfg: NeuralConfig, lo: np.ndarray, hi: np.ndarray, classes: list[int], n_stuff: int, device
+    ):
         super().__init__()
         self.cfg = cfg
         self.classes = list(classes)
@@ -47,7 +49,9 @@ class PanopticModel(nn.Module):
     def xi(self, frac: float) -> torch.Tensor:
         """S-density sharpness at training progress ``frac`` in [0, 1]."""
         if self.cfg.xi_mode == "scheduled":
-            x = math.exp(math.log(self.cfg.xi_init) + frac * (math.log(self.cfg.xi_final) - math.log(self.cfg.xi_init)))
+            x = math.exp(
+                math.log(self.cfg.xi_init) + frac * (math.log(self.cfg.xi_final) - math.log(self.cfg.xi_init))
+            )
             return torch.tensor(x, device=self.log_xi.device)
         return torch.exp(self.log_xi).clamp(1.0, 1e4)
 
@@ -62,44 +66,61 @@ class PanopticModel(nn.Module):
         return panoptic_probs(sem, ins, self.stuff_idx, self.thing_idx, self.tokens.active)
 
     def token_classes(self) -> torch.Tensor:
-        """``(N,)`` contiguous class index (into ``classes``) of every token slot, from ``h_SI`` (eq. 22)."""
-        return self.cls_head(self.tokens.cls_feat).argmax(-1) + self.n_stuff
+        """``(N,)`` contiguous class index (into ``classes``) of every token slot, from ``h_SI`` (eq. 22).
+
+        A scene without thing classes has no active token; its slots then point at the last class so
+        that indexing stays in range (their probabilities are zero).
+        """
+        cls = self.cls_head(self.tokens.cls_feat).argmax(-1) + self.n_stuff
+        return cls.clamp_max(len(self.classes) - 1)
 
     @torch.no_grad()
     def label_points(self, p: torch.Tensor, chunk: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
         """Panoptic labels of points ``(P, 3)``: contiguous class ``(P,)`` and token slot ``(P,)`` (-1 stuff).
 
-        With the panoptic head: argmax of eq. 18; a thing point takes its token's class (section III-B).
-        Without it (baseline): semantic argmax, then the instance argmax where the class is a thing.
+        With the panoptic head (section V-B, Fig. 5): the panoptic distribution of eq. 18 is grouped by
+        class -- stuff entries as they are, each token's mass added to its class from ``h_SI`` -- and the
+        point takes the most probable class; a thing point then takes the most probable token of that
+        class. (A plain argmax over the ``S + N`` entries would let a stuff class win wherever several
+        overlapping tokens split the thing mass, fragmenting things; docs/method.md.)
+        Without the head (baseline): semantic argmax, then the instance argmax where the class is a thing.
         """
         cls_out, tok_out = [], []
         tok_cls = self.token_classes()
+        active = self.tokens.active
+        S = self.n_stuff
         for s in range(0, len(p), chunk):
             sem, ins = self.segment(p[s : s + chunk])
             if self.cfg.panoptic_head:
-                k = self.panoptic(sem, ins).argmax(-1)
-                is_thing = k >= self.n_stuff
-                tok = torch.where(is_thing, k - self.n_stuff, torch.full_like(k, -1))
-                cls = torch.where(is_thing, tok_cls[tok.clamp_min(0)], k)
+                pan = self.panoptic(sem, ins)
+                grouped = torch.zeros_like(sem)
+                grouped[:, :S] = pan[:, :S]
+                grouped.index_add_(1, tok_cls, pan[:, S:] * active[None])
+                cls = grouped.argmax(-1)
+                is_thing = cls >= S
+                own = (tok_cls[None] == cls[:, None]) & active[None]
+                tok = pan[:, S:].masked_fill(~own, -1.0).argmax(-1)
+                tok = torch.where(is_thing & own.any(-1), tok, torch.full_like(tok, -1))
             else:
                 cls = sem.argmax(-1)
-                is_thing = cls >= self.n_stuff
-                ins = ins.masked_fill(~self.tokens.active[None], -1.0)
-                tok = torch.where(is_thing, ins.argmax(-1), torch.full_like(cls, -1))
-                if not bool(self.tokens.active.any()):
+                is_thing = cls >= S
+                masked = ins.masked_fill(~active[None], -1.0)
+                tok = torch.where(is_thing, masked.argmax(-1), torch.full_like(cls, -1))
+                if not bool(active.any()):
                     tok = torch.full_like(cls, -1)
             cls_out.append(cls)
             tok_out.append(tok)
         return torch.cat(cls_out), torch.cat(tok_out)
 
     def param_groups(self, cfg: NeuralConfig) -> list[dict]:
-        """Optimiser groups: hash tables (eps 1e-15 as Instant-NGP), MLPs + xi, tokens."""
+        """Optimiser groups: hash tables (eps 1e-15 as Instant-NGP), MLPs, tokens, log xi."""
         grids = [m.enc for m in (self.sdf, self.sem, self.ins)]
         grid_params = [q for g in grids for q in g.parameters()]
-        ids = {id(q) for q in grid_params} | {id(q) for q in self.tokens.parameters()}
+        ids = {id(q) for q in grid_params} | {id(q) for q in self.tokens.parameters()} | {id(self.log_xi)}
         mlp = [q for q in self.parameters() if id(q) not in ids]
         return [
             {"params": grid_params, "lr": cfg.lr_grid, "eps": 1e-15, "name": "grid"},
             {"params": mlp, "lr": cfg.lr_mlp, "name": "mlp"},
             {"params": list(self.tokens.parameters()), "lr": cfg.lr_token, "name": "tokens"},
+            {"params": [self.log_xi], "lr": cfg.lr_xi, "name": "xi"},
         ]

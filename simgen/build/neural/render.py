@@ -62,13 +62,23 @@ def sdf_to_alpha(sdf: torch.Tensor, xi: torch.Tensor | float) -> torch.Tensor:
 
 def alpha_to_weights(alpha: torch.Tensor) -> torch.Tensor:
     """Volume-rendering weights ``T_j alpha_j`` ``(R, S-1)`` (eq. 10), ``T_j = prod_{m<j} (1 - alpha_m)``."""
-    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1] + 1e-7], dim=1), dim=1)
+    trans = torch.cumprod(
+        torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1] + 1e-7], dim=1), dim=1
+    )
     return trans * alpha
 
 
-def render_depth(weights: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Rendered ray length ``(R,)``: the weights ``(R, S-1)`` times the interval midpoints of ``t`` ``(R, S)``."""
+def render_depth(weights: torch.Tensor, t: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    """Rendered ray length ``(R,)``: the weights ``(R, S-1)`` times the interval midpoints of ``t`` ``(R, S)``.
+
+    With ``normalise`` the weights are divided by their sum (the ray's accumulated opacity). Samples end
+    ``trunc`` behind the observed surface, where a soft S-density (small xi) has not yet reached full
+    opacity; the plain sum is then biased towards the camera by the missing mass, and L_depth would pull
+    the SDF far negative behind surfaces (against L_eik) to make it up. docs/method.md has the measurement.
+    """
     mid = 0.5 * (t[:, 1:] + t[:, :-1])
+    if normalise:
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-6)
     return (weights * mid).sum(-1)
 
 

@@ -47,7 +47,9 @@ class TokenStats:
         self.split_events = np.zeros(self.capacity, np.int64)
         self.split_target = np.full((self.capacity, 3), np.nan, np.float32)
 
-    def record(self, mask_idx: np.ndarray, token_idx: np.ndarray, best: np.ndarray, centroids: np.ndarray) -> None:
+    def record(
+        self, mask_idx: np.ndarray, token_idx: np.ndarray, best: np.ndarray, centroids: np.ndarray
+    ) -> None:
         """One frame's matching: pairs (mask, token), each mask's lowest-cost token, mask centroids ``(L, 3)``."""
         np.add.at(self.assigned, token_idx, 1)
         got = np.full(len(best), -1, np.int64)
@@ -122,7 +124,9 @@ def adjust_tokens(
     free = list(np.flatnonzero(~active | prune))
     changed = [int(i) for i in np.flatnonzero(prune)]
     with torch.no_grad():
-        tokens.active[torch.as_tensor(np.flatnonzero(prune), dtype=torch.long, device=tokens.active.device)] = False
+        tokens.active[
+            torch.as_tensor(np.flatnonzero(prune), dtype=torch.long, device=tokens.active.device)
+        ] = False
         n_split = 0
         for src in split:
             if not free:

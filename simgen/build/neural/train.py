@@ -45,8 +45,11 @@ CHECKPOINT = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
 
 
-class NeuralTrainingError(RuntimeError):
-    """Training stopped (e.g. a NaN loss); the message names the term and the last good checkpoint."""
+class NeuralTrainingError(RuntimeError, ValueError):
+    """Training stopped (e.g. a NaN loss); the message names the term and the last good checkpoint.
+
+    Also a ValueError, so ``simgen build`` prints it as a clear error instead of a traceback.
+    """
 
 
 def pick_device(name: str) -> torch.device:
@@ -80,7 +83,7 @@ def train_step(
     sdf = model.sdf(pts.reshape(-1, 3)).float().reshape(R, S)
     w = alpha_to_weights(sdf_to_alpha(sdf, model.xi(step / max(1, cfg.steps))))  # (R, S-1)
     terms: dict[str, torch.Tensor] = {}
-    terms["depth"] = L.depth_loss(render_depth(w, t), batch.depth)
+    terms["depth"] = L.depth_loss(render_depth(w, t, cfg.depth_normalise), batch.depth)
     b = torch.where(batch.depth[:, None] > 0, batch.depth[:, None] - t, torch.full_like(t, float("nan")))
     terms["sdf"] = L.sdf_loss(sdf, b, cfg.trunc, cfg.sdf_beta)
     # eikonal on a subset: half near-surface samples, half uniform in the box (double backward is costly)
@@ -104,7 +107,9 @@ def train_step(
     # per-frame Hungarian matching of the frame's thing masks to tokens (eq. 27-29)
     pan_target = torch.where(batch.sem < model.n_stuff, batch.sem, torch.full_like(batch.sem, -1))
     ins_terms, cls_logits, cls_target = [], [], []
-    obs = torch.where(batch.depth[:, None] > 0, batch.origins + batch.dirs * batch.depth[:, None], float("nan"))
+    obs = torch.where(
+        batch.depth[:, None] > 0, batch.origins + batch.dirs * batch.depth[:, None], float("nan")
+    )
     for j, f in enumerate(batch.frames):
         rays = torch.nonzero(batch.frame == j).flatten()
         n_masks = len(data.mask_class[f])
@@ -148,7 +153,15 @@ def _nanmean(x: torch.Tensor) -> torch.Tensor:
     return x[ok].mean(0) if ok.any() else torch.full((3,), float("nan"), device=x.device)
 
 
-WEIGHTS = {"depth": "w_depth", "sdf": "w_sdf", "eik": "w_eik", "sem": "w_sem", "ins": "w_ins", "c": "w_c", "pan": "w_pan"}
+WEIGHTS = {
+    "depth": "w_depth",
+    "sdf": "w_sdf",
+    "eik": "w_eik",
+    "sem": "w_sem",
+    "ins": "w_ins",
+    "c": "w_c",
+    "pan": "w_pan",
+}
 
 
 @torch.no_grad()
@@ -163,7 +176,9 @@ def surface_points(model: PanopticModel, data: RayData, n: int, rng: np.random.G
     return p.detach()
 
 
-def _save_checkpoint(path: Path, model, opt, sched, scaler, step, stats, history, data: RayData, cfg, rng) -> None:
+def _save_checkpoint(
+    path: Path, model, opt, sched, scaler, step, stats, history, data: RayData, cfg, rng
+) -> None:
     state = {
         "step": step,
         "model": model.state_dict(),
@@ -171,7 +186,11 @@ def _save_checkpoint(path: Path, model, opt, sched, scaler, step, stats, history
         "sched": sched.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "token_history": history,
-        "token_stats": {"assigned": stats.assigned, "split_events": stats.split_events, "split_target": stats.split_target},
+        "token_stats": {
+            "assigned": stats.assigned,
+            "split_events": stats.split_events,
+            "split_target": stats.split_target,
+        },
         "box": (data.lo, data.hi),
         "classes": (data.classes, data.n_stuff),
         "config": asdict(cfg),
@@ -180,6 +199,32 @@ def _save_checkpoint(path: Path, model, opt, sched, scaler, step, stats, history
     }
     with io.atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[PanopticModel, dict[str, Any]]:
+    """The trained :class:`PanopticModel` of a checkpoint (``OUT/checkpoint.pt``), in eval mode, and the
+    checkpoint's metadata (``step``, ``config``, ``token_history``). Used by the render server and tests.
+
+    Raises:
+        ValueError: the file is missing or is not a neural checkpoint (message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # pickle / zip errors of a truncated or foreign file
+        raise ValueError(f"{path}: not a readable checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or not {"model", "config", "box", "classes"} <= set(ckpt):
+        raise ValueError(f"{path}: not a neural-build checkpoint (missing model / config / box / classes)")
+    cfg = NeuralConfig(**ckpt["config"]).resolved()
+    (lo, hi), (classes, n_stuff) = ckpt["box"], ckpt["classes"]
+    # tinycudann parameters load into the torch backend unchanged (same layout), so pick by device
+    model = PanopticModel(cfg, lo, hi, classes, n_stuff, device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    meta = {k: ckpt[k] for k in ("step", "config", "token_history")}
+    return model, meta
 
 
 def run_neural(
@@ -286,7 +331,9 @@ def run_neural(
                 opt.step()
             sched.step()
             with torch.no_grad():
-                model.tokens.log_scale.clamp_(math.log(0.01), math.log(float(np.linalg.norm(data.hi - data.lo))))
+                model.tokens.log_scale.clamp_(
+                    math.log(0.01), math.log(float(np.linalg.norm(data.hi - data.lo)))
+                )
             ph = phase(cfg, step)
             if ph["adjust"] and (step + 1) % cfg.adjust_every == 0 and step > 0:
                 surf = surface_points(model, data, cfg.surface_points, rng)
@@ -297,18 +344,20 @@ def run_neural(
                 n_tok = int(model.tokens.active.sum())
                 history.append((step + 1, n_tok))
                 adjust_log.append({"step": step + 1, "tokens": n_tok, **res})
-            vals = {k: round(float(v), 5) for k, v in terms.items()}
+            vals = {k: round(float(v.detach()), 5) for k, v in terms.items()}
             n_tok = int(model.tokens.active.sum())
             if progress and step % max(1, cfg.log_every) == 0:
                 bar.set_postfix({**{k: f"{v:.3g}" for k, v in vals.items()}, "tok": n_tok}, refresh=False)
             if log is not None and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-                xi = float(model.xi(step / cfg.steps))
-                rec = {"step": step, "total": round(float(total), 5), **vals, "tokens": n_tok, "xi": round(xi, 2),
+                xi = float(model.xi(step / cfg.steps).detach())
+                rec = {"step": step, "total": round(float(total.detach()), 5), **vals, "tokens": n_tok, "xi": round(xi, 2),
                        "time_s": round(time.perf_counter() - t_train, 2)}  # fmt: skip
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             if ckpt_path is not None and (step + 1) % cfg.ckpt_every == 0:
-                _save_checkpoint(ckpt_path, model, opt, sched, scaler, step + 1, stats, history, data, cfg, rng)
+                _save_checkpoint(
+                    ckpt_path, model, opt, sched, scaler, step + 1, stats, history, data, cfg, rng
+                )
                 last_good = step + 1
         step = cfg.steps
     except KeyboardInterrupt:
@@ -333,6 +382,8 @@ def run_neural(
     if out is not None:
         from simgen.build.output import BUILD_FILE  # noqa: PLC0415
 
-        io.write_json(out / BUILD_FILE, {k: v for k, v in record.items() if k not in ("mesh", "instances", "model")})
+        io.write_json(
+            out / BUILD_FILE, {k: v for k, v in record.items() if k not in ("mesh", "instances", "model")}
+        )
     record["model"] = model
     return record

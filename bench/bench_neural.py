@@ -1,0 +1,199 @@
+"""Benchmark the neural builder (``simgen build --method neural``) on synthetic scenes.
+
+Usage: python bench/bench_neural.py [--presets tiny room] [--config fast] [--steps N]
+                                    [--variants full no-prior no-dynamic no-head] [--fusion]
+                                    [--threads 2] [--out DIR] [--json FILE]
+
+For each scene preset (synthesised with ``--seed``) and each variant (the full method and the
+ablations of the paper's Tab. V: no spatial prior G = Panoptic Lifting's ID field, no dynamic token
+adjustment, no panoptic head), one build runs in a fresh subprocess so peak memory is that build's
+own. Reported per build:
+
+* seconds per iteration: median over all steps of the per-step wall time (from the JSONL log, whose
+  lines are ``log_every`` steps apart), and the training, mesh and total build times;
+* peak memory: the subprocess's max RSS (and CUDA peak allocation when on a GPU);
+* quality via ``simgen.eval`` when importable: PQ^scene, semantic mIoU (2D), mesh Chamfer-L1 and
+  F-score@5 cm against the scene's GT, on the test split;
+* the machine, the load average before and after (wall times on a shared machine include waiting).
+
+``--fusion`` adds the fusion builder on the same scenes for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "full": {},
+    "no-prior": {"spatial_prior": False},
+    "no-dynamic": {"dynamic_tokens": False},
+    "no-head": {"panoptic_head": False},
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
+    load = "load avg {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{platform.node()}: {cpu}, {cores} usable cores, {gpu}, torch {torch.__version__}, "
+        f"Python {platform.python_version()}, {load}"
+    )
+
+
+def one_build(args: argparse.Namespace) -> int:
+    """Child process: one build, prints a JSON line with its figures."""
+    import torch
+
+    from simgen.data.scene import load_scene
+
+    torch.set_num_threads(args.threads)
+    scene = load_scene(args.scene)
+    t0 = time.perf_counter()
+    if args.method == "fusion":
+        from simgen.build.fusion import FusionConfig, run_fusion
+
+        record = run_fusion(scene, FusionConfig(), args.build, progress=False)
+    else:
+        from simgen.build.neural import LOG_FILE, neural_config, run_neural
+
+        overrides = json.loads(args.overrides)
+        cfg = neural_config(args.config, device=args.device, **overrides)
+        record = run_neural(scene, cfg, args.build, progress=not args.quiet)
+    wall = time.perf_counter() - t0
+    res = {"build_s": round(wall, 2), "timings_s": record["timings_s"],
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # fmt: skip
+    if torch.cuda.is_available():
+        res["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if args.method != "fusion":
+        log = [json.loads(x) for x in (Path(args.build) / LOG_FILE).read_text().splitlines()]
+        per_step = [
+            (b["time_s"] - a["time_s"]) / (b["step"] - a["step"])
+            for a, b in zip(log[:-1], log[1:], strict=True)
+            if b["step"] > a["step"]
+        ]
+        res["s_per_iter_median"] = round(statistics.median(per_step), 4) if per_step else None
+        res["tokens_final"] = record["counters"]["tokens"]
+        res["instances"] = record["counters"]["instances"]
+    print("RESULT " + json.dumps(res))
+    return 0
+
+
+def evaluate(build: Path, scene: Path) -> dict:
+    try:
+        from simgen.eval.config import EvalConfig
+        from simgen.eval.evaluate import evaluate as run_eval
+    except ImportError as e:
+        return {"eval": f"simgen.eval not importable ({e})"}
+    m = run_eval(build, scene, EvalConfig(pictures=False, quiet=True))
+    m = m.get("metrics", m)
+    return {
+        "PQ_scene": round(m["panoptic"]["pq"], 4),
+        "mIoU_2d": round(m["semantic_2d"]["miou"], 4),
+        "chamfer_cm": round(m["geometry"]["chamfer_l1_cm"], 3),
+        "fscore_5cm": round(m["geometry"]["fscore"], 4),
+        "mCov_3d": round(m["instance_3d"]["mcov"], 4),
+    }
+
+
+def run_child(argv: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--_child", *argv], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"build failed:\n{proc.stderr[-3000:]}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["tiny", "room"], help="simgen synth scene presets")
+    ap.add_argument("--config", default="fast", help="neural config preset (fast / quality)")
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    ap.add_argument("--set", default="{}", help="JSON of extra NeuralConfig overrides")
+    ap.add_argument("--variants", nargs="+", default=["full"], choices=sorted(VARIANTS))
+    ap.add_argument("--fusion", action="store_true", help="also run the fusion builder")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--seed", type=int, default=0, help="scene seed")
+    ap.add_argument("--out", type=Path, default=None, help="scratch folder (kept; default temporary)")
+    ap.add_argument("--json", type=Path, default=None, help="write all figures here")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--scene", help=argparse.SUPPRESS)
+    ap.add_argument("--build", help=argparse.SUPPRESS)
+    ap.add_argument("--method", default="neural", help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        return one_build(args)
+
+    from simgen.data.synth import synthesize
+
+    print(machine(), flush=True)
+    scratch = args.out or Path(tempfile.mkdtemp(prefix="bench_neural_"))
+    results = []
+    for preset in args.presets:
+        scene = scratch / "scenes" / preset
+        if not (scene / "transforms.json").is_file():  # a kept --out folder re-uses its scenes
+            synthesize(scene, preset=preset, seed=args.seed)
+        runs = [("fusion", "fusion", {})] if args.fusion else []
+        for v in args.variants:
+            over = {**json.loads(args.set), **VARIANTS[v]}
+            if args.steps:
+                over["steps"] = args.steps
+            runs.append((f"neural/{v}", "neural", over))
+        for name, method, over in runs:
+            build = scratch / "builds" / preset / name.replace("/", "-")
+            child = ["--scene", str(scene), "--build", str(build), "--method", method, "--config", args.config,
+                     "--device", args.device, "--threads", str(args.threads), "--overrides", json.dumps(over)]  # fmt: skip
+            if args.quiet:
+                child.append("--quiet")
+            res = {
+                "scene": preset,
+                "method": name,
+                "config": args.config,
+                "overrides": over,
+                **run_child(child),
+            }
+            res.update(evaluate(build, scene))
+            results.append(res)
+            print(json.dumps(res), flush=True)
+    print(f"after: {machine().split(': ', 1)[1]}")
+    print(
+        "\n| scene | method | s/iter | train s | build s | peak RSS MB | PQ^scene | mIoU | Chamfer cm | F@5cm |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        t = r["timings_s"]
+        print(
+            f"| {r['scene']} | {r['method']} | {r.get('s_per_iter_median', '-')} | {t.get('train', '-')} | "
+            f"{r['build_s']} | {r['peak_rss_mb']} | {r.get('PQ_scene', '-')} | {r.get('mIoU_2d', '-')} | "
+            f"{r.get('chamfer_cm', '-')} | {r.get('fscore_5cm', '-')} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Load test of ``simgen serve`` on loopback: latency per render and throughput with concurrent clients.
+
+Usage: python bench/bench_serve.py [--scene BUILD_OR_EXPORT] [--workers 1 2] [--requests 60]
+                                   [--clients 8] [--duration 20] [--sizes 320x240 640x480] [--json FILE]
+
+Without ``--scene`` it makes one: ``simgen synth --preset tiny`` then ``simgen build --no-export`` (a
+fused ~190 k-face panoptic mesh, what a server holds in practice) in a temporary folder.
+
+For each worker count it starts a real ``simgen serve`` process on 127.0.0.1 (ephemeral port), then
+
+* latency: ``--requests`` sequential ``POST /render`` (npz) per size and output set, poses around the
+  scene's default camera (yaw swept, so the content varies); p50 / p95 / p99 in milliseconds;
+* throughput: ``--clients`` threads, each with its own keep-alive connection, rendering as fast as they can
+  for ``--duration`` seconds; requests/s, errors (any non-200, 503 included) and the server processes'
+  total resident memory at the start and the end of the run.
+
+Counts and durations are bounded; nothing leaves the machine. The machine line (CPU, usable cores, load
+average before and after) is printed because on a shared machine other processes take CPU too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUTPUT_SETS = {"depth+panoptic": ["depth", "panoptic"], "rgb+depth+panoptic": ["rgb", "depth", "panoptic"]}
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{platform.node()}: {cpu}, {cores} usable cores, Python {platform.python_version()}"
+
+
+def load() -> str:
+    a, b, c = os.getloadavg()
+    return f"load avg {a:.2f} {b:.2f} {c:.2f}"
+
+
+def make_scene(root: Path) -> Path:
+    scene, build = root / "scene", root / "build"
+    for cmd in (
+        ["synth", str(scene), "--preset", "tiny", "--quiet"],
+        # The fused mesh is what is served; the Gazebo export `simgen build` also runs by default changes
+        # only the frame, not the rendering cost, and takes minutes.
+        ["build", str(scene), "-o", str(build), "--no-export", "--quiet"],
+    ):
+        subprocess.run([sys.executable, "-m", "simgen", *cmd], check=True, stdout=subprocess.DEVNULL)
+    return build
+
+
+class Server:
+    def __init__(self, folder: Path, workers: int):
+        cmd = [sys.executable, "-m", "simgen", "serve", str(folder), "--port", "0", "--workers", str(workers)]
+        cmd += ["--quiet", "--queue-depth", "16"]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        self.url = None
+        for line in self.proc.stderr:
+            if " on http://" in line:
+                self.url = line.split(" on ", 1)[1].split("/ ", 1)[0]
+                break
+        if self.url is None:
+            raise RuntimeError("server did not start")
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        from simgen.client import RenderClient
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                RenderClient(self.url, retries=0).health()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        time.sleep(1.0 if workers > 1 else 0.0)  # every worker has built its BVH
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its worker processes (MiB)."""
+        pids = [self.proc.pid]
+        try:
+            out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+            pids += [int(p) for p in out.split()]
+        except OSError:
+            pass
+        total = 0
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total / 1024
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def poses(default: dict, n: int) -> list[dict]:
+    """``n`` poses at the default camera's position, yaw swept over +-60 degrees."""
+    from scipy.spatial.transform import Rotation
+
+    q0 = Rotation.from_quat([default[k] for k in ("qx", "qy", "qz", "qw")])
+    out = []
+    for a in np.linspace(-np.pi / 3, np.pi / 3, n):
+        q = (Rotation.from_euler("z", a) * q0).as_quat()
+        out.append(
+            {**{k: default[k] for k in "xyz"}, **dict(zip(("qx", "qy", "qz", "qw"), q.tolist(), strict=True))}
+        )
+    return out
+
+
+def percentiles(ms: list[float]) -> dict:
+    a = np.asarray(ms)
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+    }
+
+
+def latency(url: str, pose_list: list[dict], size: tuple[int, int], outputs: list[str]) -> dict:
+    from simgen.client import RenderClient
+
+    with RenderClient(url, retries=0) as c:
+        c.render(pose_list[0], width=size[0], height=size[1], outputs=outputs)  # connection + warm caches
+        ms = []
+        for p in pose_list:
+            t0 = time.perf_counter()
+            c.render(p, width=size[0], height=size[1], outputs=outputs, hfov_deg=90)
+            ms.append((time.perf_counter() - t0) * 1000)
+    return percentiles(ms)
+
+
+def throughput(server: Server, pose_list: list[dict], size, outputs, clients: int, duration: float) -> dict:
+    from simgen.client import RenderClient, RenderError
+
+    stop = time.monotonic() + duration
+    ok, errors, ms = [0] * clients, [0] * clients, [[] for _ in range(clients)]
+
+    def run(k: int) -> None:
+        with RenderClient(server.url, retries=0, timeout=30) as c:
+            i = k
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                try:
+                    c.render(
+                        pose_list[i % len(pose_list)],
+                        width=size[0],
+                        height=size[1],
+                        outputs=outputs,
+                        hfov_deg=90,
+                    )
+                    ok[k] += 1
+                    ms[k].append((time.perf_counter() - t0) * 1000)
+                except (RenderError, OSError):
+                    errors[k] += 1
+                i += clients
+
+    rss0 = server.rss_mb()
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    rss_mid = None
+    while any(t.is_alive() for t in threads):
+        time.sleep(min(duration / 2, 5.0))
+        rss_mid = rss_mid or server.rss_mb()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    all_ms = [m for row in ms for m in row]
+    return {
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": sum(ok),
+        "errors": sum(errors),
+        "rps": sum(ok) / wall,
+        **(percentiles(all_ms) if all_ms else {}),
+        "rss_mb_start": round(rss0, 1),
+        "rss_mb_mid": round(rss_mid or rss0, 1),
+        "rss_mb_end": round(server.rss_mb(), 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scene", help="build or export folder to serve (default: synth tiny + build)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server process counts to test")
+    ap.add_argument("--requests", type=int, default=60, help="sequential requests per latency figure")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients in the throughput run")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds per throughput run (max 120)")
+    ap.add_argument("--sizes", nargs="+", default=["320x240", "640x480"], help="image sizes WxH")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    duration = min(max(args.duration, 1.0), 120.0)
+    requests = int(min(max(args.requests, 5), 2000))
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+
+    print(machine())
+    print(f"before: {load()}")
+    results: dict = {"machine": machine(), "load_before": load(), "runs": []}
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
+        folder = Path(args.scene) if args.scene else make_scene(Path(tmp))
+        from simgen.serve.scene import load_render_scene
+
+        scene = load_render_scene(folder, warm=False)
+        print(f"scene: {folder} ({len(scene.mesh.faces)} faces)")
+        results["faces"] = int(len(scene.mesh.faces))
+        for workers in args.workers:
+            server = Server(folder, workers)
+            try:
+                from simgen.client import RenderClient
+
+                default = RenderClient(server.url).scene()["default_camera"]["pose"]
+                pose_list = poses(default, requests)
+                for size in sizes:
+                    for name, outputs in OUTPUT_SETS.items():
+                        lat = latency(server.url, pose_list, size, outputs)
+                        thr = throughput(server, pose_list, size, outputs, args.clients, duration)
+                        row = {
+                            "workers": workers,
+                            "size": f"{size[0]}x{size[1]}",
+                            "outputs": name,
+                            "latency": lat,
+                            "throughput": thr,
+                        }
+                        results["runs"].append(row)
+                        print(
+                            f"workers {workers} {size[0]}x{size[1]} {name:>18}: latency p50 {lat['p50_ms']:.1f} "
+                            f"p95 {lat['p95_ms']:.1f} p99 {lat['p99_ms']:.1f} ms | {thr['clients']} clients "
+                            f"{thr['seconds']:.0f} s: {thr['rps']:.1f} req/s, {thr['errors']} errors, "
+                            f"p50 {thr.get('p50_ms', math.nan):.0f} p99 {thr.get('p99_ms', math.nan):.0f} ms, "
+                            f"RSS {thr['rss_mb_start']:.0f} -> {thr['rss_mb_mid']:.0f} -> {thr['rss_mb_end']:.0f} MiB",
+                            flush=True,
+                        )
+            finally:
+                server.stop()
+    print(f"after: {load()}")
+    results["load_after"] = load()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""End to end: train the neural builder briefly on the ``tiny`` synthetic scene and check it against GT.
+
+One short training run (module fixture, ~20-40 s on 2 CPU cores) is shared by the checks; resume and
+the NaN guard run a few extra steps each.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from scipy.spatial import cKDTree
+
+from simgen.build.neural import CHECKPOINT, LOG_FILE, NeuralTrainingError, neural_config, run_neural
+from simgen.build.neural.train import load_model
+from simgen.build.output import BUILD_FILE, INSTANCES_FILE, MESH_FILE, read_instances, read_panoptic_mesh
+from simgen.data.camera import backproject
+from simgen.data.scene import load_scene
+from simgen.data.synth import synthesize
+
+STEPS = 200
+# the fast preset shrunk so the run takes seconds: smaller geometry grid, fewer rays, coarser mesh
+SMALL = dict(
+    steps=STEPS, frames_per_batch=2, rays_per_frame=256, downscale=2, geo_levels=8, geo_log2_table=14,
+    geo_max_res=128, n_eikonal=256, n_tokens=12, adjust_every=40, seg_start=0.1, mesh_voxel=0.05,
+    ckpt_every=100, log_every=10, device="cpu",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_scene(synthesize(tmp_path_factory.mktemp("scene") / "tiny", preset="tiny", seed=0))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    torch.set_num_threads(1)  # the machine is shared; one thread is steadier
+    out = tmp_path_factory.mktemp("build") / "neural"
+    record = run_neural(tiny, neural_config("fast", **SMALL), out, progress=False)
+    return out, record
+
+
+def observed_points(scene, frames, stride=2):
+    """GT-labelled observed surface points of ``frames``: points ``(P, 3)``, GT segment ids ``(P,)``."""
+    pts, seg = [], []
+    for i in frames:
+        fr = scene.frames[i]
+        p = backproject(scene.depth(i), fr.intrinsics, fr.c2w_cv)[::stride, ::stride].reshape(-1, 3)
+        g = scene.gt.panoptic(i)[::stride, ::stride].reshape(-1)
+        ok = np.isfinite(p).all(1) & (g > 0)
+        pts.append(p[ok])
+        seg.append(g[ok])
+    return np.concatenate(pts), np.concatenate(seg)
+
+
+def test_build_folder_layout(trained):
+    out, record = trained
+    for name in (MESH_FILE, INSTANCES_FILE, BUILD_FILE, CHECKPOINT, LOG_FILE):
+        assert (out / name).is_file(), name
+    build = json.loads((out / BUILD_FILE).read_text())
+    assert build["method"] == "neural"
+    for key in ("steps", "frames", "vertices", "instances", "tokens", "token_history"):
+        assert key in build["counters"], key
+    for key in ("train", "mesh", "total", "step_mean"):
+        assert build["timings_s"][key] >= 0, key
+    assert build["counters"]["token_history"][0] == [0, SMALL["n_tokens"]]
+    log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+    assert log[-1]["step"] == STEPS - 1
+    assert all("tokens" in r and "depth" in r for r in log)
+    mesh = read_panoptic_mesh(out / MESH_FILE)
+    assert len(mesh.faces) > 1000
+    assert record["mesh"].vertices.shape == mesh.vertices.shape
+    instances = read_instances(out / INSTANCES_FILE)
+    ids = {r.id for r in (instances[0] if isinstance(instances, tuple) else instances)}
+    assert ids == set(np.unique(mesh.instance[mesh.instance > 0]).tolist())
+
+
+def test_losses_fall(trained):
+    out, _ = trained
+    log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+    first, last = log[0], log[-1]
+    assert last["depth"] < first["depth"] / 5
+    assert last["sdf"] < first["sdf"] / 5
+    seg = [r for r in log if "sem" in r]
+    assert seg[-1]["sem"] < seg[0]["sem"] / 3
+    assert "pan" in last and "pan" not in first  # the schedule switched L_pan on
+
+
+def test_geometry_is_near_the_gt_mesh(tiny, trained):
+    _, record = trained
+    pred = record["mesh"].to_trimesh()
+    gt = tiny.gt.mesh()
+    gt_pts, _ = trimesh.sample.sample_surface_even(gt, 60000, seed=0)
+    pred_pts, _ = trimesh.sample.sample_surface(pred, 60000, seed=0)
+    accuracy = cKDTree(gt_pts).query(pred_pts)[0]  # predicted surface -> GT
+    obs, _ = observed_points(tiny, tiny.split_indices("train"), stride=3)
+    completeness = cKDTree(pred_pts).query(obs)[0]  # observed GT surface -> prediction
+    assert np.median(accuracy) < 0.03 and accuracy.mean() < 0.05
+    assert np.median(completeness) < 0.03 and completeness.mean() < 0.05
+    assert (completeness < 0.05).mean() > 0.9
+
+
+def test_labels_beat_chance_and_things_are_separated(tiny, trained):
+    _, record = trained
+    mesh = record["mesh"]
+    pts, seg = observed_points(tiny, tiny.split_indices("test"))
+    near = cKDTree(mesh.vertices).query(pts)[1]
+    pred_cat, pred_inst = mesh.semantic[near], mesh.instance[near]
+    gt_cat = np.array([tiny.gt.segments[int(s)] for s in seg])
+    classes = np.unique(gt_cat)
+    per_class = [(pred_cat[gt_cat == c] == c).mean() for c in classes]
+    # chance for a labelling that ignores the geometry is 1 / len(classes) per class
+    assert len(classes) >= 3 and np.mean(per_class) > 0.7, dict(zip(classes.tolist(), per_class, strict=True))
+    things = [s for s in np.unique(seg) if tiny.categories[tiny.gt.segments[int(s)]].isthing]
+    assert len(things) >= 2
+    majority = {}
+    for s in things:
+        ids, counts = np.unique(pred_inst[seg == s], return_counts=True)
+        majority[int(s)] = int(ids[np.argmax(counts)])
+        assert (pred_inst[seg == s] > 0).mean() > 0.3, f"GT thing {s} mostly unlabelled"
+    fg = [v for v in majority.values() if v > 0]
+    assert len(set(fg)) == len(fg) == len(things), f"GT things -> predicted ids {majority}"
+    stuff = ~np.isin(seg, things)
+    assert (pred_inst[stuff] == 0).mean() > 0.9
+
+
+def test_checkpoint_reloads_the_same_model(tiny, trained):
+    out, record = trained
+    model, meta = load_model(out / CHECKPOINT)
+    assert meta["step"] == STEPS
+    p = torch.as_tensor(record["mesh"].vertices[:2000])
+    cls_a, tok_a = record["model"].label_points(p)
+    cls_b, tok_b = model.label_points(p)
+    assert torch.equal(cls_a, cls_b) and torch.equal(tok_a, tok_b)
+
+
+def test_resume_continues_from_the_checkpoint(tiny, trained, tmp_path):
+    out, _ = trained
+    copy = tmp_path / "resumed"
+    shutil.copytree(out, copy)
+    cfg = neural_config("fast", **{**SMALL, "steps": STEPS + 10, "resume": True})
+    record = run_neural(tiny, cfg, copy, progress=False)
+    assert record["counters"]["resumed_from"] == STEPS
+    log = [json.loads(line) for line in (copy / LOG_FILE).read_text().splitlines()]
+    assert log[-1]["step"] == STEPS + 9
+    assert log[-1]["depth"] < log[0]["depth"] / 5  # continued, not restarted
+    assert load_model(copy / CHECKPOINT)[1]["step"] == STEPS + 10
+
+
+def test_resume_refuses_missing_or_foreign_checkpoints(tiny, tmp_path):
+    cfg = neural_config("fast", **{**SMALL, "resume": True})
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run_neural(tiny, cfg, tmp_path / "empty", progress=False)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_model(tmp_path / "bad" / CHECKPOINT)
+
+
+def test_nan_loss_stops_with_the_term_and_keeps_the_last_checkpoint(tiny, tmp_path, monkeypatch):
+    from simgen.build.neural import losses
+
+    real = losses.eikonal_loss
+    calls = {"n": 0}
+
+    def flaky(grad):
+        calls["n"] += 1
+        value = real(grad)
+        return value * float("nan") if calls["n"] > 5 else value
+
+    monkeypatch.setattr(losses, "eikonal_loss", flaky)
+    cfg = neural_config("fast", **{**SMALL, "steps": 20, "ckpt_every": 2})
+    with pytest.raises(NeuralTrainingError, match=r"L_eik .*step 5.*checkpoint.*step 4"):
+        run_neural(tiny, cfg, tmp_path / "nan", progress=False)
+    _, meta = load_model(tmp_path / "nan" / CHECKPOINT)
+    assert meta["step"] == 4
