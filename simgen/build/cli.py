@@ -14,6 +14,7 @@ from typing import Any
 from simgen.config import add_dataclass_args, dataclass_from_args
 from simgen.data.scene import SceneError, load_scene
 from simgen.export.config import ExportConfig
+from simgen.splat.train import SplatConfig, run_gaussians
 
 EXAMPLES = """examples:
   simgen build scenes/room                              # fusion, output in scenes/room/simgen_out/
@@ -66,10 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, help="build folder (default: SCENE_DIR/simgen_out)")
     p.add_argument("--method", choices=sorted(methods), default="fusion", help="reconstruction method")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument("--no-gaussians", action="store_true", help="skip training the 3D Gaussian appearance model")
     p.add_argument("--no-export", action="store_true", help="skip the Gazebo / MuJoCo export step")
     for name, m in methods.items():
         group = p.add_argument_group(f"{name} method options")
         add_dataclass_args(group, m.config, prefix=f"{name}.")
+    add_dataclass_args(p.add_argument_group("Gaussian appearance options (docs/gaussians.md)"), SplatConfig, prefix="splat.")
     add_dataclass_args(p.add_argument_group("export options (see `simgen export -h`)"), ExportConfig, prefix="export.")
     p.set_defaults(func=cmd_build)
 
@@ -80,6 +83,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         cfg = dataclass_from_args(method.config, args, prefix=f"{args.method}.")
         if hasattr(cfg, "validate"):
             cfg.validate()
+        splat_cfg = dataclass_from_args(SplatConfig, args, prefix="splat.")
         export_cfg = dataclass_from_args(ExportConfig, args, prefix="export.")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -106,6 +110,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(_summary(args.method, result, t_validate))
         print(f"wrote {out_dir}")
+    if not args.no_gaussians:
+        try:
+            g = run_gaussians(scene, out_dir, splat_cfg, progress=not args.quiet)
+        except (ValueError, MemoryError, OSError) as e:
+            print(f"error: Gaussian training failed: {e}", file=sys.stderr)
+            print(f"the mesh build is complete in {out_dir}; rerun with --no-gaussians to skip it", file=sys.stderr)
+            return 1
+        if not args.quiet:
+            print(_gaussian_summary(g))
     if args.no_export:
         return 0
     from simgen.export.pipeline import ExportError, format_summary, run_export
@@ -121,6 +134,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_summary(summary))
     return 0
+
+
+def _gaussian_summary(g: dict[str, Any]) -> str:
+    line = f"gaussians: {g.get('count', '?')} Gaussians ({g.get('init', '?')} init), {g.get('total_seconds', 0):.1f} s"
+    before, after = g.get("test_initial", {}), g.get("test", {})
+    if "psnr" in after:
+        line += f"; test PSNR {before.get('psnr', float('nan')):.2f} -> {after['psnr']:.2f} dB"
+    return line
 
 
 def _summary(method: str, record: dict[str, Any], t_validate: float) -> str:
