@@ -38,9 +38,13 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the machine is shared; one thread is steadier
-    out = tmp_path_factory.mktemp("build") / "neural"
-    record = run_neural(tiny, neural_config("fast", **SMALL), out, progress=False)
+    try:
+        out = tmp_path_factory.mktemp("build") / "neural"
+        record = run_neural(tiny, neural_config("fast", **SMALL), out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return out, record
 
 

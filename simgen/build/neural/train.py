@@ -263,7 +263,9 @@ def run_neural(
     ckpt = None
     if cfg.resume:
         if ckpt_path is None or not ckpt_path.is_file():
-            raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
+            raise ValueError(
+                f"neural.resume: no checkpoint at {ckpt_path} (train once without --neural.resume first)"
+            )
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
         data.lo, data.hi = ckpt["box"]
         if tuple(ckpt["classes"]) != (data.classes, data.n_stuff):
