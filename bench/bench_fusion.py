@@ -25,7 +25,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -34,21 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{platform.node()}: {cpu}, {affinity} usable cores ({os.cpu_count()} total), "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
-    )
+from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def load_avg() -> str:

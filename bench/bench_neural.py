@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -33,32 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 VARIANTS = {
     "full": {},
     "no-prior": {"spatial_prior": False},
     "no-dynamic": {"dynamic_tokens": False},
     "no-head": {"panoptic_head": False},
 }
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
-    load = "load avg {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{platform.node()}: {cpu}, {cores} usable cores, {gpu}, torch {torch.__version__}, "
-        f"Python {platform.python_version()}, {load}"
-    )
 
 
 def one_build(args: argparse.Namespace) -> int:

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,21 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 OUTPUT_SETS = {"depth+panoptic": ["depth", "panoptic"], "rgb+depth+panoptic": ["rgb", "depth", "panoptic"]}
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.node()}: {cpu}, {cores} usable cores, Python {platform.python_version()}"
 
 
 def load() -> str:

@@ -11,8 +11,6 @@ waiting for other processes, which the load average before and after the runs sh
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import shutil
 import statistics
@@ -22,22 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = "load avg %.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        load = "load avg n/a"
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.node()}: {cpu}, {affinity} usable cores, Python {platform.python_version()}, {load}"
+from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def time_once(preset: str, out: Path, seed: int) -> tuple[float, float]:

@@ -26,17 +26,17 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
 import resource
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py, also when run.py is loaded by path
+from machine import machine_info, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -61,56 +61,6 @@ LABELS = {
 
 
 # ----------------------------------------------------------------------------- machine
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, usable cores, memory, GPU (when torch sees one), Python and load average."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gb = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    gpu = None
-    if shutil.which("nvidia-smi"):  # asking torch would cost its import in every run
-        try:
-            names = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.split("\n")
-            gpu = ", ".join(n.strip() for n in names if n.strip()) or None
-        except (OSError, subprocess.SubprocessError):
-            pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "host": platform.node(),
-        "cpu": cpu,
-        "cores": cores,
-        "memory_gb": mem_gb,
-        "gpu": gpu,
-        "python": platform.python_version(),
-        "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-    }
-
-
-def machine_line(m: dict[str, Any]) -> str:
-    gpu = m.get("gpu") or "no GPU"
-    load = " ".join(f"{x:.1f}" for x in m["load_avg"]) if m.get("load_avg") else "n/a"
-    return (
-        f"{m['cpu']}, {m['cores']} usable cores, {m.get('memory_gb')} GB RAM, {gpu}, "
-        f"Python {m['python']}; load average at start {load}"
-    )
 
 
 def git_commit() -> str | None:
@@ -463,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as e:
             print(f"error: {results_path}: unreadable ({e}); rerun with --fresh", file=sys.stderr)
             return 1
-    mach = machine()
+    mach = machine_info()
     run_id = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python bench/run.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])

@@ -75,7 +75,7 @@ def test_failed_build_is_reported_not_fatal(bench):
             "method": "neural",
             "build": {"ok": False, "error": "NeuralTrainingError: loss term L_sdf became nan"},
             "run_id": "r",
-            "machine": bench.machine(),
+            "machine": bench.machine_info(),
         }
     }
     section = bench.render_section(results)
