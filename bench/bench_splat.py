@@ -14,8 +14,6 @@ splats), rendered from a test camera of that scene; median wall time of ``--runs
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,24 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = "load avg {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    cores = len(os.sched_getaffinity(0))
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
-    return (
-        f"{platform.node()}: {cpu}, {cores} usable cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), {gpu}, {load}"
-    )
+from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def gt_panoptic_mesh(scene):

@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "simgen.eval.cli",
     "simgen.serve.cli",
     "simgen.data.synth.cli",
+    "simgen.splat.cli",
 ]
 
 

@@ -14,6 +14,7 @@ from simgen.splat.train import (
     LABELS_FILE,
     SplatConfig,
     evaluate_views,
+    load_gaussians,
     load_views,
     render_gaussians,
     run_gaussians,
@@ -77,7 +78,7 @@ def test_training_improves_test_views_and_writes_outputs(small):
     assert after["ssim"] > before["ssim"]
     assert after["depth_absrel"] < 0.03, after  # the depth loss keeps the geometry on the surface
     assert summary["split"] + summary["cloned"] > 0  # densification ran
-    g = load_ply(build / GAUSSIANS_FILE)
+    g = load_gaussians(build)
     assert len(g) == summary["count"]
     labels = np.load(build / LABELS_FILE)
     assert np.array_equal(labels["semantic"], g.semantic.numpy())
@@ -127,6 +128,8 @@ def test_rgbd_init_without_mesh_and_bad_config(small, tmp_path):
     scene, _ = small
     with pytest.raises(ValueError, match="downscale"):
         SplatConfig(downscale=0)
+    with pytest.raises(FileNotFoundError, match="gaussians.ply"):
+        load_gaussians(tmp_path)
     with pytest.raises(FileNotFoundError, match="panoptic_mesh.ply"):
         run_gaussians(scene, tmp_path / "none", _cfg(init="mesh"), progress=False)
     views = load_views(scene, scene.split_indices("test"), downscale=2)
@@ -138,3 +141,32 @@ def test_rgbd_init_without_mesh_and_bad_config(small, tmp_path):
     g = load_ply(tmp_path / "rgbd" / GAUSSIANS_FILE)
     assert (g.semantic == -1).all()
     assert evaluate_views(g, views)["depth_absrel"] < 0.05
+
+
+def test_cli_trains_and_reports_errors(small, tmp_path, capsys):
+    from simgen.cli import main
+
+    scene, build = small
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "panoptic_mesh.ply").write_bytes((build / "panoptic_mesh.ply").read_bytes())
+    args = [
+        "gaussians",
+        str(scene.root),
+        "-b",
+        str(b),
+        "--iterations",
+        "3",
+        "--init-count",
+        "1000",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert "mesh init" in capsys.readouterr().out
+    assert len(load_gaussians(b)) > 0
+    assert main([*args, "--json", "--resume", "--iterations", "4"]) == 0
+    assert '"start_step": 3' in capsys.readouterr().out
+    assert main(["gaussians", str(tmp_path / "missing"), "-b", str(b)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["gaussians", str(scene.root), "-b", str(tmp_path / "c"), "--init", "mesh"]) == 1
+    assert "panoptic_mesh.ply" in capsys.readouterr().err

@@ -85,10 +85,11 @@ def nearest_faces(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Closest triangle of a mesh to each point: ``(M,)`` int64 face index and ``(M,)`` float distance.
 
-    ``vertices`` ``(V, 3)``, ``faces`` ``(F, 3)``, ``points`` ``(M, 3)``. The ``max_brute`` triangles with
-    the largest circumradius bound are checked exhaustively (exact: big faces of coarse GT or CAD meshes
-    are what nearest-vertex lookups get wrong); every other triangle is a candidate when its centroid is
-    among the ``k`` nearest centroids, which is exact up to the size of those small triangles. Why not
+    ``vertices`` ``(V, 3)``, ``faces`` ``(F, 3)``, ``points`` ``(M, 3)``. Meshes of at most ``max_brute``
+    faces are searched exhaustively (exact). Otherwise the faces whose circumradius bound exceeds 3x the
+    median (at most ``max_brute``, largest first) are checked exhaustively -- big faces of coarse GT or CAD
+    meshes are what nearest-vertex lookups get wrong -- and every other face is a candidate when its
+    centroid is among the ``k`` nearest centroids, which is exact up to the size of those small faces. Why not
     ``trimesh.proximity.closest_point``: its R-tree candidates explode for large triangles (7 s for 40 k
     points on a 180-face room).
     """
@@ -107,9 +108,13 @@ def nearest_faces(
         return best_f.numpy(), best_d.numpy()
     centroid = tri.mean(1)
     radius = torch.linalg.norm(tri - centroid[:, None], dim=-1).max(1).values
-    big = torch.argsort(radius, descending=True)[:max_brute] if f > max_brute else torch.arange(f)
-    step = max(1, chunk // len(big))
-    for i in range(0, m, step):  # chunks of points against all big faces
+    if f <= max_brute:
+        big = torch.arange(f)
+    else:  # faces much larger than typical ones (none on a uniform fused mesh), the largest first
+        order = torch.argsort(radius, descending=True)[:max_brute]
+        big = order[radius[order] > 3.0 * radius.median()]
+    step = max(1, chunk // max(len(big), 1))
+    for i in range(0, m if len(big) else 0, step):  # chunks of points against all big faces
         dmin, j = _distance_all_pairs(p[i : i + step], tri[big]).min(1)
         best_d[i : i + step], best_f[i : i + step] = dmin, big[j]
     small = torch.ones(f, dtype=torch.bool)

@@ -80,7 +80,8 @@ def project_gaussians(
 
     Returns a dict of per-Gaussian tensors: ``means2d`` ``(N, 2)`` pixels, ``conics`` ``(N, 3)`` the upper
     triangle ``(a, b, c)`` of the inverse 2D covariance, ``depths`` ``(N,)`` camera z, ``radii`` ``(N,)`` int64
-    3-sigma radius in pixels (0 = culled: behind ``near``, beyond ``far``, degenerate or off-image).
+    3-sigma radius in pixels (0 = culled: behind ``near``, beyond ``far``, degenerate or off-image), ``extents``
+    ``(N, 2)`` half width and half height in pixels of the 3-sigma ellipse's bounding box (0 when culled).
     """
     R, t = viewmat[:3, :3], viewmat[:3, 3]
     pc = means @ R.T + t
@@ -112,10 +113,16 @@ def project_gaussians(
         mid = 0.5 * (a + c)
         lam = mid + torch.sqrt(torch.clamp_min(mid * mid - det, 0.1))
         radii = torch.ceil(3.0 * torch.sqrt(lam)).to(torch.int64)
+        # Half-sizes of the axis-aligned box of the 3-sigma ellipse: exact, and much smaller than the
+        # radius square for the thin, tilted ellipses of surface splats seen obliquely (fewer tile pairs).
+        ext = 3.0 * torch.sqrt(torch.stack([a, c], dim=-1).clamp_min(0))
         u, v = means2d[:, 0], means2d[:, 1]
-        on_image = (u + radii > 0) & (u - radii < width) & (v + radii > 0) & (v - radii < height)
-        radii = torch.where(ok & on_image, radii, torch.zeros_like(radii))
-    return {"means2d": means2d, "conics": conics, "depths": z, "radii": radii}
+        ex, ey = ext[:, 0], ext[:, 1]
+        on_image = (u + ex > 0) & (u - ex < width) & (v + ey > 0) & (v - ey < height)
+        keep = ok & on_image
+        radii = torch.where(keep, radii, torch.zeros_like(radii))
+        ext = torch.where(keep[:, None], ext, torch.zeros_like(ext))
+    return {"means2d": means2d, "conics": conics, "depths": z, "radii": radii, "extents": ext}
 
 
 def _colors_and_features(
@@ -292,7 +299,7 @@ def _rasterize_gsplat(means, quats, scales, opacities, vals, viewmat, K, width, 
     }
 
 
-def _tile_pairs(means2d, radii, depths, tile_size, n_tx, n_ty):
+def _tile_pairs(means2d, radii, depths, tile_size, n_tx, n_ty, extents=None):
     """(tile, Gaussian) pairs sorted by tile then depth, as in 3DGS's key sort, but built with tensor ops.
 
     Returns ``pair_gauss`` ``(P,)`` Gaussian index per pair, ``tile_start`` / ``tile_count`` ``(n_tiles,)``.
@@ -300,11 +307,12 @@ def _tile_pairs(means2d, radii, depths, tile_size, n_tx, n_ty):
     with torch.no_grad():
         vis = torch.nonzero(radii > 0).squeeze(1)
         r = radii[vis].to(means2d.dtype)
+        rx, ry = (r, r) if extents is None else (extents[vis, 0], extents[vis, 1])
         m = means2d[vis].detach()
-        x0 = torch.clamp(torch.floor((m[:, 0] - r) / tile_size), 0, n_tx).to(torch.int64)
-        x1 = torch.clamp(torch.ceil((m[:, 0] + r) / tile_size), 0, n_tx).to(torch.int64)
-        y0 = torch.clamp(torch.floor((m[:, 1] - r) / tile_size), 0, n_ty).to(torch.int64)
-        y1 = torch.clamp(torch.ceil((m[:, 1] + r) / tile_size), 0, n_ty).to(torch.int64)
+        x0 = torch.clamp(torch.floor((m[:, 0] - rx) / tile_size), 0, n_tx).to(torch.int64)
+        x1 = torch.clamp(torch.ceil((m[:, 0] + rx) / tile_size), 0, n_tx).to(torch.int64)
+        y0 = torch.clamp(torch.floor((m[:, 1] - ry) / tile_size), 0, n_ty).to(torch.int64)
+        y1 = torch.clamp(torch.ceil((m[:, 1] + ry) / tile_size), 0, n_ty).to(torch.int64)
         w = x1 - x0
         counts = w * (y1 - y0)
         total = int(counts.sum())
@@ -329,7 +337,7 @@ def _rasterize_torch(
     means2d, conics, depths, radii = proj["means2d"], proj["conics"], proj["depths"], proj["radii"]
     dtype, dev = means.dtype, means.device
     n_tx, n_ty = math.ceil(width / ts), math.ceil(height / ts)
-    pair_gauss, tile_start, tile_count = _tile_pairs(means2d, radii, depths, ts, n_tx, n_ty)
+    pair_gauss, tile_start, tile_count = _tile_pairs(means2d, radii, depths, ts, n_tx, n_ty, proj["extents"])
     vals = torch.cat([vals, depths[:, None]], dim=1)  # depth is blended as one more channel
     n_ch = vals.shape[1]
     n_pix = ts * ts

@@ -40,7 +40,7 @@ CHECKPOINT_FILE = "gaussians_ckpt.pt"
 class SplatConfig:
     """Settings of the Gaussian appearance stage (``simgen build``, skipped with ``--no-gaussians``)."""
 
-    iterations: int = field(default=300, metadata={"help": "optimisation steps (one training frame each)"})
+    iterations: int = field(default=200, metadata={"help": "optimisation steps (one training frame each)"})
     init: Literal["auto", "mesh", "rgbd"] = field(
         default="auto",
         metadata={
@@ -55,7 +55,7 @@ class SplatConfig:
     init_opacity: float = field(default=0.5, metadata={"help": "initial opacity of every Gaussian"})
     sh_degree: int = field(default=3, metadata={"help": "spherical harmonics degree (0..3)"})
     sh_degree_every: int = field(
-        default=100, metadata={"help": "raise the active SH degree by one every N steps (3DGS: 1000)"}
+        default=50, metadata={"help": "raise the active SH degree by one every N steps (3DGS: 1000)"}
     )
     downscale: int = field(default=1, metadata={"help": "train on images shrunk by this integer factor"})
     lr_means: float = field(default=1.6e-3, metadata={"help": "Adam lr of the means, times the scene extent"})
@@ -71,9 +71,9 @@ class SplatConfig:
         default=0.2, metadata={"help": "weight of 1 - SSIM in the RGB loss (eq. 34: 0.2)"}
     )
     lambda_depth: float = field(default=0.1, metadata={"help": "weight of the depth L1 loss (eq. 34: 0.1)"})
-    refine_start: int = field(default=100, metadata={"help": "first step of densification / pruning"})
-    refine_stop: int = field(default=201, metadata={"help": "no densification from this step on"})
-    refine_every: int = field(default=50, metadata={"help": "densify / prune every N steps"})
+    refine_start: int = field(default=60, metadata={"help": "first step of densification / pruning"})
+    refine_stop: int = field(default=141, metadata={"help": "no densification from this step on"})
+    refine_every: int = field(default=40, metadata={"help": "densify / prune every N steps"})
     grow_grad2d: float = field(
         default=2e-4, metadata={"help": "mean view-space gradient (NDC units) above which Gaussians grow"}
     )
@@ -86,7 +86,7 @@ class SplatConfig:
     )
     opacity_reset_every: int = field(default=0, metadata={"help": "reset opacities every N steps (0: never)"})
     max_gaussians: int = field(
-        default=200_000, metadata={"help": "densification stops growing at this count"}
+        default=50_000, metadata={"help": "densification stops growing at this count (CPU speed)"}
     )
     seed: int = field(default=0, metadata={"help": "random seed (frame order, initial sampling)"})
     device: Literal["auto", "cpu", "cuda"] = field(
@@ -242,7 +242,8 @@ def _edit(
 
 class _CpuStrategy:
     """3DGS's adaptive density control (Kerbl et al. 2023, sec. 5), the rules of gsplat's DefaultStrategy
-    without its CUDA-only bookkeeping. Written here because gsplat does not import without its CUDA build."""
+    without its CUDA-only bookkeeping. Written here because gsplat is a CUDA package (its kernels compile with
+    nvcc) and not a dependency of CPU installs."""
 
     def __init__(self, cfg: SplatConfig, scene_scale: float):
         self.cfg = cfg
@@ -426,7 +427,7 @@ def loss_terms(out: dict[str, Any], view: TrainView, cfg: SplatConfig) -> dict[s
 
 
 def evaluate_views(g: GaussianScene, views: list[TrainView]) -> dict[str, float]:
-    """Mean PSNR, SSIM and depth AbsRel (on pixels with valid depth) of ``g`` over ``views``."""
+    """Mean PSNR, SSIM and depth AbsRel (on pixels with valid depth) of ``g`` over ``views`` (None if none)."""
     ps, ss, ab = [], [], []
     with torch.no_grad():
         for v in views:
@@ -437,11 +438,10 @@ def evaluate_views(g: GaussianScene, views: list[TrainView]) -> dict[str, float]
             ok = v.depth > 0
             if ok.any():
                 ab.append(float(((out["depth"][ok] - v.depth[ok]).abs() / v.depth[ok]).mean()))
-    nan = float("nan")
-    return {
-        "psnr": float(np.mean(ps)) if ps else nan,
-        "ssim": float(np.mean(ss)) if ss else nan,
-        "depth_absrel": float(np.mean(ab)) if ab else nan,
+    return {  # None rather than NaN: the summary goes into build.json
+        "psnr": float(np.mean(ps)) if ps else None,
+        "ssim": float(np.mean(ss)) if ss else None,
+        "depth_absrel": float(np.mean(ab)) if ab else None,
         "views": len(views),
     }
 
@@ -575,7 +575,9 @@ def train_gaussians(
         for opt in optimizers.values():
             opt.step()
             opt.zero_grad(set_to_none=True)
-        stats = strategy.step_post_backward(params, optimizers, state, step, info)
+        # gsplat resets opacities whenever step % reset_every == 0, step 0 included, which would wipe the
+        # initial opacities: it counts from 1 here (its refine tests shift by one step, harmlessly).
+        stats = strategy.step_post_backward(params, optimizers, state, step + 1 if use_gsplat else step, info)
         for k in totals:
             totals[k] += (stats or {}).get(k, 0)
         for group in optimizers["means"].param_groups:
@@ -600,8 +602,8 @@ def train_gaussians(
         "steps": steps,
         "start_step": start,
         "seconds": seconds,
-        "s_per_step": seconds / steps if steps else float("nan"),
-        "psnr_train": float(np.mean(psnrs[-20:])) if psnrs else float("nan"),
+        "s_per_step": seconds / steps if steps else None,
+        "psnr_train": float(np.mean(psnrs[-20:])) if psnrs else None,
         "count": int(params["means"].shape[0]),
         "strategy": "gsplat" if use_gsplat else "cpu",
         **totals,
@@ -668,6 +670,20 @@ def run_gaussians(
 
 
 # --------------------------------------------------------------------------------------------- render
+
+
+def load_gaussians(build_dir: str | Path, device: str | torch.device = "cpu") -> GaussianScene:
+    """The trained Gaussians of a build folder (``gaussians.ply``), for serve / eval / export.
+
+    Raises FileNotFoundError naming the file when the build has none (built with ``--no-gaussians``)."""
+    from simgen.splat.gaussians import GAUSSIANS_FILE, load_ply
+
+    path = Path(build_dir) / GAUSSIANS_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no trained Gaussians in this build (was it built with --no-gaussians?)"
+        )
+    return load_ply(path).to(device)
 
 
 def render_gaussians(
