@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -17,7 +18,7 @@ from simgen.config import add_dataclass_args, dataclass_from_args
 from simgen.data.io import write_json
 from simgen.data.scene import SceneError, load_scene
 from simgen.export.config import ExportConfig
-from simgen.splat.train import SplatConfig, run_gaussians
+from simgen.splat.config import SplatConfig
 
 EXAMPLES = """examples:
   simgen build scenes/room                              # fusion, output in scenes/room/simgen_out/
@@ -34,21 +35,31 @@ then the simulation export (docs/export.md): worlds/, models/, mjcf/, alignment.
 
 @dataclass(frozen=True)
 class Method:
-    """A build method: its config dataclass and ``run(scene, cfg, out_dir, progress) -> dict``."""
+    """A build method: its config dataclass and ``module:function`` of ``run(scene, cfg, out_dir, progress)``."""
 
     config: type
-    run: Callable[..., dict[str, Any]]
+    run: str  # imported only when the method runs: registering flags must not import torch
     help: str
+
+    def runner(self) -> Callable[..., dict[str, Any]]:
+        module, name = self.run.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
 def _methods() -> dict[str, Method]:
     # One entry per method; the flags of each method's config get the prefix "--<method>.".
-    from simgen.build.fusion import FusionConfig, run_fusion
-    from simgen.build.neural import NeuralConfig, run_neural
+    from simgen.build.fusion.config import FusionConfig
+    from simgen.build.neural.config import NeuralConfig
 
     return {
-        "fusion": Method(FusionConfig, run_fusion, "online panoptic TSDF fusion (fast, CPU)"),
-        "neural": Method(NeuralConfig, run_neural, "PanopticRecon++ neural fields (quality; faster on CUDA)"),
+        "fusion": Method(
+            FusionConfig, "simgen.build.fusion.pipeline:run_fusion", "online panoptic TSDF fusion (fast, CPU)"
+        ),
+        "neural": Method(
+            NeuralConfig,
+            "simgen.build.neural.train:run_neural",
+            "PanopticRecon++ neural fields (quality; faster on CUDA)",
+        ),
     }
 
 
@@ -125,7 +136,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning
         try:
-            result = method.run(scene, cfg, out_dir, progress=not args.quiet)
+            result = method.runner()(scene, cfg, out_dir, progress=not args.quiet)
         except (ValueError, MemoryError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -133,6 +144,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(_summary(args.method, result, t_validate))
         print(f"wrote {out_dir}")
     if not args.no_gaussians:
+        from simgen.splat.train import run_gaussians
+
         try:
             g = run_gaussians(scene, out_dir, splat_cfg, progress=not args.quiet)
         except (ValueError, MemoryError, OSError) as e:

@@ -17,7 +17,7 @@ EXAMPLES = """examples:
 def register(sub: argparse._SubParsersAction) -> None:
     from simgen.cli import _Formatter
     from simgen.config import add_dataclass_args
-    from simgen.splat.train import SplatConfig
+    from simgen.splat.config import SplatConfig
 
     p = sub.add_parser(
         "gaussians",

@@ -4,7 +4,6 @@ Entry points: :class:`NeuralConfig` (presets ``fast`` / ``quality``) and :func:`
 """
 
 from simgen.build.neural.config import PRESETS, NeuralConfig, neural_config
-from simgen.build.neural.train import CHECKPOINT, LOG_FILE, NeuralTrainingError, run_neural
 
 __all__ = [
     "CHECKPOINT",
@@ -15,3 +14,14 @@ __all__ = [
     "neural_config",
     "run_neural",
 ]
+
+_TRAIN = ("CHECKPOINT", "LOG_FILE", "NeuralTrainingError", "run_neural")
+
+
+def __getattr__(name: str):
+    # torch loads on first use of the trainer, not when the CLI registers its flags.
+    if name in _TRAIN:
+        from simgen.build.neural import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
