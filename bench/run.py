@@ -35,7 +35,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py, also when run.py is loaded by path
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent)
+)  # bench/machine.py, also when run.py is loaded by path
 from machine import machine_info, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

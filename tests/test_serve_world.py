@@ -55,7 +55,9 @@ def test_served_export_is_in_the_gazebo_world_frame(export):
     scene = load_render_scene(export)
     assert scene.world_frame == "gazebo"
     lo, _ = scene.bounds()
-    assert abs(lo[2] + 0.02 - scene.world_from_scene[2, 3]) < 1e-6  # floor slab moved by the alignment
+    # The floor slab moved by the alignment; the export decimates and cleans the mesh, so its lowest
+    # vertex may move by a fraction of a millimetre.
+    assert abs(lo[2] + 0.02 - scene.world_from_scene[2, 3]) < 1e-3
     # Camera 0.5 m above the exported floor, looking along +x at box 1's face (x = 1.5).
     c2w = parse_pose(gazebo_pose(z=0.5 + scene.world_from_scene[2, 3]), "gazebo")
     out = scene.render(K, c2w, ("depth", "panoptic"))

@@ -109,12 +109,31 @@ def ransac_plane(
     return n, float(d), inl
 
 
+def _top_surface(heights: np.ndarray, d: float, threshold: float) -> float:
+    """The highest plane offset parallel to the fitted floor that holds at least half as many floor points
+    as the best one: a floor modelled as a slab has a top and a bottom, and things stand on the top.
+
+    heights: (P,) floor points along the up normal; d: the fitted offset. Returns the chosen offset.
+    """
+    h = np.sort(heights)
+    cand = np.unique(np.round(h / (threshold / 2)) * (threshold / 2))
+    counts = np.searchsorted(h, cand + threshold) - np.searchsorted(h, cand - threshold)
+    best = (np.abs(h - d) < threshold).sum()
+    ok = cand[(counts >= 0.5 * best) & (cand > d + threshold)]
+    if len(ok) == 0:
+        return d
+    top = float(ok.max())
+    near = np.abs(heights - top) < threshold
+    return float(heights[near].mean())
+
+
 def estimate_alignment(
     vertices: np.ndarray,
     floor_mask: np.ndarray,
     up: np.ndarray | None = None,
     threshold: float = 0.02,
     seed: int = 0,
+    floor_points: np.ndarray | None = None,
 ) -> Alignment:
     """Estimate world_from_scene so the floor lies on z = 0 with +z up.
 
@@ -123,6 +142,9 @@ def estimate_alignment(
         floor_mask: (V,) bool, vertices labelled with a floor class (may be all False).
         up: optional (3,) up vector in the scene frame. With a floor it only picks the normal's sign;
             without one, the floor is put at the 1st percentile of heights along ``up``.
+        floor_points: optional (P, 3) points on the floor surface (e.g. sampled by face area) used for the
+            plane fit instead of the floor vertices: a coarse floor (a slab of 8 corners) has as many
+            vertices on its sides as on its top, but far less area.
     Raises:
         AlignmentError: no floor vertices and no ``up``.
     """
@@ -134,7 +156,8 @@ def estimate_alignment(
             raise AlignmentError(f"--up {up.tolist()} is not a usable direction")
         up = up / np.linalg.norm(up)
     if floor_mask.sum() >= 3:
-        n, d, inl = ransac_plane(vertices[floor_mask], threshold=threshold, seed=seed)
+        fpts = vertices[floor_mask] if floor_points is None else np.asarray(floor_points, np.float64)
+        n, d, inl = ransac_plane(fpts, threshold=threshold, seed=seed)
         if up is not None:
             sign = np.sign(n @ up) or 1.0
         else:
@@ -142,7 +165,9 @@ def estimate_alignment(
             heights = vertices[~floor_mask] @ n - d
             sign = 1.0 if (heights > threshold).sum() >= (heights < -threshold).sum() else -1.0
         n, d = n * sign, d * sign
-        res = vertices[floor_mask][inl] @ n - d
+        d = _top_surface(fpts @ n, d, threshold)
+        inl = np.abs(fpts @ n - d) < threshold
+        res = fpts[inl] @ n - d
         method, rms, frac = "ransac-floor", float(np.sqrt(np.mean(res**2))), float(inl.mean())
     elif up is not None:
         n = up

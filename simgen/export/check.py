@@ -54,15 +54,21 @@ def _resource_env(models_dir: Path) -> dict[str, str]:
 def run_validator(cmd: list[str], path: Path, models_dir: Path) -> list[Problem]:
     """Run the validator on one file; every error line it prints becomes a problem."""
     try:
-        res = subprocess.run([*cmd, str(path)], capture_output=True, text=True, env=_resource_env(models_dir), timeout=120)
+        res = subprocess.run(
+            [*cmd, str(path)], capture_output=True, text=True, env=_resource_env(models_dir), timeout=120
+        )
     except subprocess.TimeoutExpired:
-        return [Problem(str(path), f"{' '.join(cmd[:2])} timed out")]
+        return [Problem(str(path), f"{Path(cmd[0]).name} {cmd[1]} -k timed out")]
     text = re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + "\n" + res.stderr)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not any(n in ln for n in _NOISE)]
     if res.returncode == 0 and "Valid." in text:
         return []
-    errors = [ln for ln in lines if "Error" in ln or "error" in ln] or lines or [f"exit status {res.returncode}"]
-    return [Problem(str(path), f"{' '.join(cmd[:2])} -k: {ln}") for ln in errors]
+    # libsdformat 12 exits 0 even when it cannot read the file: any output without "Valid." is a failure.
+    errors = (
+        [ln for ln in lines if "Error" in ln or "error" in ln] or lines or [f"exit status {res.returncode}"]
+    )
+    tool = f"{Path(cmd[0]).name} {cmd[1]}"
+    return [Problem(str(path), f"{tool} -k: {ln}") for ln in errors]
 
 
 def resolve_uri(uri: str, sdf_file: Path, search: list[Path]) -> Path | None:
@@ -175,7 +181,9 @@ def check_export(out_dir: str | Path, validator: bool = True, workers: int = 2) 
     world_files = sorted((out_dir / "worlds").glob("*.sdf"))
     if not model_files and not world_files:
         return [Problem(str(out_dir), "no models/*/model.sdf and no worlds/*.sdf (not a simgen export)")], {}
-    search = [models_dir] + [Path(p) for p in os.environ.get("GZ_SIM_RESOURCE_PATH", "").split(os.pathsep) if p]
+    search = [models_dir] + [
+        Path(p) for p in os.environ.get("GZ_SIM_RESOURCE_PATH", "").split(os.pathsep) if p
+    ]
     for d in sorted(p for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() else []:
         if not (d / "model.sdf").is_file():
             problems.append(Problem(str(d), "model folder without model.sdf"))
@@ -203,8 +211,11 @@ def check_export(out_dir: str | Path, validator: bool = True, workers: int = 2) 
         cmd = find_validator()
         if cmd is None:
             problems.append(
-                Problem(str(out_dir), "no SDFormat validator: install `gz` or `ign` with libsdformat "
-                "(Debian: ignition-tools libsdformat-dev), or pass --no-validator")
+                Problem(
+                    str(out_dir),
+                    "no SDFormat validator: install `gz` or `ign` with libsdformat "
+                    "(Debian: ignition-tools libsdformat-dev), or pass --no-validator",
+                )
             )
         else:
             files = model_files + world_files

@@ -9,7 +9,9 @@ def _to_arrays(m) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     v = np.asarray(m.vertex_matrix(), dtype=np.float64)
     f = np.asarray(m.face_matrix(), dtype=np.int64).reshape(-1, 3)
     c = np.asarray(m.vertex_color_matrix(), dtype=np.float64)
-    colors = np.clip(np.round(c[:, :3] * 255), 0, 255).astype(np.uint8) if len(c) else np.zeros((0, 3), np.uint8)
+    colors = (
+        np.clip(np.round(c[:, :3] * 255), 0, 255).astype(np.uint8) if len(c) else np.zeros((0, 3), np.uint8)
+    )
     return v, f, colors
 
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import trimesh
 
+# A closed piece with at least this fraction of its convex hull's volume is used as its own hull.
+CONVEX_RATIO = 0.95
+
 
 @dataclass
 class Box:
@@ -38,7 +41,9 @@ def robust_convex_hull(points: np.ndarray, min_thickness: float = 0.01) -> tuple
     if len(pts) == 0:
         raise ValueError("no finite points to build a convex hull from")
     centre = pts.mean(0)
-    _, s, vt = np.linalg.svd(pts - centre, full_matrices=False) if len(pts) > 1 else (None, np.zeros(1), np.eye(3))
+    _, s, vt = (
+        np.linalg.svd(pts - centre, full_matrices=False) if len(pts) > 1 else (None, np.zeros(1), np.eye(3))
+    )
     s = np.concatenate([s, np.zeros(3 - len(s))])
     spread = s / np.sqrt(max(len(pts), 1))
     # Thicken every principal direction that is (nearly) degenerate.
@@ -46,7 +51,9 @@ def robust_convex_hull(points: np.ndarray, min_thickness: float = 0.01) -> tuple
         if spread[axis] < min_thickness / 4 or len(pts) < 4:
             d = vt[axis] if axis < len(vt) else np.eye(3)[axis]
             pts = np.concatenate([pts + d * min_thickness / 2, pts - d * min_thickness / 2])
-    hull = trimesh.convex.convex_hull(pts, repair=True)
+    # C-1e-4 merges facets that are coplanar to 1e-4 of the extent: scanned flat sides otherwise give
+    # many slivers whose tiny folds read as non-convex once written as float32 STL.
+    hull = trimesh.convex.convex_hull(pts, qhull_options="QbB Pp Qt C-1e-4", repair=True)
     if not (hull.is_watertight and hull.volume > 0):
         hull = trimesh.convex.convex_hull(pts, qhull_options="QbB Pp QJ", repair=True)
     return np.asarray(hull.vertices, np.float64), np.asarray(hull.faces, np.int64)
@@ -111,6 +118,12 @@ def decompose_thing(
 ) -> ColliderResult:
     """Convex decomposition of one thing; never raises: failures fall back to the convex hull.
 
+    The mesh is split into connected pieces first and each piece is decomposed on its own: CoACD does not
+    terminate on some inputs made of interpenetrating closed pieces (seen on two overlapping boxes), and
+    a piece that is already (nearly) convex -- volume at least ``CONVEX_RATIO`` of its hull's -- is its
+    own hull without running CoACD at all. At most ``max_hulls`` hulls in total: the biggest pieces are
+    decomposed with what is left of the budget, the smallest share one hull when pieces outnumber it.
+
     Args: vertices (N, 3) float64 and faces (F, 3) int of the (decimated) part, part frame; the other
     arguments are CoACD's (see ExportConfig).
     """
@@ -125,10 +138,33 @@ def decompose_thing(
         extent = np.ptp(centred @ np.linalg.svd(centred, full_matrices=False)[2].T, axis=0)  # along PCA axes
         if extent.min() < 1e-3:
             raise ValueError(f"degenerate mesh (flat: extents {np.round(extent, 4).tolist()} m)")
-        raw = _run_coacd(vertices, faces, threshold, max_hulls, resolution, seed, preprocess_resolution, iterations)
-        for v, _ in raw:
-            if len(v) >= 4 and np.isfinite(v).all():
-                res.hulls.append(robust_convex_hull(v))
+        mesh = trimesh.Trimesh(vertices, faces, process=False)
+        pieces = [m for m in mesh.split(only_watertight=False) if len(m.faces) >= 4]
+        pieces.sort(key=lambda m: -float(np.prod(m.extents)))
+        max_hulls = max(int(max_hulls), 1)
+        if len(pieces) > max_hulls:  # the smallest pieces share one hull
+            rest = np.concatenate([m.vertices for m in pieces[max_hulls - 1 :]])
+            res.hulls.append(robust_convex_hull(rest))
+            pieces = pieces[: max_hulls - 1]
+        for k, piece in enumerate(pieces):
+            budget = max_hulls - len(res.hulls) - (len(pieces) - k - 1)  # leave one hull for each later piece
+            hull = piece.convex_hull
+            if budget <= 1 or (piece.is_watertight and abs(piece.volume) >= CONVEX_RATIO * hull.volume):
+                res.hulls.append(robust_convex_hull(piece.vertices))
+                continue
+            raw = _run_coacd(
+                piece.vertices,
+                piece.faces,
+                threshold,
+                budget,
+                resolution,
+                seed,
+                preprocess_resolution,
+                iterations,
+            )
+            for v, _ in raw:
+                if len(v) >= 4 and np.isfinite(v).all():
+                    res.hulls.append(robust_convex_hull(v))
         if not res.hulls:
             raise ValueError("CoACD returned no usable hull")
     except Exception as e:  # CoACD or the mesh failed: one object must not abort the export
@@ -139,7 +175,9 @@ def decompose_thing(
     return res
 
 
-def _dominant_axes(normals: np.ndarray, areas: np.ndarray, cos_tol: float, max_axes: int, seed: int) -> list[np.ndarray]:
+def _dominant_axes(
+    normals: np.ndarray, areas: np.ndarray, cos_tol: float, max_axes: int, seed: int
+) -> list[np.ndarray]:
     """Greedy sign-agnostic clustering of face normals (F, 3) weighted by areas (F,); returns unit axes."""
     rng = np.random.default_rng(seed)
     remaining = np.ones(len(normals), bool)

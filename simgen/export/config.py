@@ -12,25 +12,34 @@ class ExportConfig:
         default="all", metadata={"help": "what to write: Gazebo SDFormat, MuJoCo MJCF, or both"}
     )
     sdf_version: str = field(
-        default="1.9", metadata={"help": "SDFormat version attribute (1.9 is read by libsdformat 12 and newer)"}
+        default="1.9",
+        metadata={"help": "SDFormat version attribute (1.9 is read by libsdformat 12 and newer)"},
     )
     scene_name: str | None = field(
         default=None, metadata={"help": "world name (default: the build folder's name)"}
     )
-    face_budget: int = field(default=50_000, metadata={"help": "max faces per visual mesh (quadric decimation)"})
+    face_budget: int = field(
+        default=50_000, metadata={"help": "max faces per visual mesh (quadric decimation)"}
+    )
     collider_faces: int = field(
         default=1_000,
-        metadata={"help": "faces a thing is decimated to before convex decomposition (CoACD time grows with it)"},
+        metadata={
+            "help": "faces a thing is decimated to before convex decomposition (CoACD time grows with it)"
+        },
     )
     min_piece_fraction: float = field(
         default=0.02,
         metadata={"help": "drop disconnected pieces with fewer faces than this fraction of the part's faces"},
     )
-    max_hole_edges: int = field(default=30, metadata={"help": "close holes bounded by at most this many edges"})
+    max_hole_edges: int = field(
+        default=30, metadata={"help": "close holes bounded by at most this many edges"}
+    )
     coacd_threshold: float = field(
         default=0.1, metadata={"help": "CoACD concavity threshold (smaller: more, tighter hulls, slower)"}
     )
-    max_hulls: int = field(default=8, metadata={"help": "max convex hulls per object (CoACD max_convex_hull)"})
+    max_hulls: int = field(
+        default=8, metadata={"help": "max convex hulls per object (CoACD max_convex_hull)"}
+    )
     coacd_resolution: int = field(
         default=500, metadata={"help": "CoACD surface samples for the concavity metric (speed vs. accuracy)"}
     )
@@ -38,28 +47,36 @@ class ExportConfig:
         default=60, metadata={"help": "CoACD Monte-Carlo tree search iterations per cut (speed vs. accuracy)"}
     )
     coacd_preprocess_resolution: int = field(
-        default=30, metadata={"help": "CoACD remeshing resolution, used only for parts still open after hole filling"}
+        default=30,
+        metadata={"help": "CoACD remeshing resolution, used only for parts still open after hole filling"},
     )
     wall_thickness: float = field(
         default=0.1, metadata={"help": "thickness (m) of the box colliders of floor, walls and other stuff"}
     )
     dynamic_things: bool = field(
-        default=False, metadata={"help": "make things dynamic (mass from volume x class density) instead of static"}
+        default=False,
+        metadata={"help": "make things dynamic (mass from volume x class density) instead of static"},
     )
     densities: str | None = field(
         default=None,
-        metadata={"help": 'JSON file {"class name or id": density kg/m^3} overriding the built-in density table'},
+        metadata={
+            "help": 'JSON file {"class name or id": density kg/m^3} overriding the built-in density table'
+        },
     )
-    keep_ceiling: bool = field(default=False, metadata={"help": "keep the ceiling class (left out by default)"})
+    keep_ceiling: bool = field(
+        default=False, metadata={"help": "keep the ceiling class (left out by default)"}
+    )
     up: tuple[float, ...] | None = field(
         default=None,
-        metadata={"help": "up vector in the scene frame (3 numbers); required when the build has no floor class"},
+        metadata={
+            "help": "up vector in the scene frame (3 numbers); required when the build has no floor class"
+        },
     )
     workers: int = field(
         default=2,
         metadata={
             "help": "processes for cleaning, texturing and convex decomposition; used only when the parts are big "
-            "enough to pay for starting them (0: always in this process, for debugging)"
+            "enough to pay for starting them (0 or 1: always in this process)"
         },
     )
     texture_size: int = field(default=1024, metadata={"help": "side of each baked texture (pixels)"})

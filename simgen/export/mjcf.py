@@ -31,7 +31,9 @@ def mjcf_world(scene: str, bodies: list[MjcfBody], models_rel: str = "../models"
     Visual meshes are in geom group 1 with collisions off; collision geoms are in group 3.
     """
     root = etree.Element("mujoco", model=scene)
-    etree.SubElement(root, "compiler", angle="radian", meshdir=models_rel, texturedir=models_rel, autolimits="true")
+    etree.SubElement(
+        root, "compiler", angle="radian", meshdir=models_rel, texturedir=models_rel, autolimits="true"
+    )
     etree.SubElement(root, "option", timestep="0.002", gravity="0 0 -9.81")
     default = etree.SubElement(root, "default")
     etree.SubElement(default, "geom", friction="0.8 0.005 0.0001")
@@ -41,10 +43,14 @@ def mjcf_world(scene: str, bodies: list[MjcfBody], models_rel: str = "../models"
     etree.SubElement(col, "geom", group="3", rgba="0.5 0.6 0.9 0.4")
     asset = etree.SubElement(root, "asset")
     world = etree.SubElement(root, "worldbody")
-    etree.SubElement(world, "light", name="sun", directional="true", pos="0 0 10", dir="0.3 -0.2 -1", diffuse="0.8 0.8 0.8")
+    etree.SubElement(
+        world, "light", name="sun", directional="true", pos="0 0 10", dir="0.3 -0.2 -1", diffuse="0.8 0.8 0.8"
+    )
     for b in bodies:
         s = b.spec
-        body = etree.SubElement(world, "body", name=s.name, pos=fmt(b.pose[:3, 3]), quat=_quat_wxyz(b.pose[:3, :3]))
+        body = etree.SubElement(
+            world, "body", name=s.name, pos=fmt(b.pose[:3, 3]), quat=_quat_wxyz(b.pose[:3, :3])
+        )
         if not s.static:
             etree.SubElement(body, "freejoint", name=f"{s.name}__free")
             if s.inertial is not None:
@@ -70,7 +76,9 @@ def mjcf_world(scene: str, bodies: list[MjcfBody], models_rel: str = "../models"
         for k, uri in enumerate(s.hull_meshes):
             mesh_name = f"{s.name}__hull_{k}"
             etree.SubElement(asset, "mesh", name=mesh_name, file=f"{s.name}/{uri}")
-            etree.SubElement(body, "geom", {"class": "collision", "type": "mesh", "mesh": mesh_name, "name": mesh_name})
+            etree.SubElement(
+                body, "geom", {"class": "collision", "type": "mesh", "mesh": mesh_name, "name": mesh_name}
+            )
         for k, box in enumerate(s.boxes):
             etree.SubElement(
                 body,

@@ -110,7 +110,13 @@ def _process_part(part: Part, origin: np.ndarray, room_centre: np.ndarray, cfg: 
         col_v, col_f = hv, hf
     else:
         (vis_v, vis_f, vis_c), (col_v, col_f), clean_notes = clean_mesh(
-            v, part.faces, part.colors, cfg.face_budget, cfg.collider_faces, cfg.min_piece_fraction, cfg.max_hole_edges
+            v,
+            part.faces,
+            part.colors,
+            cfg.face_budget,
+            cfg.collider_faces,
+            cfg.min_piece_fraction,
+            cfg.max_hole_edges,
         )
         notes += [f"{part.name}: {n}" for n in clean_notes]
         if len(vis_f) == 0:  # cleaning removed everything: fall back to the raw part
@@ -268,12 +274,28 @@ def _swap_in(stage: Path, out_dir: Path) -> None:
 
 def _categories(cats: list[dict], path: Path) -> dict[int, dict]:
     try:
-        return {int(c["id"]): {"name": str(c["name"]), "isthing": bool(int(c.get("isthing", 0)))} for c in cats}
+        return {
+            int(c["id"]): {"name": str(c["name"]), "isthing": bool(int(c.get("isthing", 0)))} for c in cats
+        }
     except (KeyError, TypeError, ValueError) as e:
         raise ExportError(f"{path}: malformed 'categories' entry ({e})") from e
 
 
-def run_export(build_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportConfig | None = None) -> dict:
+def _floor_samples(pmesh: output.PanopticMesh, floor_mask: np.ndarray, seed: int) -> np.ndarray | None:
+    """(P, 3) points sampled uniformly by area on faces whose corners are all floor vertices, or None."""
+    faces = pmesh.faces[floor_mask[pmesh.faces].all(1)]
+    if len(faces) == 0:
+        return None
+    mesh = trimesh.Trimesh(pmesh.vertices, faces, process=False)
+    if not mesh.area > 0:
+        return None
+    points, _ = trimesh.sample.sample_surface(mesh, 20_000, seed=seed)
+    return np.concatenate([np.asarray(points, np.float64), pmesh.vertices[floor_mask]])
+
+
+def run_export(
+    build_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportConfig | None = None
+) -> dict:
     """Export a build folder to Gazebo (SDFormat) and / or MuJoCo (MJCF).
 
     Args:
@@ -315,7 +337,13 @@ def run_export(build_dir: str | Path, out_dir: str | Path | None = None, cfg: Ex
     if up is not None and up.size != 3:
         raise ExportError(f"--up needs 3 numbers, got {list(cfg.up)}")
     try:
-        alignment = estimate_alignment(pmesh.vertices, floor_mask, up=up, seed=cfg.seed)
+        alignment = estimate_alignment(
+            pmesh.vertices,
+            floor_mask,
+            up=up,
+            seed=cfg.seed,
+            floor_points=_floor_samples(pmesh, floor_mask, cfg.seed),
+        )
     except AlignmentError as e:
         raise AlignmentError(f"{mesh_path}: {e}") from e
     vertices = apply(alignment.world_from_scene, pmesh.vertices)
@@ -352,8 +380,11 @@ def run_export(build_dir: str | Path, out_dir: str | Path | None = None, cfg: Ex
                 part = futures[fut][0]
                 try:
                     results[part.name] = fut.result()
-                except Exception as e:  # a crashed worker (e.g. CoACD segfault): redo this part here, no CoACD
-                    warnings.append(f"{part.name}: worker failed ({type(e).__name__}); retried with its convex hull")
+                # A crashed worker (e.g. CoACD segfault): redo this part here, without CoACD.
+                except Exception as e:
+                    warnings.append(
+                        f"{part.name}: worker failed ({type(e).__name__}); retried with its convex hull"
+                    )
                     results[part.name] = _fallback_part(part, origins[part.name], room_centre, cfg)
                 bar.update()
     bar.close()
@@ -362,7 +393,9 @@ def run_export(build_dir: str | Path, out_dir: str | Path | None = None, cfg: Ex
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".export-new-", dir=out_dir))
     try:
-        summary = _write_all(stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings)
+        summary = _write_all(
+            stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings
+        )
         summary["seconds"] = round(time.perf_counter() - t_start, 2)
         summary["out_dir"] = str(out_dir)
         summary["build_dir"] = str(build_dir)
@@ -385,12 +418,21 @@ def _fallback_part(part: Part, origin, room_centre, cfg: ExportConfig) -> PartRe
         )
     mean = part.colors.mean(0) if len(part.colors) else np.full(3, 180.0)
     return PartResult(
-        part.name, (v, part.faces, None, None), len(part.faces), col, None, "-", colliders.hull_volume(hv, hf), mean,
+        part.name,
+        (v, part.faces, None, None),
+        len(part.faces),
+        col,
+        None,
+        "-",
+        colliders.hull_volume(hv, hf),
+        mean,
         [f"{part.name}: processed without cleaning, texture or decomposition (worker failure)"],
     )
 
 
-def _write_all(stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings) -> dict:
+def _write_all(
+    stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings
+) -> dict:
     labels = label_map([p.category_id for p in parts])
     models_dir = stage / "models"
     includes, bodies, rows, segments = [], [], [], []
@@ -423,7 +465,10 @@ def _write_all(stage, scene, parts, results, origins, alignment, categories, den
         )
         if cfg.format in ("sdf", "all"):
             sdf.write_xml(sdf.model_sdf(spec, cfg.sdf_version), models_dir / p.name / "model.sdf")
-            sdf.write_xml(sdf.model_config(p.name, spec.description, cfg.sdf_version), models_dir / p.name / "model.config")
+            sdf.write_xml(
+                sdf.model_config(p.name, spec.description, cfg.sdf_version),
+                models_dir / p.name / "model.config",
+            )
         pose = np.eye(4)
         pose[:3, 3] = origins[p.name]
         includes.append((p.name, pose))
@@ -466,7 +511,10 @@ def _write_all(stage, scene, parts, results, origins, alignment, categories, den
     room_min, room_max = verts.min(0), verts.max(0)
     if cfg.format in ("sdf", "all"):
         (stage / "worlds").mkdir()
-        sdf.write_xml(sdf.world_sdf(scene, includes, room_min, room_max, cfg.sdf_version), stage / "worlds" / f"{scene}.sdf")
+        sdf.write_xml(
+            sdf.world_sdf(scene, includes, room_min, room_max, cfg.sdf_version),
+            stage / "worlds" / f"{scene}.sdf",
+        )
     if cfg.format in ("mjcf", "all"):
         (stage / "mjcf").mkdir()
         sdf.write_xml(mjcf_world(scene, bodies), stage / "mjcf" / f"{scene}.xml")
@@ -476,8 +524,12 @@ def _write_all(stage, scene, parts, results, origins, alignment, categories, den
             "scene": scene,
             "label_of_category": {str(c): lab for c, lab in labels.items()},
             "categories": [
-                {"id": c, "name": categories[c]["name"] if c in categories else "unknown",
-                 "isthing": bool(categories.get(c, {}).get("isthing", True)), "label": lab}
+                {
+                    "id": c,
+                    "name": categories[c]["name"] if c in categories else "unknown",
+                    "isthing": bool(categories.get(c, {}).get("isthing", True)),
+                    "label": lab,
+                }
                 for c, lab in labels.items()
             ],
             "segments": segments,
@@ -541,7 +593,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"fallbacks (convex hull): {', '.join(summary['fallbacks'])}")
     for w in summary["warnings"]:
         lines.append(f"warning: {w}")
-    lines.append(f"exported {len(summary['models'])} models in {summary.get('seconds', 0):.1f} s -> {summary.get('out_dir')}")
+    lines.append(
+        f"exported {len(summary['models'])} models in {summary.get('seconds', 0):.1f} s -> {summary.get('out_dir')}"
+    )
     return "\n".join(lines)
 
 

@@ -42,7 +42,9 @@ class ModelSpec:
 
 def fmt(values) -> str:
     """Space-separated numbers, short but exact enough (micrometres, microradians)."""
-    return " ".join(f"{float(v):.6g}" if abs(float(v)) >= 1e-4 else f"{float(v):.3g}" for v in np.ravel(values))
+    return " ".join(
+        f"{float(v):.6g}" if abs(float(v)) >= 1e-4 else f"{float(v):.3g}" for v in np.ravel(values)
+    )
 
 
 def pose_text(T: np.ndarray) -> str:
@@ -76,7 +78,11 @@ def model_sdf(spec: ModelSpec, version: str = "1.9") -> etree._ElementTree:
         _sub(inertial, "mass", fmt([spec.inertial.mass]))
         inertia = _sub(inertial, "inertia")
         I = spec.inertial.inertia
-        for tag, (i, j) in zip(("ixx", "ixy", "ixz", "iyy", "iyz", "izz"), ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)), strict=True):
+        for tag, (i, j) in zip(
+            ("ixx", "ixy", "ixz", "iyy", "iyz", "izz"),
+            ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)),
+            strict=True,
+        ):
             _sub(inertia, tag, fmt([I[i, j]]))
     if spec.visual_mesh:
         visual = _sub(link, "visual", name="visual")
@@ -107,7 +113,11 @@ def model_config(name: str, description: str, version: str = "1.9") -> etree._El
 
 
 def world_sdf(
-    scene: str, includes: list[tuple[str, np.ndarray]], room_min: np.ndarray, room_max: np.ndarray, version: str = "1.9"
+    scene: str,
+    includes: list[tuple[str, np.ndarray]],
+    room_min: np.ndarray,
+    room_max: np.ndarray,
+    version: str = "1.9",
 ) -> etree._ElementTree:
     """The world: physics, systems, scene, lights and one ``<include>`` per model.
 

@@ -120,6 +120,10 @@ def scene_description(scene: RenderScene, cfg: ServeConfig) -> dict:
         },
         "mesh": {"vertices": int(len(scene.mesh.vertices)), "faces": int(len(scene.mesh.faces))},
         "rgb_mode": cfg.rgb,
+        "rgb_source": scene.rgb_source,
+        "gaussians": None
+        if scene.gaussians is None
+        else {"path": str(scene.gaussians_path), "count": len(scene.gaussians)},
         "outputs": list(OUTPUTS),
         "conventions": list(CONVENTIONS),
         "limits": {
@@ -143,7 +147,7 @@ def create_app(render_scene: RenderScene, cfg: ServeConfig | None = None) -> Fla
     app.extensions["simgen_gate"] = gate
     page = resources.files("simgen.serve").joinpath("static/index.html").read_bytes()
     description = scene_description(scene, cfg)
-    spec = openapi_spec(cfg)
+    spec = openapi_spec(cfg, scene.rgb_source)
     started = time.time()
 
     def render_all(params: api.RenderParams) -> list[dict]:

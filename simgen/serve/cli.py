@@ -54,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve RGB / depth / panoptic renders of a build or export over HTTP",
         description="Serve a build or export folder: POST /render, POST /render/batch, GET /render/*.png, "
         "GET /scene, GET /healthz, GET /openapi.json and a viewer page at /. Depth and panoptic are ray "
-        "cast against the panoptic mesh; RGB interpolates its vertex colours.",
+        "cast against the panoptic mesh; RGB comes from the build's Gaussians (gaussians.ply) when present, "
+        "else from the mesh's vertex colours (--rgb).",
         epilog=SERVE_EXAMPLES,
         formatter_class=_Formatter,
     )
@@ -94,6 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("rgb", "depth", "panoptic"),
         default=["rgb"],
         help="what to render (several only with an .npz file)",
+    )
+    p.add_argument(
+        "--rgb",
+        choices=("auto", "gaussians", "mesh"),
+        default="auto",
+        help="RGB source, as for simgen serve (auto: gaussians.ply when present, else mesh colours)",
     )
     p.add_argument("-o", "--out", required=True, help="output file: .png (one output) or .npz")
     p.set_defaults(func=cmd_render)
@@ -196,7 +203,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"error: {flag}: {e.message}", file=sys.stderr)
         return 2
     try:
-        scene = load_render_scene(args.out_dir)
+        scene = load_render_scene(args.out_dir, rgb=args.rgb if "rgb" in params.outputs else "mesh")
     except SceneLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -37,9 +37,13 @@ class ServeConfig:
         default=8 * 640 * 480, metadata={"help": "most pixels (poses x width x height) in one batch request"}
     )
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body accepted (bytes)"})
-    rgb: Literal["mesh"] = field(
-        default="mesh",
-        metadata={"help": "RGB source: vertex colours of the panoptic mesh interpolated at the hit point"},
+    rgb: Literal["auto", "gaussians", "mesh"] = field(
+        default="auto",
+        metadata={
+            "help": "RGB source: gaussians = the build's trained gaussians.ply (next to panoptic_mesh.ply, "
+            "CPU rasterizer); mesh = vertex colours of the panoptic mesh at the hit point; auto = gaussians "
+            "when the file exists, else mesh. Depth and panoptic always come from the mesh"
+        },
     )
     quiet: bool = field(default=False, metadata={"help": "no per-process start-up messages"})
 

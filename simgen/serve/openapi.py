@@ -106,8 +106,14 @@ def _output_properties() -> dict:
     }
 
 
-def openapi_spec(cfg: ServeConfig) -> dict:
-    """The OpenAPI 3.0.3 document served at ``GET /openapi.json``."""
+def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
+    """The OpenAPI 3.0.3 document served at ``GET /openapi.json``; ``rgb_source`` (``"gaussians"`` or
+    ``"mesh"``) is what this server renders ``rgb`` from."""
+    rgb_text = (
+        "the build's trained 3D Gaussians (gaussians.ply)"
+        if rgb_source == "gaussians"
+        else "the panoptic mesh's vertex colours"
+    )
     cam = _camera_properties(cfg)
     pose_params = [
         {
@@ -187,7 +193,9 @@ def openapi_spec(cfg: ServeConfig) -> dict:
             "description": "Renders RGB, depth and panoptic images of a simgen build/export for camera poses "
             "(e.g. from Gazebo). Quaternions are scalar-last (qx, qy, qz, qw) and must be unit-norm within "
             f"{QUAT_NORM_TOL}. Panoptic segment ids: instance id for things, {STUFF_ID_OFFSET} + category_id "
-            "for category-only regions, 0 = void. See docs/serve.md.",
+            f"for category-only regions, 0 = void. This server renders rgb from {rgb_text} "
+            f"(rgb_source={rgb_source}); depth and panoptic are ray cast against the panoptic mesh. "
+            "See docs/serve.md.",
         },
         "paths": {
             "/render": {
@@ -350,7 +358,14 @@ def openapi_spec(cfg: ServeConfig) -> dict:
                 },
                 "Scene": {
                     "type": "object",
-                    "required": ["world_frame", "world_bounds", "categories", "instances", "default_camera"],
+                    "required": [
+                        "world_frame",
+                        "world_bounds",
+                        "categories",
+                        "instances",
+                        "default_camera",
+                        "rgb_source",
+                    ],
                     "properties": {
                         "world_frame": {"type": "string", "enum": ["gazebo", "scene"]},
                         "world_bounds": {"type": "object"},
@@ -359,6 +374,23 @@ def openapi_spec(cfg: ServeConfig) -> dict:
                         "segments": {"type": "array", "items": {"type": "object"}},
                         "default_camera": {"type": "object"},
                         "stuff_id_offset": {"type": "integer"},
+                        "rgb_mode": {
+                            "type": "string",
+                            "enum": ["auto", "gaussians", "mesh"],
+                            "description": "the --rgb setting",
+                        },
+                        "rgb_source": {
+                            "type": "string",
+                            "enum": ["gaussians", "mesh"],
+                            "description": "what rgb is rendered from: the build's Gaussians (gaussians.ply) "
+                            "or the panoptic mesh's vertex colours; depth and panoptic always come from the mesh",
+                        },
+                        "gaussians": {
+                            "type": "object",
+                            "nullable": True,
+                            "properties": {"path": {"type": "string"}, "count": {"type": "integer"}},
+                            "description": "the Gaussians rendered for rgb (null: mesh colours)",
+                        },
                         "limits": {"type": "object"},
                     },
                 },

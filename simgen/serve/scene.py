@@ -5,6 +5,13 @@ single ``panoptic_mesh.ply`` (moved into the export's floor-aligned Gazebo world
 holds ``alignment.json``), which is the geometry the exported per-object meshes are cut from. Switching
 to the exported per-model meshes later changes only this function.
 
+RGB source (``rgb``: :data:`RGB_MODES`): ``"gaussians"`` renders the build's trained ``gaussians.ply``
+(next to the panoptic mesh) with :func:`simgen.splat.train.render_gaussians`; ``"mesh"`` interpolates
+the mesh's vertex colours; ``"auto"`` takes the Gaussians when the file exists. The Gaussians stay in the
+build (scan) frame: a served camera-to-world is mapped back through ``world_from_scene^-1`` instead of
+moving every Gaussian, which keeps their view-dependent colour exact. Depth and panoptic always come from
+the mesh, the geometry Gazebo collides with.
+
 Images (all ``(H, W)`` row-major, pixel centres, OpenCV camera axes, see :mod:`simgen.render.raycast`):
 
 * depth: ``float32`` z-depth in metres, 0 where the ray hits nothing;
@@ -12,7 +19,8 @@ Images (all ``(H, W)`` row-major, pixel centres, OpenCV camera axes, see :mod:`s
   (> 0). Pixels with a category but no instance (stuff, or an unassigned thing):
   ``STUFF_ID_OFFSET + category_id``. The segments in view come with the image as
   ``{id, category_id, category_name, isthing, instance}``;
-* rgb: ``(H, W, 3) uint8`` vertex colours interpolated (barycentric) at the hit point, black on a miss.
+* rgb: ``(H, W, 3) uint8``: mesh source, vertex colours interpolated (barycentric) at the hit point, black
+  on a miss; Gaussian source, the splats composited over black.
 
 Labels and colours follow :mod:`simgen.eval.render` (the hit triangle's corner nearest to the hit point;
 barycentric colour). Requests take :class:`FastCaster`, an embree path that computes both from embree's
@@ -37,6 +45,9 @@ STUFF_ID_OFFSET = 1_000_000  # segment id of a category-only region = STUFF_ID_O
 ALIGNMENT_FILE = "alignment.json"  # written by simgen export (simgen/export/pipeline.py)
 EXPORT_FILE = "export.json"  # simgen export's summary; names the build folder it came from
 OUTPUTS = ("rgb", "depth", "panoptic")
+RGB_MODES = ("auto", "gaussians", "mesh")
+# = simgen.splat.gaussians.GAUSSIANS_FILE, repeated so a mesh-only server never imports torch.
+GAUSSIANS_FILE = "gaussians.ply"
 
 
 class SceneLoadError(ValueError):
@@ -60,6 +71,9 @@ class RenderScene:
         world_from_scene: ``(4, 4)`` transform applied to the build's mesh (identity without alignment).
         world_frame: ``"gazebo"`` (export's floor-aligned world, z up, floor z = 0) or ``"scene"``.
         source: the folder served.
+        gaussians: the build's :class:`simgen.splat.gaussians.GaussianScene` (build frame, CPU), rendered
+            for ``rgb`` when set; None renders RGB from the mesh's vertex colours.
+        gaussians_path: the ``gaussians.ply`` it was read from.
     """
 
     mesh: PanopticMesh
@@ -67,6 +81,8 @@ class RenderScene:
     world_from_scene: np.ndarray
     world_frame: str
     source: Path
+    gaussians: Any = None
+    gaussians_path: Path | None = None
     _raycaster: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _default_camera: dict | None = field(default=None, repr=False)
@@ -79,6 +95,12 @@ class RenderScene:
         self.instances = [r.__dict__ for r in instance_records(m, self.categories)]
         for r in self.instances:
             r.pop("frames_observed", None)
+        self.scene_from_world = np.linalg.inv(self.world_from_scene)
+
+    @property
+    def rgb_source(self) -> str:
+        """``"gaussians"`` or ``"mesh"``: what ``rgb`` images are rendered from."""
+        return "mesh" if self.gaussians is None else "gaussians"
 
     # -- loading --------------------------------------------------------------------------------------
 
@@ -154,14 +176,33 @@ class RenderScene:
             panoptic).
         """
         fast = self.fast
-        if fast is not None:
-            out = fast.render(K, c2w_cv, outputs)
-            if "panoptic" in out:
-                out["segments"] = [
-                    self.segments[i] for i in np.unique(out["panoptic"]).tolist() if i in self.segments
-                ]
-            return out
-        return self.render_reference(K, c2w_cv, outputs)
+        if fast is None:
+            return self.render_reference(K, c2w_cv, outputs)
+        mesh_outputs = self._mesh_outputs(outputs)
+        out = fast.render(K, c2w_cv, mesh_outputs) if mesh_outputs else {}
+        if "panoptic" in out:
+            out["segments"] = [
+                self.segments[i] for i in np.unique(out["panoptic"]).tolist() if i in self.segments
+            ]
+        if "rgb" in outputs and "rgb" not in mesh_outputs:
+            out["rgb"] = self.render_gaussian_rgb(K, c2w_cv)
+        return out
+
+    def _mesh_outputs(self, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        if self.gaussians is None:
+            return tuple(outputs)
+        return tuple(o for o in outputs if o != "rgb")
+
+    def render_gaussian_rgb(self, K: Intrinsics, c2w_cv: np.ndarray) -> np.ndarray:
+        """``(H, W, 3) uint8`` RGB of the Gaussians for a camera-to-world ``c2w_cv`` ``(4, 4)`` (OpenCV axes)
+        in the served world frame; black where no splat covers a pixel."""
+        from simgen.splat.train import render_gaussians
+
+        # The Gaussians live in the build frame: move the camera there (exactly the inverse of what
+        # load_render_scene applied to the mesh), not the Gaussians here.
+        c2w_scene = self.scene_from_world @ np.asarray(c2w_cv, dtype=np.float64)
+        Kmat = np.array([[K.fx, 0.0, K.cx], [0.0, K.fy, K.cy], [0.0, 0.0, 1.0]])
+        return render_gaussians(self.gaussians, Kmat, c2w_scene, K.width, K.height, outputs=("rgb",))["rgb"]
 
     def render_reference(
         self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS
@@ -172,6 +213,8 @@ class RenderScene:
 
         hits = self.raycaster.cast(K, c2w_cv)
         out: dict[str, Any] = {}
+        if "rgb" in outputs and self.gaussians is not None:
+            out["rgb"] = self.render_gaussian_rgb(K, c2w_cv)
         if "depth" in outputs:
             out["depth"] = hits.depth
         if "panoptic" in outputs:
@@ -179,7 +222,7 @@ class RenderScene:
             pan = segment_ids(semantic, instance)
             out["panoptic"] = pan
             out["segments"] = [self.segments[i] for i in np.unique(pan).tolist() if i in self.segments]
-        if "rgb" in outputs:
+        if "rgb" in outputs and "rgb" not in out:
             out["rgb"] = colors_at_hits(self.mesh, hits)
         return out
 
@@ -397,7 +440,34 @@ def _mesh_folder(folder: Path) -> Path:
     raise SceneLoadError(f"{folder / MESH_FILE}: missing (serve a build folder or an export of one)")
 
 
-def load_render_scene(out_dir: str | Path, warm: bool = True) -> RenderScene:
+def gaussians_file(out_dir: str | Path, rgb: str = "auto") -> Path | None:
+    """The ``gaussians.ply`` to render RGB from under RGB mode ``rgb`` (:data:`RGB_MODES`), or None for
+    mesh colours. Looks next to the panoptic mesh (the build folder) and only checks files, so a caller can
+    decide on torch settings before anything is loaded.
+
+    Raises:
+        SceneLoadError: ``rgb="gaussians"`` and the file is missing (naming its path), an unknown mode, or
+            no panoptic mesh.
+    """
+    if rgb not in RGB_MODES:
+        raise SceneLoadError(f"rgb mode {rgb!r} is not one of {', '.join(RGB_MODES)}")
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        raise SceneLoadError(f"{folder}: not a folder")
+    path = _mesh_folder(folder) / GAUSSIANS_FILE
+    if rgb == "mesh":
+        return None
+    if path.is_file():
+        return path
+    if rgb == "gaussians":
+        raise SceneLoadError(
+            f"{path}: missing, and --rgb gaussians needs it (train Gaussians in the build, or serve with "
+            "--rgb mesh / auto for vertex colours)"
+        )
+    return None
+
+
+def load_render_scene(out_dir: str | Path, warm: bool = True, rgb: str = "auto") -> RenderScene:
     """Load a build or export folder for serving.
 
     Reads ``panoptic_mesh.ply`` (+ ``instances.json`` for category names) from ``out_dir`` -- or, for an
@@ -409,13 +479,15 @@ def load_render_scene(out_dir: str | Path, warm: bool = True) -> RenderScene:
         out_dir: build folder or export folder.
         warm: build the ray-casting BVH now. Pass False in a parent process that forks workers (embree's
             thread pool does not survive ``fork``); each worker then calls :meth:`RenderScene.warm`.
+        rgb: RGB source, one of :data:`RGB_MODES`: ``"auto"`` renders ``gaussians.ply`` (next to the
+            panoptic mesh) when it exists, else mesh colours; ``"gaussians"`` requires the file;
+            ``"mesh"`` never reads it.
 
     Raises:
         SceneLoadError: naming the missing or unreadable file.
     """
     folder = Path(out_dir)
-    if not folder.is_dir():
-        raise SceneLoadError(f"{folder}: not a folder")
+    gauss_path = gaussians_file(folder, rgb)
     mesh_dir = _mesh_folder(folder)
     mesh_path = mesh_dir / MESH_FILE
     try:
@@ -434,5 +506,17 @@ def load_render_scene(out_dir: str | Path, warm: bool = True) -> RenderScene:
         v = mesh.vertices.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
         mesh = PanopticMesh(v, mesh.faces, mesh.colors, mesh.semantic, mesh.instance)
         frame = "gazebo"
-    scene = RenderScene(mesh, _read_categories(mesh_dir, mesh), T, frame, folder.resolve())
+    gaussians = None
+    if gauss_path is not None:
+        from simgen.splat.gaussians import load_ply
+
+        try:
+            gaussians = load_ply(gauss_path)
+        except Exception as e:  # plyfile / ValueError on a corrupt or foreign file
+            raise SceneLoadError(f"{gauss_path}: cannot read Gaussians ({e})") from e
+        if len(gaussians) == 0:
+            raise SceneLoadError(f"{gauss_path}: holds no Gaussians")
+    scene = RenderScene(
+        mesh, _read_categories(mesh_dir, mesh), T, frame, folder.resolve(), gaussians, gauss_path
+    )
     return scene.warm() if warm else scene

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from simgen.serve.config import ServeConfig
-from simgen.serve.scene import RenderScene, load_render_scene
+from simgen.serve.scene import RenderScene, gaussians_file, load_render_scene
 
 log = logging.getLogger("simgen.serve")
 
@@ -44,11 +44,26 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def single_thread_torch() -> None:
+    """One intra-op thread for the CPU Gaussian rasterizer in this process.
+
+    Requests already run in parallel (render threads, worker processes); torch's own pool on top of them
+    oversubscribes the cores: with 2 threads a render was ~10x slower on a loaded 2-core machine. Called
+    before the Gaussians are loaded too, so a parent that forks workers never starts an OpenMP pool
+    (which does not survive ``fork``).
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _serve_socket(scene: RenderScene, cfg: ServeConfig, sock: socket.socket) -> None:
     import waitress
 
     from simgen.serve.app import create_app
 
+    if scene.rgb_source == "gaussians":
+        single_thread_torch()
     scene.warm()
     app = create_app(scene, cfg)
     if not cfg.quiet:
@@ -75,13 +90,16 @@ def _worker_main(scene: RenderScene, cfg: ServeConfig, sock: socket.socket) -> N
 def serve(out_dir: str | Path, cfg: ServeConfig) -> int:
     """Load ``out_dir`` and serve it until SIGINT/SIGTERM. Returns the process exit code."""
     workers = cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
-    scene = load_render_scene(out_dir, warm=workers == 1)
+    if gaussians_file(out_dir, cfg.rgb) is not None:
+        single_thread_torch()
+    scene = load_render_scene(out_dir, warm=workers == 1, rgb=cfg.rgb)
     sock = bind_socket(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
+    rgb = "mesh colours" if scene.gaussians is None else f"{len(scene.gaussians)} Gaussians"
     print(
-        f"[simgen serve] {scene.source} ({len(scene.mesh.faces)} faces, world frame {scene.world_frame}) "
-        f"on http://{url_host}:{port}/ with {workers} process(es) x {cfg.threads()} threads",
+        f"[simgen serve] {scene.source} ({len(scene.mesh.faces)} faces, world frame {scene.world_frame}, "
+        f"RGB from {rgb}) on http://{url_host}:{port}/ with {workers} process(es) x {cfg.threads()} threads",
         file=sys.stderr,
         flush=True,
     )

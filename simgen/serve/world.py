@@ -330,7 +330,7 @@ def compose_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict:
             raise WorldError(f"spawn must be 3 finite numbers x y yaw, got {cfg.spawn}")
         spawn = tuple(float(v) for v in cfg.spawn)
     else:
-        scene = load_render_scene(out_dir)
+        scene = load_render_scene(out_dir, rgb="mesh")  # geometry only
         spawn = free_spawn_pose(
             scene.mesh, raycaster=scene.raycaster, radius=FOOTPRINT_RADIUS + cfg.clearance
         )
