@@ -1,6 +1,9 @@
-"""Bake per-vertex colours into a texture on an xatlas UV atlas (Gazebo does not reliably show vertex colours)."""
+"""Bake a texture on an xatlas UV atlas (Gazebo does not reliably show vertex colours): per-vertex colours, or
+per-texel colours from a shader such as :mod:`simgen.export.appearance` (the Gaussians' rendered views)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -28,10 +31,13 @@ def morton_chunks(vertices: np.ndarray, faces: np.ndarray, chunk_faces: int) -> 
     return np.array_split(order, max(1, int(np.ceil(len(faces) / max(int(chunk_faces), 1)))))
 
 
-def bake_vertex_colors(
-    vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray, size: int = 1024, chunk_faces: int = 500
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """UV-unwrap with xatlas and rasterise the vertex colours into a texture.
+TexelShader = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def unwrap(
+    vertices: np.ndarray, faces: np.ndarray, size: int = 1024, chunk_faces: int = 500
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """UV-unwrap with xatlas into one atlas of ``size`` x ``size`` texels.
 
     xatlas's chart building grows faster than linearly with the face count (about 0.6 s for 5 000 faces
     but 35 s for 50 000 here), so the mesh is unwrapped as spatially compact chunks of ``chunk_faces``
@@ -39,12 +45,12 @@ def bake_vertex_colors(
     borders become UV seams, which the texture padding hides.
 
     Args:
-        vertices: (N, 3) float; faces: (F, 3) int; colors: (N, 3) uint8; size: texture side (pixels);
-        chunk_faces: faces per independently charted chunk.
+        vertices: (N, 3) float; faces: (F, 3) int; size: texture side (pixels); chunk_faces: faces per
+        independently charted chunk.
     Returns:
-        (vertices (M, 3) float64, faces (F, 3) int64, uv (M, 2) float64 in [0, 1] with v up (OBJ
-        convention), texture (size, size, 3) uint8 with row 0 at the top). Vertices are split on UV seams;
-        faces keep their input order.
+        (vmap (M,) int64 input vertex of each output vertex, faces (F, 3) int64 into the output vertices,
+        uv (M, 2) float64 in [0, 1] with v up (OBJ convention)). Vertices are split on UV seams; faces keep
+        their input order.
     """
     import xatlas
 
@@ -74,21 +80,89 @@ def bake_vertex_colors(
         vmaps.append(used[vmap])
         uvs.append(uv)
         offset += len(vmap)
-    vmap, uv = np.concatenate(vmaps), np.concatenate(uvs).astype(np.float64)
-    col = np.asarray(colors, np.float32)[vmap]
-    tex = _rasterise(uv, out_faces, col, size)
-    return vertices[vmap].astype(np.float64), out_faces, uv, tex
+    return np.concatenate(vmaps).astype(np.int64), out_faces, np.concatenate(uvs).astype(np.float64)
 
 
-def _rasterise(uv: np.ndarray, faces: np.ndarray, col: np.ndarray, size: int) -> np.ndarray:
-    """Fill texels covered by each UV triangle with barycentric colours, then pad outwards.
+def bake_texture(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    colors: np.ndarray,
+    size: int = 1024,
+    chunk_faces: int = 500,
+    shader: TexelShader | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]:
+    """UV-unwrap (:func:`unwrap`) and bake a texture: each covered texel gets ``shader``'s colour where the
+    shader has one, else the barycentric blend of the vertex colours; empty texels are then padded.
+
+    Args:
+        vertices: (N, 3) float; faces: (F, 3) int; colors: (N, 3) uint8; size: texture side (pixels);
+        chunk_faces: see :func:`unwrap`.
+        shader: optional ``shader(points, normals) -> (rgb, seen)`` called once with every covered texel's
+            surface point (T, 3) float64 and unit face normal (T, 3) float64 (input vertex frame, normal by
+            the faces' winding); returns rgb (T, 3) float32 in 0..255 and seen (T,) bool (False: keep the
+            vertex colour there).
+    Returns:
+        ((vertices (M, 3) float64, faces (F, 3) int64, uv (M, 2) float64 in [0, 1] with v up, texture
+        (size, size, 3) uint8 with row 0 at the top), fraction of covered texels the shader coloured (0.0
+        without a shader)).
+    """
+    vertices = np.asarray(vertices, np.float64)
+    vmap, out_faces, uv = unwrap(vertices, faces, size, chunk_faces)
+    H = W = int(size)
+    face_of, bary = texel_faces(uv, out_faces, size)
+    texels = np.flatnonzero(face_of >= 0)
+    fi, b = face_of[texels], bary[texels]
+    col = np.asarray(colors, np.float32)[vmap][out_faces[fi]]  # (T, 3 corners, 3)
+    values = (col * b[:, :, None]).sum(1)
+    coverage = 0.0
+    if shader is not None and len(texels):
+        v = vertices[vmap]
+        tri = v[out_faces[fi]]  # (T, 3, 3)
+        points = (tri * b[:, :, None].astype(np.float64)).sum(1)
+        normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+        rgb, seen = shader(points, normals)
+        values[seen] = np.asarray(rgb, np.float32)[seen]
+        coverage = float(np.mean(seen))
+    img = np.zeros((H * W, 3), np.float32)
+    img[texels] = values
+    tex = _pad(img.reshape(H, W, 3), (face_of >= 0).reshape(H, W))
+    return (vertices[vmap], out_faces, uv, tex), coverage
+
+
+def bake_vertex_colors(
+    vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray, size: int = 1024, chunk_faces: int = 500
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """UV-unwrap with xatlas (:func:`unwrap`) and rasterise the vertex colours into a texture.
+
+    Args:
+        vertices: (N, 3) float; faces: (F, 3) int; colors: (N, 3) uint8; size: texture side (pixels);
+        chunk_faces: faces per independently charted chunk.
+    Returns:
+        (vertices (M, 3) float64, faces (F, 3) int64, uv (M, 2) float64 in [0, 1] with v up (OBJ
+        convention), texture (size, size, 3) uint8 with row 0 at the top). Vertices are split on UV seams;
+        faces keep their input order.
+    """
+    visual, _ = bake_texture(vertices, faces, colors, size, chunk_faces)
+    return visual
+
+
+def texel_faces(uv: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which UV triangle covers each texel, and where in it.
 
     Written here because no light library rasterises attribute triangles on the CPU; vectorised over all
     (triangle, texel-in-bounding-box) pairs, in chunks to bound memory.
+
+    Args:
+        uv: (M, 2) float in [0, 1], v up; faces: (F, 3) int into ``uv``; size: texture side.
+    Returns:
+        (face (size * size,) int64, -1 where no triangle covers the texel; bary (size * size, 3) float32
+        barycentric weights of the texel centre in that face, clipped to >= 0 and summing to 1). Texels are
+        in image order: row 0 is the top (v = 1).
     """
     H = W = int(size)
-    acc = np.zeros((H * W, 3), np.float32)
-    hit = np.zeros(H * W, bool)
+    face_of = np.full(H * W, -1, np.int64)
+    bary_of = np.zeros((H * W, 3), np.float32)
     p = uv * [W, H]  # texel space, origin bottom-left
     tri = p[faces]  # (F, 3, 2)
     lo = np.floor(tri.min(1) - 0.5).astype(np.int64).clip(0, [W - 1, H - 1])
@@ -116,15 +190,16 @@ def _rasterise(uv: np.ndarray, faces: np.ndarray, col: np.ndarray, size: int) ->
         inside = (l0 >= -0.05) & (l1 >= -0.05) & (l2 >= -0.05)
         bary = np.clip(np.stack([l0, l1, l2], 1)[inside], 0, None)
         bary /= bary.sum(1, keepdims=True)
-        fi = fidx[inside]
-        value = (col[faces[fi]] * bary[:, :, None]).sum(1)
         pix = (H - 1 - y[inside]) * W + x[inside]  # image row 0 = top = v of 1
-        acc[pix] = value
-        hit[pix] = True
-    img = acc.reshape(H, W, 3)
-    hit = hit.reshape(H, W)
+        face_of[pix] = fidx[inside]  # where triangles overlap, the last one wins (as the colour did)
+        bary_of[pix] = bary
+    return face_of, bary_of
+
+
+def _pad(img: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float texture -> uint8, empty texels (``hit`` False) taking the nearest filled texel, so
+    bilinear filtering never reads black gutters."""
     if hit.any() and not hit.all():
-        # Pad: empty texels take the nearest filled texel, so bilinear filtering never reads black gutters.
         _, (iy, ix) = ndimage.distance_transform_edt(~hit, return_indices=True)
         img = img[iy, ix]
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
