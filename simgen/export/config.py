@@ -80,5 +80,24 @@ class ExportConfig:
         },
     )
     texture_size: int = field(default=1024, metadata={"help": "side of each baked texture (pixels)"})
+    texture_source: Literal["auto", "gaussians", "vertex"] = field(
+        default="auto",
+        metadata={
+            "help": "texture colours: rendered views of the build's gaussians.ply, the mesh's vertex colours, or "
+            "auto (Gaussians when gaussians.ply and the build's scene folder exist)"
+        },
+    )
+    texture_views: int = field(
+        default=32,
+        metadata={"help": "training cameras (evenly spread) the Gaussians are rendered from for texturing"},
+    )
     seed: int = field(default=0, metadata={"help": "random seed (RANSAC, CoACD)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar and no summary table"})
+
+    def __post_init__(self) -> None:
+        if self.texture_source not in ("auto", "gaussians", "vertex"):
+            raise ValueError(
+                f"ExportConfig: texture_source must be auto, gaussians or vertex, got {self.texture_source!r}"
+            )
+        if self.texture_views < 1:
+            raise ValueError(f"ExportConfig: texture_views must be >= 1, got {self.texture_views}")

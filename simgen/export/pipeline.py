@@ -31,11 +31,12 @@ from simgen.config import to_dict
 from simgen.data import io
 from simgen.export import colliders, sdf
 from simgen.export.align import AlignmentError, apply, estimate_alignment
+from simgen.export.appearance import AppearanceSource, prepare_appearance, texel_shader
 from simgen.export.clean import clean_mesh
 from simgen.export.config import ExportConfig
 from simgen.export.mjcf import MjcfBody, mjcf_world
 from simgen.export.split import Part, is_floor, sanitize, split_parts
-from simgen.export.texture import bake_vertex_colors
+from simgen.export.texture import bake_texture
 
 # Entries of OUT that an export owns (replaced as a whole by the next export).
 EXPORT_ENTRIES = ("models", "worlds", "mjcf", "panoptic.json", "alignment.json", "export.json", "README.md")
@@ -65,16 +66,20 @@ DENSITIES = {
 # Worker processes cost about 1-2 s to start (interpreter + imports); below this much estimated work
 # (seconds on one core, see ``estimated_seconds``) the parts are processed in this process.
 PARALLEL_MIN_SECONDS = 6.0
+# Single-core seconds per (texel, view) pair of appearance.shade_texels (bench/bench_export.py).
+TEXEL_VIEW_SECONDS = 3e-8
 
 
-def estimated_seconds(part: Part, cfg: ExportConfig) -> float:
+def estimated_seconds(part: Part, cfg: ExportConfig, gaussian_texture: bool = False) -> float:
     """Rough single-core cost (s) of ``_process_part`` on this kind of CPU, to order and schedule jobs.
 
     Measured with bench/bench_export.py: cleaning + unwrapping + baking take about 6e-5 s per visual face
-    (3 s for a 50 000-face wall), CoACD about 1 s per thing at the default settings.
+    (3 s for a 50 000-face wall), CoACD about 1 s per thing at the default settings; colouring texels from
+    the Gaussians' views about TEXEL_VIEW_SECONDS per (texel, view) pair, about half the atlas covered.
     """
     faces = min(len(part.faces), cfg.face_budget) + 0.1 * max(len(part.faces) - cfg.face_budget, 0)
-    return 6e-5 * faces + (1.0 * cfg.collider_faces / 1000 if part.kind == "thing" else 0.0)
+    shade = TEXEL_VIEW_SECONDS * 0.5 * cfg.texture_size**2 * cfg.texture_views if gaussian_texture else 0.0
+    return 6e-5 * faces + shade + (1.0 * cfg.collider_faces / 1000 if part.kind == "thing" else 0.0)
 
 
 class ExportError(RuntimeError):
@@ -95,10 +100,19 @@ class PartResult:
     mean_rgb: np.ndarray
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    texture_source: str = "vertex"  # "gaussians" when any texel was coloured from the rendered views
+    texture_coverage: float | None = None  # fraction of covered texels the views coloured (Gaussians only)
 
 
-def _process_part(part: Part, origin: np.ndarray, room_centre: np.ndarray, cfg: ExportConfig) -> PartResult:
-    """Clean, texture and build colliders for one part (runs in a worker process)."""
+def _process_part(
+    part: Part,
+    origin: np.ndarray,
+    room_centre: np.ndarray,
+    cfg: ExportConfig,
+    appearance: AppearanceSource | None = None,
+) -> PartResult:
+    """Clean, texture and build colliders for one part (runs in a worker process). With ``appearance``
+    the texture is coloured from the Gaussians' rendered views where they see the surface."""
     t0 = time.perf_counter()
     v = part.vertices - origin
     notes = list(part.warnings)
@@ -121,9 +135,15 @@ def _process_part(part: Part, origin: np.ndarray, room_centre: np.ndarray, cfg: 
         notes += [f"{part.name}: {n}" for n in clean_notes]
         if len(vis_f) == 0:  # cleaning removed everything: fall back to the raw part
             vis_v, vis_f, vis_c, col_v, col_f = v, part.faces, part.colors, v, part.faces
-    visual = None
+    visual, tex_source, coverage = None, "vertex", None
     try:
-        visual = bake_vertex_colors(vis_v, vis_f, vis_c, cfg.texture_size)
+        shader = texel_shader(appearance, origin) if appearance is not None else None
+        visual, cov = bake_texture(vis_v, vis_f, vis_c, cfg.texture_size, shader=shader)
+        if shader is not None:
+            coverage = round(cov, 4)
+            tex_source = "gaussians" if cov > 0 else "vertex"
+            if cov == 0:
+                notes.append(f"{part.name}: no rendered view sees it; texture from vertex colours")
     except Exception as e:  # keep the model; it gets a plain colour instead of a texture
         notes.append(f"{part.name}: texture baking failed ({e}); visual has a plain colour")
         visual = (np.asarray(vis_v, float), np.asarray(vis_f, np.int64), None, None)
@@ -167,7 +187,18 @@ def _process_part(part: Part, origin: np.ndarray, room_centre: np.ndarray, cfg: 
         err, ref_kind, solid = None, "-", 0.0
     notes += col.warnings
     return PartResult(
-        part.name, visual, len(vis_f), col, err, ref_kind, solid, mean_rgb, notes, time.perf_counter() - t0
+        part.name,
+        visual,
+        len(vis_f),
+        col,
+        err,
+        ref_kind,
+        solid,
+        mean_rgb,
+        notes,
+        time.perf_counter() - t0,
+        tex_source,
+        coverage,
     )
 
 
@@ -359,13 +390,53 @@ def run_export(
         lo, hi = p.vertices.min(0), p.vertices.max(0)
         origins[p.name] = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
 
-    # 3-5. clean, texture, colliders: one job per part, in worker processes
-    jobs = [(p, origins[p.name], room_centre, cfg) for p in parts]
+    # 5 (first half). Gaussian appearance: render the views once here; workers memory-map them.
+    work_dir = Path(tempfile.mkdtemp(prefix="simgen-export-"))
+    try:
+        try:
+            appearance, texture, tex_warnings = prepare_appearance(
+                build_dir, cfg, alignment.scene_from_world, work_dir
+            )
+        except FileNotFoundError as e:
+            raise ExportError(str(e)) from e
+        warnings.extend(tex_warnings)
+        results = _process_parts(parts, origins, room_centre, cfg, appearance, warnings)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    # 6-8. write into a staging folder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export-new-", dir=out_dir))
+    try:
+        summary = _write_all(
+            stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings
+        )
+        summary["texture"] = texture
+        summary["seconds"] = round(time.perf_counter() - t_start, 2)
+        summary["out_dir"] = str(out_dir)
+        summary["build_dir"] = str(build_dir)
+        io.write_json(stage / "export.json", summary)
+        _swap_in(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return summary
+
+
+def _process_parts(
+    parts: list[Part],
+    origins: dict[str, np.ndarray],
+    room_centre: np.ndarray,
+    cfg: ExportConfig,
+    appearance: AppearanceSource | None,
+    warnings: list[str],
+) -> dict[str, PartResult]:
+    """3-5. clean, texture, colliders: one job per part, in worker processes when worth it."""
+    jobs = [(p, origins[p.name], room_centre, cfg, appearance) for p in parts]
     results: dict[str, PartResult] = {}
     bar = tqdm(total=len(jobs), desc="export", unit="model", disable=cfg.quiet)
     # Biggest parts first so both workers stay busy until the end.
-    order = sorted(jobs, key=lambda j: -estimated_seconds(j[0], cfg))
-    work = sum(estimated_seconds(p, cfg) for p in parts)
+    order = sorted(jobs, key=lambda j: -estimated_seconds(j[0], cfg, appearance is not None))
+    work = sum(estimated_seconds(p, cfg, appearance is not None) for p in parts)
     if cfg.workers <= 1 or len(jobs) == 1 or work < PARALLEL_MIN_SECONDS:
         for job in order:
             results[job[0].name] = _process_job(job)
@@ -388,22 +459,7 @@ def run_export(
                     results[part.name] = _fallback_part(part, origins[part.name], room_centre, cfg)
                 bar.update()
     bar.close()
-
-    # 6-8. write into a staging folder
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".export-new-", dir=out_dir))
-    try:
-        summary = _write_all(
-            stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings
-        )
-        summary["seconds"] = round(time.perf_counter() - t_start, 2)
-        summary["out_dir"] = str(out_dir)
-        summary["build_dir"] = str(build_dir)
-        io.write_json(stage / "export.json", summary)
-        _swap_in(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return summary
+    return results
 
 
 def _fallback_part(part: Part, origin, room_centre, cfg: ExportConfig) -> PartResult:
@@ -493,6 +549,8 @@ def _write_all(
                 "volume_error_vs": r.error_reference,
                 "mass_kg": None if inertial is None else round(inertial.mass, 3),
                 "seconds": round(r.seconds, 2),
+                "texture_source": r.texture_source if tex is not None else "plain colour",
+                "texture_coverage": r.texture_coverage,
                 "warnings": list(r.notes),
             }
         )
