@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -39,19 +41,23 @@ def _camera(width: int, height: int, f: float, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("opaque", [False, True])
-def test_forward_matches_reference(opaque):
+@pytest.mark.parametrize("autograd", [False, True])
+def test_forward_matches_reference(opaque, autograd):
     W, H = 24, 16
     means, quats, scales, opac, colors, feats = _scene(30, seed=3, opaque=opaque)
     vm, K = _camera(W, H, 18.0)
     ref = rasterize_reference(means, quats, scales, opac, colors, vm, K, W, H, features=feats)
+    if autograd:  # an input that needs gradients selects the autograd path; otherwise the no-grad path runs
+        means = means.clone().requires_grad_()
     # Several tile sizes and chunk lengths: the image must not depend on either.
-    for ts, chunk in ((8, 4), (8, 64), (16, 3), (5, 7)):
+    for ts, chunk in ((8, 4), (8, 64), (16, 3), (5, 7), (4, 32), (1, 5)):
         out = rasterize(
             means, quats, scales, opac, colors, vm, K, W, H, features=feats, tile_size=ts, chunk=chunk
         )
+        assert out["rgb"].requires_grad == autograd
         for key in ("rgb", "depth", "alpha", "features"):
             assert out[key].shape == ref[key].shape
-            err = (out[key] - ref[key]).abs().max().item()
+            err = (out[key].detach() - ref[key]).abs().max().item()
             assert err < 1e-4, (key, ts, chunk, err)
     assert ref["alpha"].max() > 0.5 and (ref["alpha"] == 0).any()  # a non-trivial image with background
     if opaque:
@@ -62,18 +68,20 @@ def test_forward_matches_reference(opaque):
             full = rasterize(means, quats, scales, opac, colors, vm, K, W, H, tile_size=8)
         finally:
             R.T_MIN = old
-        assert (full["rgb"] - ref["rgb"]).abs().max() > 1e-4
+        assert (full["rgb"].detach() - ref["rgb"]).abs().max() > 1e-4
 
 
-def test_float32_matches_float64_reference():
+@pytest.mark.parametrize("autograd", [False, True])
+def test_float32_matches_float64_reference(autograd):
     W, H = 24, 16
     means, quats, scales, opac, colors, feats = _scene(30, seed=5)
     vm, K = _camera(W, H, 18.0)
     ref = rasterize_reference(means, quats, scales, opac, colors, vm, K, W, H)
     f = [t.float() for t in (means, quats, scales, opac, colors, vm, K)]
-    out = rasterize(*f, W, H, tile_size=8)
-    assert (out["rgb"].double() - ref["rgb"]).abs().max() < 1e-4
-    assert (out["alpha"].double() - ref["alpha"]).abs().max() < 1e-4
+    f[0].requires_grad_(autograd)
+    out = rasterize(*f, W, H)
+    assert (out["rgb"].detach().double() - ref["rgb"]).abs().max() < 1e-4
+    assert (out["alpha"].detach().double() - ref["alpha"]).abs().max() < 1e-4
 
 
 def test_gradients_match_reference_autograd():
@@ -162,3 +170,127 @@ def test_matches_gsplat_cuda():
         # gsplat clamps alpha at 0.999 (3DGS: 0.99) and blends 3-sigma box tails: small local differences.
         diff = (gpu[key].cpu() - cpu[key]).abs()
         assert diff.mean() < 5e-3 and diff.max() < 0.1, (key, diff.mean().item(), diff.max().item())
+
+
+def _wide_scene(n: int, seed: int, dtype=torch.float64):
+    """Gaussians around and beyond a 96x64 view: some behind the camera, some off-screen, some far; opacities
+    from 0.001 (below 1/255 everywhere) to 1 (alpha clamped at 0.99); thin and round shapes."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(n, 3, generator=g, dtype=dtype) * torch.tensor([4.0, 3.0, 2.5], dtype=dtype)
+    means[:, 2] += 2.5
+    quats = torch.randn(n, 4, generator=g, dtype=dtype)
+    scales = torch.exp(torch.randn(n, 3, generator=g, dtype=dtype) * 0.8 - 2.7)
+    opac = torch.rand(n, generator=g, dtype=dtype)
+    opac[:20] = 1.0
+    opac[20:40] = 0.001
+    sh = torch.randn(n, 16, 3, generator=g, dtype=dtype) * 0.3
+    feats = torch.rand(n, 5, generator=g, dtype=dtype)
+    return means, quats, scales, opac, sh, feats
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nograd_path_matches_autograd_path(dtype):
+    # The inference path (exact tile lists, pre-culled projection, SH on visible Gaussians only) must give the
+    # autograd path's image, radii and projected means on a scene that exercises every culling rule.
+    W, H = 96, 64
+    means, quats, scales, opac, sh, feats = _wide_scene(3000, seed=1, dtype=dtype)
+    vm, K = _camera(W, H, 70.0, dtype=dtype)
+    with torch.no_grad():
+        fast = rasterize(means, quats, scales, opac, sh, vm, K, W, H, features=feats, sh_degree=2)
+    slow = rasterize(
+        means.clone().requires_grad_(), quats, scales, opac, sh, vm, K, W, H, features=feats, sh_degree=2
+    )
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for key in ("rgb", "depth", "alpha", "features"):
+        err = (fast[key] - slow[key].detach()).abs().max().item()
+        assert err < tol * (10 if key == "depth" else 1), (key, err)
+    assert torch.equal(fast["radii"], slow["radii"])
+    # Both paths pre-cull with a conservative screen bound: it must keep every Gaussian the full projection of
+    # all of them keeps (same radii), including the ones just off the image edges.
+    full = project_gaussians(means, quats, scales, vm, K, W, H)
+    assert torch.equal(fast["radii"], full["radii"])
+    assert torch.allclose(fast["means2d"], slow["means2d"].detach(), atol=1e-3)
+    assert 0 < (fast["radii"] > 0).sum() < len(means) // 2  # most are culled, some are not
+    assert fast["alpha"].max() > 0.9 and fast["alpha"].min() < 0.5
+
+
+def test_nograd_path_handles_empty_and_bad_input():
+    W, H = 16, 12
+    means, quats, scales, opac, colors, feats = _scene(10, seed=4)
+    vm, K = _camera(W, H, 12.0)
+    with torch.no_grad():
+        empty = rasterize(
+            means[:0], quats[:0], scales[:0], opac[:0], colors[:0], vm, K, W, H, features=feats[:0]
+        )
+        assert empty["rgb"].shape == (H, W, 3) and empty["features"].shape == (H, W, 2)
+        assert empty["alpha"].abs().max() == 0 and len(empty["radii"]) == 0
+        with pytest.raises(ValueError, match="features"):
+            rasterize(means, quats, scales, opac, colors, vm, K, W, H, features=feats[:5])
+        with pytest.raises(ValueError, match="colors"):
+            rasterize(means, quats, scales, opac, colors[:, :2], vm, K, W, H)
+
+
+def test_tile_lists_cover_every_contributing_pixel():
+    # Brute force over pixels: every pixel centre with sigma <= cut lies in a listed tile of its Gaussian, and
+    # the lists are shorter than the bounding boxes' (the point of listing per tile row).
+    g = torch.Generator().manual_seed(3)
+    m, ts, W, H = 300, 4, 64, 48
+    u = torch.rand(m, generator=g, dtype=torch.float64) * 80 - 8
+    v = torch.rand(m, generator=g, dtype=torch.float64) * 64 - 8
+    ang = torch.rand(m, generator=g, dtype=torch.float64) * math.pi
+    s1 = torch.rand(m, generator=g, dtype=torch.float64) * 6 + 0.4
+    s2 = s1 * (torch.rand(m, generator=g, dtype=torch.float64) * 0.9 + 0.05)  # down to very thin ellipses
+    cs, sn = torch.cos(ang), torch.sin(ang)
+    a = cs * cs * s1 * s1 + sn * sn * s2 * s2
+    b = cs * sn * (s1 * s1 - s2 * s2)
+    c = sn * sn * s1 * s1 + cs * cs * s2 * s2
+    det = a * c - b * b
+    cut = torch.rand(m, generator=g, dtype=torch.float64) * 4.5 + 0.01
+    n_tx, n_ty = W // ts, H // ts
+    gauss, tile = R._tile_lists(u, v, (c / det, -b / det, a / det), (a, b, c), cut, ts, n_tx, n_ty)
+    listed = torch.zeros(m, n_tx * n_ty, dtype=torch.bool)
+    listed[gauss, tile] = True
+    py, px = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    dx = px.reshape(1, -1) - u[:, None]
+    dy = py.reshape(1, -1) - v[:, None]
+    sigma = 0.5 * (c[:, None] * dx * dx - 2 * b[:, None] * dx * dy + a[:, None] * dy * dy) / det[:, None]
+    hit = sigma <= cut[:, None]  # (m, pixels)
+    pix_tile = ((py // ts) * n_tx + px // ts).reshape(-1).long()
+    need = torch.zeros(m, n_tx * n_ty, dtype=torch.bool)
+    need[torch.nonzero(hit, as_tuple=True)[0], pix_tile[torch.nonzero(hit, as_tuple=True)[1]]] = True
+    assert need.sum() > 1000
+    assert not (need & ~listed).any()  # nothing missing
+    assert listed.sum() <= need.sum() * 1.25  # and little extra
+    # The bounding boxes of the same ellipses touch clearly more tiles.
+    hw, hh = torch.sqrt(2 * cut * a), torch.sqrt(2 * cut * c)
+    x0 = torch.clamp(torch.floor((u - hw) / ts), 0, n_tx)
+    x1 = torch.clamp(torch.ceil((u + hw) / ts), 0, n_tx)
+    y0 = torch.clamp(torch.floor((v - hh) / ts), 0, n_ty)
+    y1 = torch.clamp(torch.ceil((v + hh) / ts), 0, n_ty)
+    assert ((x1 - x0) * (y1 - y0)).sum() > 1.3 * listed.sum()
+
+
+def test_means2d_gets_the_view_space_gradient():
+    # Densification reads out["means2d"].grad: the blending must run through the returned tensor (the autograd
+    # path projects only on-screen candidates and gathers their rows from it).
+    W, H = 96, 64
+    means, quats, scales, opac, sh, _ = _wide_scene(600, seed=2)
+    vm, K = _camera(W, H, 70.0)
+    out = rasterize(means.clone().requires_grad_(), quats, scales, opac, sh, vm, K, W, H)
+    out["means2d"].retain_grad()
+    (out["rgb"].sum() + out["alpha"].sum()).backward()
+    grad = out["means2d"].grad.abs().sum(dim=1)
+    assert out["means2d"].shape == (600, 2)
+    assert (grad[out["radii"] == 0] == 0).all()
+    assert (grad[out["radii"] > 0] > 0).float().mean() > 0.5
+    # Moving a visible Gaussian's mean changes the image as its 2D gradient says (finite difference along x
+    # in camera space, which moves means2d by fx / z per metre and changes the footprint only slightly).
+    i = int(torch.nonzero((out["radii"] > 4) & (grad > 1e-3))[0])
+    u0 = out["means2d"][i].detach()
+    moved = means.clone()
+    step = 1e-4
+    moved[i] += step * vm[0, :3]  # +x in camera coordinates
+    out2 = rasterize(moved, quats, scales, opac, sh, vm, K, W, H)
+    du = (out2["means2d"][i] - u0)[0]
+    fd = ((out2["rgb"].sum() + out2["alpha"].sum()) - (out["rgb"].sum() + out["alpha"].sum()).detach()) / du
+    assert abs(fd - out["means2d"].grad[i, 0]) < 0.2 * abs(out["means2d"].grad[i, 0]) + 1e-3
