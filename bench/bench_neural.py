@@ -1,12 +1,14 @@
 """Benchmark the neural builder (``simgen build --method neural``) on synthetic scenes.
 
 Usage: python bench/bench_neural.py [--presets tiny room] [--config fast] [--steps N]
-                                    [--variants full no-prior no-dynamic no-head] [--fusion]
+                                    [--variants full no-prior no-dynamic no-head init-fusion init-none]
+                                    [--fusion]
                                     [--threads 2] [--out DIR] [--json FILE]
 
 For each scene preset (synthesised with ``--seed``) and each variant (the full method and the
 ablations of the paper's Tab. V: no spatial prior G = Panoptic Lifting's ID field, no dynamic token
-adjustment, no panoptic head), one build runs in a fresh subprocess so peak memory is that build's
+adjustment, no panoptic head) and the warm start from a fusion build forced on or off (``init-fusion``,
+``init-none``), one build runs in a fresh subprocess so peak memory is that build's
 own. Reported per build:
 
 * seconds per iteration: median over all steps of the per-step wall time (from the JSONL log, whose
@@ -38,6 +40,9 @@ VARIANTS = {
     "no-prior": {"spatial_prior": False},
     "no-dynamic": {"dynamic_tokens": False},
     "no-head": {"panoptic_head": False},
+    # warm start from a fusion build (simgen.build.neural.warmstart) forced on / off, whatever the preset says
+    "init-fusion": {"init": "fusion"},
+    "init-none": {"init": "none"},
 }
 
 
@@ -75,6 +80,9 @@ def one_build(args: argparse.Namespace) -> int:
         res["s_per_iter_median"] = round(statistics.median(per_step), 4) if per_step else None
         res["tokens_final"] = record["counters"]["tokens"]
         res["instances"] = record["counters"]["instances"]
+        init = record["counters"].get("init", {})
+        if "fusion_s" in init:
+            res["init_s"] = round(init["fusion_s"] + init["prefit_s"], 2)
     print("RESULT " + json.dumps(res))
     return 0
 
@@ -160,13 +168,15 @@ def main() -> int:
             print(json.dumps(res), flush=True)
     print(f"after: {machine().split(': ', 1)[1]}")
     print(
-        "\n| scene | method | s/iter | train s | build s | peak RSS MB | PQ^scene | mIoU | Chamfer cm | F@5cm |"
+        "\n| scene | method | s/iter | init s | train s | build s | peak RSS MB | PQ^scene | mIoU | Chamfer cm "
+        "| F@5cm |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         t = r["timings_s"]
         print(
-            f"| {r['scene']} | {r['method']} | {r.get('s_per_iter_median', '-')} | {t.get('train', '-')} | "
+            f"| {r['scene']} | {r['method']} | {r.get('s_per_iter_median', '-')} | {r.get('init_s', '-')} | "
+            f"{t.get('train', '-')} | "
             f"{r['build_s']} | {r['peak_rss_mb']} | {r.get('PQ_scene', '-')} | {r.get('mIoU_2d', '-')} | "
             f"{r.get('chamfer_cm', '-')} | {r.get('fscore_5cm', '-')} |"
         )

@@ -14,6 +14,7 @@ EXPORT_EXAMPLES = """examples:
   simgen export builds/room -o worlds/room --format sdf --dynamic-things
   simgen export builds/scan -o out --up 0 -1 0    # no floor class: give the scene's up axis
   simgen export builds/room --max-hulls 8 --coacd-threshold 0.1 --face-budget 20000 --quiet
+  simgen export builds/room --texture-source vertex  # textures from vertex colours, not the Gaussians
 
 then: GZ_SIM_RESOURCE_PATH=OUT/models gz sim OUT/worlds/<scene>.sdf   (see OUT/README.md)
 """
@@ -40,6 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("build_dir", help="build folder (panoptic_mesh.ply, instances.json)")
     p.add_argument("-o", "--out", default=None, help="output folder (default: BUILD_DIR)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch when rendering the Gaussians for textures (1 is fastest on a loaded "
+        "2-core machine: a 320x240 view took 0.2 s with 1 thread and 0.65 s with 2)",
+    )
     add_dataclass_args(p, ExportConfig)
     p.set_defaults(func=cmd_export)
 
@@ -62,7 +70,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from simgen.export.align import AlignmentError
     from simgen.export.pipeline import ExportError, format_summary, run_export
 
-    cfg = dataclass_from_args(ExportConfig, args)
+    try:
+        cfg = dataclass_from_args(ExportConfig, args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.torch_threads < 1:
+        print(f"error: --torch-threads must be >= 1, got {args.torch_threads}", file=sys.stderr)
+        return 2
+    if cfg.texture_source != "vertex":
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     try:
         summary = run_export(args.build_dir, args.out, cfg)
     except (ExportError, AlignmentError) as e:

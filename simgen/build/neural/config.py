@@ -13,17 +13,18 @@ PresetName = Literal["fast", "quality"]
 
 # Values the presets set; every key is a NeuralConfig field whose default is None.
 PRESETS: dict[str, dict] = {
-    # CPU, minutes: small tables, few rays, few samples, semantic/instance fields at 4 samples per ray.
+    # CPU, minutes: small tables, few rays, few samples, semantic/instance fields at 4 samples per ray;
+    # warm start from an in-process fusion build (docs/method.md: PQ^scene on room 0.54 -> 0.79 at 300 steps).
     "fast": dict(
         device="auto", steps=1500, downscale=2, frames_per_batch=4, rays_per_frame=256, n_uniform=12,
         n_surface=12, seg_samples=4, geo_levels=12, geo_log2_table=15, geo_max_res=512, seg_levels=8,
-        seg_log2_table=14, seg_max_res=128, mesh_voxel=0.03, n_eikonal=1024,
+        seg_log2_table=14, seg_max_res=128, mesh_voxel=0.03, n_eikonal=1024, init="fusion",
     ),
     # GPU: instant-NGP-sized tables, more rays and samples, finer mesh.
     "quality": dict(
         device="auto", steps=20000, downscale=1, frames_per_batch=8, rays_per_frame=1024, n_uniform=32,
         n_surface=32, seg_samples=16, geo_levels=16, geo_log2_table=19, geo_max_res=2048, seg_levels=12,
-        seg_log2_table=17, seg_max_res=512, mesh_voxel=0.01, n_eikonal=8192,
+        seg_log2_table=17, seg_max_res=512, mesh_voxel=0.01, n_eikonal=8192, init="none",
     ),
 }  # fmt: skip
 
@@ -71,6 +72,22 @@ class NeuralConfig:
     xi_init: float = _f(30.0, "initial xi (1/m)")
     xi_final: float = _f(300.0, "xi at the end when scheduled (geometric growth)")
     init_radius: float = _f(0.0, "initial SDF sphere radius in metres; 0 = half the box diagonal / 2")
+    # --- warm start from a fusion build (simgen.build.neural.warmstart)
+    init: Literal["none", "fusion"] | None = _f(
+        None,
+        "fusion: pre-fit SDF / semantic / instance fields and tokens to a fusion build first "
+        "(unset: the preset's; fast: fusion, quality: none)",
+    )
+    init_build: str = _f("", "fusion build folder to warm-start from; empty = run fusion in-process")
+    init_voxel: float = _f(0.03, "voxel size (metres) of the in-process fusion build")
+    init_steps: int = _f(300, "pre-fit steps (direct regression, no volume rendering)")
+    init_batch: int = _f(4096, "points per pre-fit step (SDF pool and labelled surface samples each)")
+    init_pool: int = _f(200000, "points with SDF targets (near the fused surface and along training rays)")
+    init_samples: int = _f(200000, "labelled samples drawn on the fused surface")
+    init_token_spread: float = _f(2.0, "token std = this x the std of its fused instance's surface samples")
+    init_extra_tokens: int = _f(
+        4, "extra tokens at random thing pixels no fused instance explains (things fusion missed)"
+    )
     # --- tokens
     n_tokens: int = _f(24, "initial instance tokens (back-projected random thing pixels)")
     max_tokens: int = _f(96, "token capacity (splitting stops there)")
@@ -126,7 +143,8 @@ class NeuralConfig:
             if f.name.startswith(("w_", "lr_")) and v < 0:
                 raise ValueError(f"neural.{f.name} must be >= 0, got {v}")
         positive = ("steps", "downscale", "frames_per_batch", "rays_per_frame", "n_uniform", "n_surface",
-                    "n_eikonal", "geo_levels", "seg_levels", "n_tokens", "max_tokens", "adjust_every")  # fmt: skip
+                    "n_eikonal", "geo_levels", "seg_levels", "n_tokens", "max_tokens", "adjust_every",
+                    "init_batch", "init_pool", "init_samples")  # fmt: skip
         for name in positive:
             if getattr(c, name) <= 0:
                 raise ValueError(f"neural.{name} must be > 0, got {getattr(c, name)}")
@@ -135,6 +153,12 @@ class NeuralConfig:
         for name in ("seg_start", "pan_start", "dice_stop", "adjust_start", "adjust_stop"):
             if not 0.0 <= getattr(c, name) <= 1.0:
                 raise ValueError(f"neural.{name} is a fraction of steps in [0, 1], got {getattr(c, name)}")
+        if c.init_steps < 0 or c.init_extra_tokens < 0 or c.init_voxel <= 0 or c.init_token_spread <= 0:
+            raise ValueError(
+                "neural.init_steps and init_extra_tokens must be >= 0, init_voxel and init_token_spread > 0"
+            )
+        if c.init_build and c.init != "fusion":
+            raise ValueError("neural.init_build is only read with neural.init fusion")
         if c.mesh_voxel <= 0 or c.trunc <= 0:
             raise ValueError("neural.mesh_voxel and neural.trunc must be > 0")
 

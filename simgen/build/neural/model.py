@@ -85,7 +85,8 @@ class PanopticModel(nn.Module):
         overlapping tokens split the thing mass, fragmenting things; docs/method.md.)
         Without the head (baseline): semantic argmax, then the instance argmax where the class is a thing.
         """
-        cls_out, tok_out = [], []
+        cls_out = [torch.zeros(0, dtype=torch.long, device=p.device)]  # no points -> empty labels
+        tok_out = [torch.zeros(0, dtype=torch.long, device=p.device)]
         tok_cls = self.token_classes()
         active = self.tokens.active
         S = self.n_stuff

@@ -29,6 +29,24 @@ def init_tokens(tokens: InstanceTokens, points: np.ndarray, scale: float, rng: n
         tokens.active[:n] = True
 
 
+def add_tokens(tokens: InstanceTokens, points: np.ndarray, scale: float, rng: np.random.Generator) -> int:
+    """Activate tokens at ``points`` ``(n, 3)`` in free slots (isotropic std ``scale``); returns how many."""
+    free = np.flatnonzero(~tokens.active.cpu().numpy())[: len(points)]
+    n = len(free)
+    if n == 0:
+        return 0
+    dev = tokens.centre.device
+    slots = torch.as_tensor(free, device=dev)
+    with torch.no_grad():
+        tokens.centre[slots] = torch.as_tensor(points[:n], dtype=torch.float32, device=dev)
+        tokens.log_scale[slots] = math.log(scale)
+        tokens.quat[slots] = torch.tensor([1.0, 0.0, 0.0, 0.0], device=dev)
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        tokens.feat[slots] = torch.randn(n, tokens.feat.shape[1], generator=g).to(dev)
+        tokens.active[slots] = True
+    return n
+
+
 @dataclass
 class TokenStats:
     """Assignment statistics between two adjustments. ``split_target`` keeps, per token, the 3D centroid

@@ -278,6 +278,7 @@ def run_neural(
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     stats = TokenStats(cfg.max_tokens)
     history: list[tuple[int, int]] = []
+    init_record: dict[str, Any] = {"source": "none", "tokens": 0}
     start = 0
     if ckpt is not None:
         try:
@@ -295,8 +296,13 @@ def run_neural(
         torch.set_rng_state(ckpt["torch_rng"])
         start = int(ckpt["step"])
     else:
-        pts, _ = thing_pixels_3d(data, cfg.n_tokens, rng)
-        init_tokens(model.tokens, pts, cfg.token_scale, rng)
+        if cfg.init == "fusion":
+            from simgen.build.neural.warmstart import warm_start  # noqa: PLC0415  (loads the fusion pipeline)
+
+            init_record = warm_start(model, scene, data, cfg, opt, rng, progress)
+        if init_record["tokens"] == 0:  # no warm start, or fusion found no thing instance
+            pts, _ = thing_pixels_3d(data, cfg.n_tokens, rng)
+            init_tokens(model.tokens, pts, cfg.token_scale, rng)
         history.append((0, int(model.tokens.active.sum())))
 
     if out is not None:
@@ -380,7 +386,11 @@ def run_neural(
                                 "step_mean": round(t_train / max(1, cfg.steps - start), 4)})  # fmt: skip
     record["counters"].update({"steps": cfg.steps, "resumed_from": start, "device": str(dev),
                                "backend": model.sdf.enc.backend, "token_history": history,
-                               "token_adjustments": adjust_log})  # fmt: skip
+                               "token_adjustments": adjust_log, "init": init_record})  # fmt: skip
+    if "fusion_s" in init_record:
+        record["timings_s"].update(
+            {"init_fusion": init_record["fusion_s"], "init_prefit": init_record["prefit_s"]}
+        )
     if out is not None:
         from simgen.build.output import BUILD_FILE  # noqa: PLC0415
 
