@@ -16,6 +16,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts that must be at least 1 (threads, workers)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _flag(prefix: str, name: str) -> str:
     return "--" + prefix + name.replace("_", "-")
 

@@ -27,7 +27,7 @@ STEPS = 200
 SMALL = dict(
     steps=STEPS, frames_per_batch=2, rays_per_frame=256, downscale=2, geo_levels=8, geo_log2_table=14,
     geo_max_res=128, n_eikonal=256, n_tokens=12, adjust_every=40, seg_start=0.1, mesh_voxel=0.05,
-    ckpt_every=100, log_every=10, device="cpu",
+    ckpt_every=100, log_every=10, device="cpu", init="none",
 )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from simgen.config import add_dataclass_args, dataclass_from_args
+from simgen.config import add_dataclass_args, dataclass_from_args, positive_int
 from simgen.export.config import ExportConfig
 
 EXPORT_EXAMPLES = """examples:
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", default=None, help="output folder (default: BUILD_DIR)")
     p.add_argument(
         "--torch-threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="CPU threads for torch when rendering the Gaussians for textures (1 is fastest on a loaded "
         "2-core machine: a 320x240 view took 0.2 s with 1 thread and 0.65 s with 2)",
@@ -74,9 +74,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         cfg = dataclass_from_args(ExportConfig, args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.torch_threads < 1:
-        print(f"error: --torch-threads must be >= 1, got {args.torch_threads}", file=sys.stderr)
         return 2
     if cfg.texture_source != "vertex":
         import torch
