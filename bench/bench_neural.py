@@ -95,13 +95,29 @@ def evaluate(build: Path, scene: Path) -> dict:
         return {"eval": f"simgen.eval not importable ({e})"}
     m = run_eval(build, scene, EvalConfig(pictures=False, quiet=True))
     m = m.get("metrics", m)
-    return {
+    return twin_ids(build, scene) | {
         "PQ_scene": round(m["panoptic"]["pq"], 4),
         "mIoU_2d": round(m["semantic_2d"]["miou"], 4),
         "chamfer_cm": round(m["geometry"]["chamfer_l1_cm"], 3),
         "fscore_5cm": round(m["geometry"]["fscore"], 4),
         "mCov_3d": round(m["instance_3d"]["mcov"], 4),
     }
+
+
+def twin_ids(build: Path, scene_dir: Path) -> dict:
+    """The predicted instance covering most of each two-rooms twin (same chair in both rooms, never seen
+    together): two different non-zero ids mean the twins were kept apart; ``{}`` for scenes without twins."""
+    twins = json.loads((scene_dir / "gt" / "synth.json").read_text()).get("twins", [])
+    if not twins:
+        return {}
+    from simgen.build.fusion.quality import gt_quality
+    from simgen.build.output import read_panoptic_mesh
+    from simgen.data.scene import load_scene
+
+    scene = load_scene(scene_dir)
+    q = gt_quality(scene, read_panoptic_mesh(build / "panoptic_mesh.ply"), 0.03, scene.split_indices("all"))
+    ids = [int(q["dominant"].get(t, 0)) for t in twins]
+    return {"twins": ids, "twins_distinct": len(set(ids) - {0}) == len(twins)}
 
 
 def run_child(argv: list[str]) -> dict:
@@ -179,6 +195,7 @@ def main() -> int:
             f"{t.get('train', '-')} | "
             f"{r['build_s']} | {r['peak_rss_mb']} | {r.get('PQ_scene', '-')} | {r.get('mIoU_2d', '-')} | "
             f"{r.get('chamfer_cm', '-')} | {r.get('fscore_5cm', '-')} |"
+            + (f" twins -> {r['twins']}" if "twins" in r else "")
         )
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
