@@ -108,7 +108,9 @@ def ensure_scene(preset: str, root: Path, seed: int, quiet: bool) -> Path:
 WORKER = "_build-worker"  # first argument of the child process that runs one build
 
 
-def build_once(method: str, scene_dir: str, out_dir: str, steps: int | None, quiet: bool) -> dict[str, Any]:
+def build_once(
+    method: str, scene_dir: str, out_dir: str, steps: int | None, quiet: bool, threads: int = 1
+) -> dict[str, Any]:
     """One build in this process; returns its summary with this process's peak RSS and GPU peak."""
     from simgen.data.scene import load_scene
 
@@ -126,8 +128,11 @@ def build_once(method: str, scene_dir: str, out_dir: str, steps: int | None, qui
             wall / max(1, rec["counters"]["frames"]),
         )
     else:
+        import torch
+
         from simgen.build.neural import NeuralConfig, run_neural
 
+        torch.set_num_threads(threads)
         if steps is not None:
             overrides = {**overrides, "steps": steps}
         rec = run_neural(scene, NeuralConfig(preset="fast", **overrides), out_dir, progress=not quiet)
@@ -156,20 +161,24 @@ def _worker_main(spec_json: str) -> int:
 
     spec = json.loads(spec_json)
     try:
-        report = build_once(spec["method"], spec["scene"], spec["out"], spec["steps"], spec["quiet"])
+        report = build_once(
+            spec["method"], spec["scene"], spec["out"], spec["steps"], spec["quiet"], spec.get("threads", 1)
+        )
     except Exception as e:  # the parent records the failure and goes on with the next build
         report = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
     io.write_json(spec["report"], report)
     return 0
 
 
-def run_build(method: str, scene_dir: Path, out_dir: Path, steps: int | None, quiet: bool) -> dict[str, Any]:
+def run_build(
+    method: str, scene_dir: Path, out_dir: Path, steps: int | None, quiet: bool, threads: int = 1
+) -> dict[str, Any]:
     """Build in a fresh Python process (so peak memory and imports are the build's own); its report."""
     report_path = out_dir.parent / f".{out_dir.name}.report.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.unlink(missing_ok=True)
     spec = {"method": method, "scene": str(scene_dir), "out": str(out_dir), "steps": steps, "quiet": quiet,
-            "report": str(report_path)}  # fmt: skip
+            "threads": threads, "report": str(report_path)}  # fmt: skip
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), WORKER, json.dumps(spec)])
     if not report_path.is_file():
         return {"ok": False, "error": f"build process exited with code {proc.returncode} and no report"}
@@ -381,6 +390,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--steps", type=int, default=None, help="override the neural preset's optimisation steps")
     ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads of a neural build (1 is fastest on a 2-core machine with anything else running)",
+    )
+    ap.add_argument(
         "--out", type=Path, default=REPO / "out" / "bench", help="scenes, builds and results.json"
     )
     ap.add_argument("--docs", type=Path, default=DOCS, help="Markdown file whose marked section is rewritten")
@@ -395,6 +410,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         ap.error(f"--steps must be >= 1, got {args.steps}")
+    if args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
     if args.samples < 1:
         ap.error(f"--samples must be >= 1, got {args.samples}")
     return args
@@ -433,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                 "preset": preset,
                 "method": method,
                 "steps": args.steps if METHODS[method][0] == "neural" else None,
+                "threads": args.threads if METHODS[method][0] == "neural" else None,
                 "seed": args.seed,
                 "run_id": run_id,
                 "date": run_id.split(" ")[0],
@@ -440,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
                 "commit": commit,
                 "machine": mach,
             }
-            entry["build"] = run_build(method, scene_dir, build, args.steps, args.quiet)
+            entry["build"] = run_build(method, scene_dir, build, args.steps, args.quiet, args.threads)
             if entry["build"].get("ok"):
                 t = time.perf_counter()
                 try:
