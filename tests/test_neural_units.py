@@ -395,3 +395,35 @@ def test_labels_without_thing_classes():
     model = PanopticModel(cfg, [0, 0, 0], [1, 1, 1], classes=[1, 2], n_stuff=2, device="cpu")
     cls, tok = model.label_points(torch.rand(50, 3))
     assert set(cls.tolist()) <= {0, 1} and tok.tolist() == [-1] * 50
+
+
+# ---------------------------------------------------------------- mesh labelling clean-up
+
+
+def grid_faces(rows: int, cols: int) -> np.ndarray:
+    """Triangles of a rows x cols vertex grid (vertex r * cols + c)."""
+    r, c = np.meshgrid(np.arange(rows - 1), np.arange(cols - 1), indexing="ij")
+    v = (r * cols + c).reshape(-1)
+    return np.concatenate([np.stack([v, v + 1, v + cols], 1), np.stack([v + 1, v + cols + 1, v + cols], 1)])
+
+
+def test_merge_fragments_joins_small_same_class_pieces_only():
+    from simgen.build.neural.extract import merge_fragments
+
+    rows, cols = 4, 30
+    faces = grid_faces(rows, cols)
+    # columns: A 0-9 | piece of A 10-11 | stuff 12-13 | C 14-23 | other-class piece 24-25 | stuff 26-29
+    col_label = np.array([0] * 10 + [1] * 2 + [-1] * 2 + [2] * 10 + [3] * 2 + [-1] * 4)
+    col_class = np.array([5] * 12 + [0] * 2 + [5] * 10 + [6] * 2 + [0] * 4)
+    label, semantic = np.tile(col_label, rows), np.tile(col_class, rows)
+    out, n = merge_fragments(faces, semantic, label, max_ratio=0.25)
+    expect = label.copy()
+    expect[label == 1] = 0
+    assert n == 1 and np.array_equal(out, expect)
+    assert np.array_equal(merge_fragments(faces, semantic, label, max_ratio=0.0)[0], label)
+    # two touching instances of one class and similar size are two objects: no merge
+    touching = np.tile(np.array([0] * 15 + [2] * 15), rows)
+    assert merge_fragments(faces, np.full(rows * cols, 5), touching, 0.25)[1] == 0
+    # a piece above the ratio stays its own instance
+    big_piece = np.tile(np.array([0] * 10 + [1] * 4 + [-1] * 16), rows)
+    assert merge_fragments(faces, np.full(rows * cols, 5), big_piece, 0.25)[1] == 0

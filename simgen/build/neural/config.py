@@ -126,6 +126,11 @@ class NeuralConfig:
     # --- output
     mesh_voxel: float | None = _f(None, "marching-cubes voxel size, metres")
     cull_unobserved: bool = _f(True, "drop mesh parts no training camera saw")
+    fragment_ratio: float = _f(
+        0.25,
+        "a thing piece with at most this fraction of the vertices of a same-class instance it touches joins "
+        "it (0: off)",
+    )
     log_every: int = _f(10, "steps between JSONL log lines")
     ckpt_every: int = _f(250, "steps between checkpoints")
 
@@ -159,6 +164,8 @@ class NeuralConfig:
             )
         if c.init_build and c.init != "fusion":
             raise ValueError("neural.init_build is only read with neural.init fusion")
+        if not 0.0 <= c.fragment_ratio < 1.0:
+            raise ValueError(f"neural.fragment_ratio must be in [0, 1), got {c.fragment_ratio}")
         if c.mesh_voxel <= 0 or c.trunc <= 0:
             raise ValueError("neural.mesh_voxel and neural.trunc must be > 0")
 

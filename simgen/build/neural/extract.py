@@ -86,6 +86,52 @@ def observe_vertices(verts: np.ndarray, data: RayData, downscale: int, scene: Sc
     return seen, colour, frames_of
 
 
+def merge_fragments(
+    faces: np.ndarray, semantic: np.ndarray, label: np.ndarray, max_ratio: float, min_edges: int = 5
+) -> tuple[np.ndarray, int]:
+    """Relabel small thing pieces into the larger same-class instance they touch on the mesh.
+
+    Where a token's attention spills over part of a neighbouring object (a lamp's base, a cabinet's
+    door) the panoptic head gives that part its own instance; PQ then counts a false positive and the
+    export a separate model. A piece joins instance ``j`` when it shares at least ``min_edges`` mesh
+    edges with ``j``, has the same class, and at most ``max_ratio`` of ``j``'s vertex count; the
+    smallest piece goes first and merges repeat until none qualifies. Separate objects of one class
+    that merely touch are of similar size and stay apart.
+
+    Args:
+        faces: ``(F, 3)`` vertex indices.
+        semantic: ``(V,)`` class per vertex.
+        label: ``(V,)`` instance label per vertex, ``< 0`` for none (stuff, unlabelled).
+        max_ratio: size ratio in ``[0, 1)``; 0 turns merging off.
+    Returns:
+        the new labels ``(V,)`` and the number of merges.
+    """
+    label = label.copy()
+    if max_ratio <= 0 or len(faces) == 0:
+        return label, 0
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    same = semantic[e[:, 0]] == semantic[e[:, 1]]
+    merges = 0
+    while True:
+        a, b = label[e[:, 0]], label[e[:, 1]]
+        touch = same & (a != b) & (a >= 0) & (b >= 0)
+        if not touch.any():
+            break
+        pairs, count = np.unique(np.stack([a[touch], b[touch]], 1), axis=0, return_counts=True)
+        ids, n = np.unique(label[label >= 0], return_counts=True)
+        size = dict(zip(ids.tolist(), n.tolist(), strict=True))
+        target: dict[int, tuple[int, int]] = {}  # piece -> (instance it joins, shared edges)
+        for (i, j), c in zip(pairs.tolist(), count.tolist(), strict=True):
+            if c >= min_edges and size[i] <= max_ratio * size[j] and c > target.get(i, (-1, 0))[1]:
+                target[i] = (j, c)
+        if not target:
+            break
+        piece = min(target, key=size.__getitem__)
+        label[label == piece] = target[piece][0]
+        merges += 1
+    return label, merges
+
+
 def extract_mesh(
     scene: Scene, model: PanopticModel, data: RayData, cfg: NeuralConfig
 ) -> tuple[PanopticMesh, dict[int, list[int]], dict[str, Any]]:
@@ -117,6 +163,7 @@ def extract_mesh(
     cls, tok = cls.cpu().numpy(), tok.cpu().numpy()
     classes = np.asarray(model.classes, np.int32)
     semantic = classes[cls] if len(cls) else np.zeros(0, np.int32)
+    tok, counters["fragments_merged"] = merge_fragments(faces, cls, tok, cfg.fragment_ratio)
     # instance ids 1..K in order of first appearance of each token slot among vertices
     used_tok = np.unique(tok[tok >= 0])
     lut = np.zeros(model.tokens.capacity + 1, np.int32)
