@@ -346,7 +346,7 @@ def test_never_prunes_every_token():
 
 def test_presets_and_validation():
     fast = neural_config("fast")
-    assert fast.steps == 1500 and fast.device == "auto"
+    assert fast.steps == 2500 and fast.device == "auto"
     assert neural_config("quality", steps=7).steps == 7
     with pytest.raises(ValueError, match="unknown preset"):
         NeuralConfig(preset="slow").resolved()  # type: ignore[arg-type]

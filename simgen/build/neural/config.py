@@ -16,7 +16,7 @@ PRESETS: dict[str, dict] = {
     # CPU, minutes: small tables, few rays, few samples, semantic/instance fields at 4 samples per ray;
     # warm start from an in-process fusion build (docs/method.md: PQ^scene on room 0.54 -> 0.79 at 300 steps).
     "fast": dict(
-        device="auto", steps=1500, downscale=2, frames_per_batch=4, rays_per_frame=256, n_uniform=12,
+        device="auto", steps=2500, downscale=2, frames_per_batch=4, rays_per_frame=256, n_uniform=12,
         n_surface=12, seg_samples=4, geo_levels=12, geo_log2_table=15, geo_max_res=512, seg_levels=8,
         seg_log2_table=14, seg_max_res=128, mesh_voxel=0.03, n_eikonal=1024, init="fusion",
     ),
