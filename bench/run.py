@@ -342,9 +342,10 @@ def render_section(results: dict[str, dict]) -> str:
         out += [""]
     runs = {}
     for _, _, r in _ordered(results):
-        runs.setdefault(r.get("run_id", "?"), r)
+        # Two runs can start in the same minute (parallel builds), so the command is part of the key.
+        runs.setdefault((r.get("run_id", "?"), r.get("command")), r)
     out += ["### Runs", ""]
-    for run_id, r in runs.items():
+    for (run_id, _), r in runs.items():
         out += [
             f"- `{run_id}`: `{r.get('command', '?')}` at commit `{r.get('commit')}` on "
             f"{machine_line(r['machine']) if r.get('machine') else '?'}"
