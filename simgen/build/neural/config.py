@@ -118,9 +118,7 @@ class NeuralConfig:
     prune_min_assign: int = _f(2, "prune tokens assigned fewer times than this between adjustments")
     iom_threshold: float = _f(0.7, "duplicate when 3D Intersection-over-Mask (eq. 9) exceeds this")
     split_patience: int = _f(3, "split a token after this many 'two masks prefer it' events")
-    surface_points: int = _f(
-        100000, "surface points for the 3D masks of the duplicate test (IoM); ~50 per chair on two-rooms"
-    )
+    surface_points: int = _f(20000, "surface points for 3D masks (IoM) and vertex labelling checks")
     # --- baselines (ablations of the paper's Tab. V)
     spatial_prior: bool = _f(True, "Gaussian prior G (off = Panoptic Lifting ID field, eq. 3)")
     dynamic_tokens: bool = _f(True, "dynamic token adjustment")
