@@ -2,7 +2,7 @@
 
 Usage: python bench/bench_neural.py [--presets tiny room] [--config fast] [--steps N]
                                     [--variants full no-prior no-dynamic no-head init-fusion init-none]
-                                    [--fusion]
+                                    [--fusion] [--twin-layout back-to-back|apart]
                                     [--threads 2] [--out DIR] [--json FILE]
 
 For each scene preset (synthesised with ``--seed``) and each variant (the full method and the
@@ -139,6 +139,12 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0, help="scene seed")
+    ap.add_argument(
+        "--twin-layout",
+        default="back-to-back",
+        choices=["back-to-back", "apart"],
+        help="where the two-rooms twins stand (simgen synth --twin-layout); other presets ignore it",
+    )
     ap.add_argument("--out", type=Path, default=None, help="scratch folder (kept; default temporary)")
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
     ap.add_argument("--quiet", action="store_true")
@@ -157,9 +163,10 @@ def main() -> int:
     scratch = args.out or Path(tempfile.mkdtemp(prefix="bench_neural_"))
     results = []
     for preset in args.presets:
-        scene = scratch / "scenes" / preset
+        twins_apart = preset == "two-rooms" and args.twin_layout == "apart"
+        scene = scratch / "scenes" / (preset + ("-apart" if twins_apart else ""))
         if not (scene / "transforms.json").is_file():  # a kept --out folder re-uses its scenes
-            synthesize(scene, preset=preset, seed=args.seed)
+            synthesize(scene, preset=preset, seed=args.seed, twin_layout=args.twin_layout)
         runs = [("fusion", "fusion", {})] if args.fusion else []
         for v in args.variants:
             over = {**json.loads(args.set), **VARIANTS[v]}
@@ -173,7 +180,7 @@ def main() -> int:
             if args.quiet:
                 child.append("--quiet")
             res = {
-                "scene": preset,
+                "scene": scene.name,
                 "method": name,
                 "config": args.config,
                 "overrides": over,

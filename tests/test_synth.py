@@ -377,11 +377,23 @@ def _twins_check(root: Path) -> None:
     np.testing.assert_array_equal(mesh.visual.vertex_colors[vl == a], mesh.visual.vertex_colors[vl == b])
 
 
-def test_two_rooms_twins_never_in_one_frame(tmp_path):
-    root = synthesize(tmp_path / "two", "two-rooms", seed=0, width=64, height=48, noise=False)
+@pytest.mark.parametrize("layout", ["back-to-back", "apart"])
+def test_two_rooms_twins_never_in_one_frame(tmp_path, layout):
+    root = synthesize(
+        tmp_path / "two", "two-rooms", seed=0, width=64, height=48, noise=False, twin_layout=layout
+    )
     _twins_check(root)
     scene = load_scene(root, validate=False)
-    assert len(scene) == 300 and len(json.loads((root / "gt" / "synth.json").read_text())["rooms"]) == 2
+    log = json.loads((root / "gt" / "synth.json").read_text())
+    assert len(scene) == 300 and len(log["rooms"]) == 2
+    # back-to-back: one chair depth either side of the shared wall; apart: at the two outer walls
+    objs = {o["segment_id"]: o for o in log["objects"]}
+    x = sorted(np.asarray(objs[t]["transform"])[0, 3] for t in log["twins"])
+    lo, hi = min(r["x0"] for r in log["rooms"]), max(r["x1"] for r in log["rooms"])
+    if layout == "back-to-back":
+        assert x[1] - x[0] < 1.0
+    else:
+        assert x[0] - lo < 0.5 and hi - x[1] < 0.5
 
 
 @pytest.mark.slow

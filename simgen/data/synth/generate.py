@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from simgen.data.synth.layout import (
     STUFF_IDS,
     THING_IDS,
     SceneGeometry,
+    TwinLayout,
     build_scene,
     make_rooms,
     make_stuff,
@@ -87,6 +88,13 @@ class SynthConfig:
     )
     hfov_deg: float = field(default=65.0, metadata={"help": "horizontal field of view (degrees)"})
     test_every: int = field(default=10, metadata={"help": "every N-th frame is a test frame (0: none)"})
+    twin_layout: TwinLayout = field(
+        default="back-to-back",
+        metadata={
+            "help": "two-rooms twins: back-to-back across the shared wall (14 cm apart) or apart "
+            "(each against its room's outer wall, ~11 m apart)"
+        },
+    )
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
     def __post_init__(self) -> None:
@@ -102,6 +110,10 @@ class SynthConfig:
             raise ValueError(f"hfov_deg must lie in [10, 150], got {self.hfov_deg}")
         if self.test_every < 0:
             raise ValueError(f"test_every must be >= 0, got {self.test_every}")
+        if self.twin_layout not in get_args(TwinLayout):
+            raise ValueError(
+                f"twin_layout must be one of {', '.join(get_args(TwinLayout))}, got {self.twin_layout!r}"
+            )
 
     def intrinsics(self) -> Intrinsics:
         p = PRESETS[self.preset]
@@ -128,7 +140,7 @@ def make_scene(cfg: SynthConfig) -> tuple[SceneGeometry, np.ndarray]:
         for _ in rooms
     ]
     stuff = make_stuff(rooms, doors, r_obj)
-    things, twins = populate(rooms, doors, walk.xy, counts, r_obj, twins=p.twins)
+    things, twins = populate(rooms, doors, walk.xy, counts, r_obj, twins=p.twins, twin_layout=cfg.twin_layout)
     geom = build_scene(stuff + things, rooms, doors, twins=tuple(len(stuff) + i for i in twins))
     poses = frame_poses(walk, cfg.frames or p.frames, _rng(cfg.seed, 4))
     return geom, poses

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import trimesh
@@ -43,6 +44,7 @@ WALL_THICKNESS = 0.12
 DOOR_WIDTH = 0.9
 DOOR_HEIGHT = 2.1
 WALL_GAP = 0.01  # objects stand this far from a wall so no two surfaces coincide
+TwinLayout = Literal["back-to-back", "apart"]  # where the two-rooms twins stand (populate)
 
 
 @dataclass(frozen=True)
@@ -587,13 +589,17 @@ def populate(
     rng: np.random.Generator,
     clearance: float = 0.45,
     twins: bool = False,
+    twin_layout: TwinLayout = "back-to-back",
 ) -> tuple[list[SceneObject], tuple[int, ...]]:
     """Sample ``counts[i]`` things in room ``i``, at least ``clearance`` metres from ``path_xy (M, 2)``.
 
     With ``twins`` (needs two rooms and a door) two copies of one chair (same parts, same
-    materials) stand against the shared wall, one on each side, at its end far from the door: no
-    ray through the door reaches either from the other room unless it runs almost parallel to the
-    wall, which the walk (at least ~1 m from every wall outside the doorway) never asks for.
+    materials) stand in different rooms, never in one view. ``back-to-back``: against the shared
+    wall, one on each side, at its end far from the door: no ray through the door reaches either
+    from the other room unless it runs almost parallel to the wall, which the walk (at least ~1 m
+    from every wall outside the doorway) never asks for. ``apart``: against the two outer walls, in
+    opposite directions from every camera (both rooms lie between them), so a 65 degree view never
+    holds both.
 
     Returns the things and the indices of the twins among them (``()`` without twins).
     """
@@ -606,10 +612,11 @@ def populate(
         parts, fp = make_chair(rng)
         a, b = rooms[0], rooms[1]
         cy = a.y1 - fp[0] / 2 - float(rng.uniform(0.25, 0.5))
-        poses = [
-            (a.x1 - fp[1] / 2 - WALL_GAP, cy, np.pi / 2, 0),
-            (b.x0 + fp[1] / 2 + WALL_GAP, cy, -np.pi / 2, 1),
-        ]
+        off = fp[1] / 2 + WALL_GAP
+        if twin_layout == "back-to-back":
+            poses = [(a.x1 - off, cy, np.pi / 2, 0), (b.x0 + off, cy, -np.pi / 2, 1)]
+        else:  # yaw as try_place's west / east walls: front faces into the room
+            poses = [(a.x0 + off, cy, -np.pi / 2, 0), (b.x1 - off, cy, np.pi / 2, 1)]
         for x, y, yaw, room in poses:
             twin = SceneObject(CHAIR, parts, np.eye(4), fp, name="chair (twin)")
             if not placer.try_place(twin, room, against_wall=True, at=(x, y, yaw)):
