@@ -598,8 +598,8 @@ def populate(
     wall, one on each side, at its end far from the door: no ray through the door reaches either
     from the other room unless it runs almost parallel to the wall, which the walk (at least ~1 m
     from every wall outside the doorway) never asks for. ``apart``: against the two outer walls, in
-    opposite directions from every camera (both rooms lie between them), so a 65 degree view never
-    holds both.
+    opposite directions from every camera (both rooms lie between them), so no view narrower than
+    180 degrees holds both.
 
     Returns the things and the indices of the twins among them (``()`` without twins).
     """
