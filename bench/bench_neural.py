@@ -32,8 +32,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+from simgen.data.synth.layout import TwinLayout
 
 VARIANTS = {
     "full": {},
@@ -142,7 +145,7 @@ def main() -> int:
     ap.add_argument(
         "--twin-layout",
         default="back-to-back",
-        choices=["back-to-back", "apart"],
+        choices=get_args(TwinLayout),
         help="where the two-rooms twins stand (simgen synth --twin-layout); other presets ignore it",
     )
     ap.add_argument("--out", type=Path, default=None, help="scratch folder (kept; default temporary)")
