@@ -247,6 +247,10 @@ def test_dice_bce_class_and_nll_losses():
     assert L.class_loss(logits, torch.tensor([0]), 2).item() < 1e-3
     assert L.class_loss(logits, torch.tensor([1]), 2).item() > 5
     assert L.eikonal_loss(torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])).item() == pytest.approx(0.5)
+    # unmatched tokens: BCE against an empty mask, mean over rays, summed over tokens (not averaged away)
+    unmatched = torch.tensor([[0.5, 0.0, 0.0], [0.5, 0.0, 0.75]])
+    assert L.unmatched_loss(unmatched).item() == pytest.approx(-math.log(0.5) - 0.5 * math.log(0.25))
+    assert L.unmatched_loss(torch.zeros(4, 3)).item() == 0.0
 
 
 # ---------------------------------------------------------------- dynamic tokens (section IV-C)

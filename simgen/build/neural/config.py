@@ -104,6 +104,9 @@ class NeuralConfig:
     w_eik: float = _f(0.1, "weight of L_eik")
     w_sem: float = _f(0.5, "weight of L_sem")
     w_ins: float = _f(1.0, "weight of L_ins")
+    w_ins_neg: float = _f(
+        0.0, "weight of L_ins for unmatched tokens (empty target; 0: matched pairs only; docs/method.md)"
+    )
     w_c: float = _f(0.1, "weight of L_c")
     w_pan: float = _f(0.5, "weight of L_pan")
     dice_eps: float = _f(1.0, "Dice smoothing epsilon (eq. 28)")

@@ -56,6 +56,14 @@ def instance_loss(pred: torch.Tensor, target: torch.Tensor, use_dice: bool, eps:
     return loss + dice_loss(pred, target, eps) if use_dice else loss
 
 
+def unmatched_loss(pred: torch.Tensor) -> torch.Tensor:
+    """Eq. 29 with an empty target for the tokens no mask of the frame was matched to: ``pred`` ``(R, U)``
+    rendered masks of the ``U`` unmatched tokens on labelled rays; BCE against 0, mean over rays and
+    summed over tokens (most unmatched tokens are ~0 there; a sum keeps the few that are not from
+    being averaged away)."""
+    return -torch.log1p(-pred.clamp(0.0, 1 - 1e-6)).mean(0).sum()
+
+
 def class_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Eq. 31: binary cross-entropy of ``h_SI`` ``(M, C_thing)`` logits against one-hot classes ``(M,)``."""
     onehot = F.one_hot(target, n_classes).to(logits.dtype)

@@ -106,7 +106,7 @@ def train_step(
 
     # per-frame Hungarian matching of the frame's thing masks to tokens (eq. 27-29)
     pan_target = torch.where(batch.sem < model.n_stuff, batch.sem, torch.full_like(batch.sem, -1))
-    ins_terms, cls_logits, cls_target = [], [], []
+    ins_terms, neg_terms, cls_logits, cls_target = [], [], [], []
     obs = torch.where(
         batch.depth[:, None] > 0, batch.origins + batch.dirs * batch.depth[:, None], float("nan")
     )
@@ -127,6 +127,11 @@ def train_step(
         ti_t = torch.as_tensor(ti, device=dev)
         mi_t = torch.as_tensor(mi, device=dev)
         ins_terms.append(L.instance_loss(u_ins[rays][:, ti_t], target[:, mi_t], ph["dice"], cfg.dice_eps))
+        if cfg.w_ins_neg > 0:
+            unmatched = model.tokens.active.clone()
+            unmatched[ti_t] = False
+            labelled = batch.sem[rays] >= 0  # a missed detection is no evidence of absence
+            neg_terms.append(L.unmatched_loss(u_ins[rays][labelled][:, unmatched]))
         cls_logits.append(ti_t)
         cls_target.append(data.mask_class[f][present[mi_t]])
         # panoptic target: matched thing pixels -> S + token slot
@@ -135,6 +140,8 @@ def train_step(
         pan_target[rays] = torch.where(m >= 0, lut[m.clamp_min(0)], pan_target[rays])
     zero = u_ins.sum() * 0.0
     terms["ins"] = torch.stack(ins_terms).mean() if ins_terms else zero
+    if cfg.w_ins_neg > 0:
+        terms["ins_neg"] = torch.stack(neg_terms).mean() if neg_terms else zero
     if cls_logits:
         tok = torch.cat(cls_logits)
         logits = model.cls_head(model.tokens.cls_feat[tok])
@@ -159,6 +166,7 @@ WEIGHTS = {
     "eik": "w_eik",
     "sem": "w_sem",
     "ins": "w_ins",
+    "ins_neg": "w_ins_neg",
     "c": "w_c",
     "pan": "w_pan",
 }
