@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -182,3 +183,34 @@ def test_nan_loss_stops_with_the_term_and_keeps_the_last_checkpoint(tiny, tmp_pa
         run_neural(tiny, cfg, tmp_path / "nan", progress=False)
     _, meta = load_model(tmp_path / "nan" / CHECKPOINT)
     assert meta["step"] == 4
+
+
+def test_unmatched_token_term_pushes_other_tokens_off_the_frame(tiny, trained):
+    """``w_ins_neg``: on a fixed batch, descending L_ins_neg alone lowers the unmatched tokens' rendered
+    masks on the labelled rays; with the weight 0 the term is not computed."""
+    from simgen.build.neural.config import NeuralConfig  # noqa: PLC0415
+    from simgen.build.neural.data import load_rays, sample_batch  # noqa: PLC0415
+    from simgen.build.neural.tokens import TokenStats  # noqa: PLC0415
+    from simgen.build.neural.train import train_step  # noqa: PLC0415
+
+    out, _ = trained
+    model, meta = load_model(out / CHECKPOINT)
+    cfg = replace(NeuralConfig(**meta["config"]).resolved(), w_ins_neg=1.0)
+    data = load_rays(tiny, tiny.split_indices("train"), cfg.downscale, "cpu", cfg.trunc, False)
+    batch = sample_batch(data, 4, 512, np.random.default_rng(0))
+    step = cfg.steps - 1  # every loss group on
+    model.train()
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.Adam(params, lr=5e-3)
+    values = []
+    for _ in range(15):
+        torch.manual_seed(0)  # the same samples along the rays every time
+        terms = train_step(model, data, batch, cfg, step, TokenStats(cfg.max_tokens))
+        values.append(float(terms["ins_neg"].detach()))
+        opt.zero_grad()
+        terms["ins_neg"].backward()
+        opt.step()
+    assert values[0] > 0
+    assert values[-1] < 0.3 * values[0]
+    off = replace(cfg, w_ins_neg=0.0)
+    assert "ins_neg" not in train_step(model, data, batch, off, step, TokenStats(cfg.max_tokens))
