@@ -17,7 +17,10 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from simgen.build.neural import CHECKPOINT, LOG_FILE, NeuralTrainingError, neural_config, run_neural
-from simgen.build.neural.train import load_model
+from simgen.build.neural.config import NeuralConfig
+from simgen.build.neural.data import load_rays, sample_batch
+from simgen.build.neural.tokens import TokenStats
+from simgen.build.neural.train import load_model, train_step
 from simgen.build.output import BUILD_FILE, INSTANCES_FILE, MESH_FILE, read_instances, read_panoptic_mesh
 from simgen.data.camera import backproject
 from simgen.data.scene import load_scene
@@ -188,11 +191,6 @@ def test_nan_loss_stops_with_the_term_and_keeps_the_last_checkpoint(tiny, tmp_pa
 def test_unmatched_token_term_pushes_other_tokens_off_the_frame(tiny, trained):
     """``w_ins_neg``: on a fixed batch, descending L_ins_neg alone lowers the unmatched tokens' rendered
     masks on the labelled rays; with the weight 0 the term is not computed."""
-    from simgen.build.neural.config import NeuralConfig  # noqa: PLC0415
-    from simgen.build.neural.data import load_rays, sample_batch  # noqa: PLC0415
-    from simgen.build.neural.tokens import TokenStats  # noqa: PLC0415
-    from simgen.build.neural.train import train_step  # noqa: PLC0415
-
     out, _ = trained
     model, meta = load_model(out / CHECKPOINT)
     cfg = replace(NeuralConfig(**meta["config"]).resolved(), w_ins_neg=1.0)

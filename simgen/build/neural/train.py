@@ -118,7 +118,8 @@ def train_step(
         if present.numel() == 0:
             continue
         target = (m[:, None] == present[None]).float()  # (Rf, Lp) only masks hit by a sampled ray
-        mi, ti, best = match_masks(u_ins[rays], target, model.tokens.active, cfg.dice_eps)
+        u_f = u_ins[rays]
+        mi, ti, best = match_masks(u_f, target, model.tokens.active, cfg.dice_eps)
         if len(mi) == 0:
             continue
         pts_f = obs[rays]
@@ -126,12 +127,12 @@ def train_step(
         stats.record(mi, ti, best, cents.cpu().numpy())
         ti_t = torch.as_tensor(ti, device=dev)
         mi_t = torch.as_tensor(mi, device=dev)
-        ins_terms.append(L.instance_loss(u_ins[rays][:, ti_t], target[:, mi_t], ph["dice"], cfg.dice_eps))
+        ins_terms.append(L.instance_loss(u_f[:, ti_t], target[:, mi_t], ph["dice"], cfg.dice_eps))
         if cfg.w_ins_neg > 0:
             unmatched = model.tokens.active.clone()
             unmatched[ti_t] = False
             labelled = batch.sem[rays] >= 0  # a missed detection is no evidence of absence
-            neg_terms.append(L.unmatched_loss(u_ins[rays][labelled][:, unmatched]))
+            neg_terms.append(L.unmatched_loss(u_f[labelled][:, unmatched]))
         cls_logits.append(ti_t)
         cls_target.append(data.mask_class[f][present[mi_t]])
         # panoptic target: matched thing pixels -> S + token slot
