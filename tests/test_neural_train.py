@@ -190,7 +190,8 @@ def test_nan_loss_stops_with_the_term_and_keeps_the_last_checkpoint(tiny, tmp_pa
 
 def test_unmatched_token_term_pushes_other_tokens_off_the_frame(tiny, trained):
     """``w_ins_neg``: on a fixed batch, descending L_ins_neg alone lowers the unmatched tokens' rendered
-    masks on the labelled rays; with the weight 0 the term is not computed."""
+    masks on the labelled rays; with the weight 0, or without the spatial prior (a softmax over tokens
+    cannot be empty everywhere), the term is not computed."""
     out, _ = trained
     model, meta = load_model(out / CHECKPOINT)
     cfg = replace(NeuralConfig(**meta["config"]).resolved(), w_ins_neg=1.0)
@@ -210,5 +211,5 @@ def test_unmatched_token_term_pushes_other_tokens_off_the_frame(tiny, trained):
         opt.step()
     assert values[0] > 0
     assert values[-1] < 0.3 * values[0]
-    off = replace(cfg, w_ins_neg=0.0)
-    assert "ins_neg" not in train_step(model, data, batch, off, step, TokenStats(cfg.max_tokens))
+    for off in (replace(cfg, w_ins_neg=0.0), replace(cfg, spatial_prior=False)):
+        assert "ins_neg" not in train_step(model, data, batch, off, step, TokenStats(cfg.max_tokens))

@@ -105,7 +105,9 @@ class NeuralConfig:
     w_sem: float = _f(0.5, "weight of L_sem")
     w_ins: float = _f(1.0, "weight of L_ins")
     w_ins_neg: float = _f(
-        1.0, "weight of L_ins for unmatched tokens (empty target; 0: matched pairs only; docs/method.md)"
+        1.0,
+        "weight of L_ins for unmatched tokens (empty target; 0: matched pairs only; not used without the "
+        "spatial prior; docs/method.md)",
     )
     w_c: float = _f(0.1, "weight of L_c")
     w_pan: float = _f(0.5, "weight of L_pan")

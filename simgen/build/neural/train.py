@@ -107,6 +107,9 @@ def train_step(
     # per-frame Hungarian matching of the frame's thing masks to tokens (eq. 27-29)
     pan_target = torch.where(batch.sem < model.n_stuff, batch.sem, torch.full_like(batch.sem, -1))
     ins_terms, neg_terms, cls_logits, cls_target = [], [], [], []
+    # Panoptic Lifting's softmax ID field (no spatial prior) sums to 1 over tokens, so an empty target
+    # for every unmatched token cannot be met on stuff rays (docs/method.md, "Unmatched tokens")
+    use_neg = cfg.w_ins_neg > 0 and cfg.spatial_prior
     obs = torch.where(
         batch.depth[:, None] > 0, batch.origins + batch.dirs * batch.depth[:, None], float("nan")
     )
@@ -128,7 +131,7 @@ def train_step(
         ti_t = torch.as_tensor(ti, device=dev)
         mi_t = torch.as_tensor(mi, device=dev)
         ins_terms.append(L.instance_loss(u_f[:, ti_t], target[:, mi_t], ph["dice"], cfg.dice_eps))
-        if cfg.w_ins_neg > 0:
+        if use_neg:
             unmatched = model.tokens.active.clone()
             unmatched[ti_t] = False
             labelled = batch.sem[rays] >= 0  # a missed detection is no evidence of absence
@@ -141,7 +144,7 @@ def train_step(
         pan_target[rays] = torch.where(m >= 0, lut[m.clamp_min(0)], pan_target[rays])
     zero = u_ins.sum() * 0.0
     terms["ins"] = torch.stack(ins_terms).mean() if ins_terms else zero
-    if cfg.w_ins_neg > 0:
+    if use_neg:
         terms["ins_neg"] = torch.stack(neg_terms).mean() if neg_terms else zero
     if cls_logits:
         tok = torch.cat(cls_logits)
