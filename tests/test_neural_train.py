@@ -188,6 +188,33 @@ def test_nan_loss_stops_with_the_term_and_keeps_the_last_checkpoint(tiny, tmp_pa
     assert meta["step"] == 4
 
 
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tiny, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of step 7 (no checkpoint due before step 100): the checkpoint holds the 7
+    finished steps, nothing half-written is left beside it, and --resume trains on from step 7."""
+    from simgen.build.neural import train
+
+    real = train.train_step
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", interrupted)
+    out = tmp_path / "ctrl-c"
+    cfg = neural_config("fast", **{**SMALL, "steps": 12})
+    with pytest.raises(KeyboardInterrupt):
+        run_neural(tiny, cfg, out, progress=False)
+    assert load_model(out / CHECKPOINT)[1]["step"] == 7
+    assert sorted(f.name for f in out.iterdir()) == sorted([CHECKPOINT, LOG_FILE])
+    monkeypatch.setattr(train, "train_step", real)
+    record = run_neural(tiny, replace(cfg, resume=True), out, progress=False)
+    assert record["counters"]["resumed_from"] == 7
+    assert [json.loads(line)["step"] for line in (out / LOG_FILE).read_text().splitlines()] == [0, 10, 11]
+
+
 def test_unmatched_token_term_pushes_other_tokens_off_the_frame(tiny, trained):
     """``w_ins_neg``: on a fixed batch, descending L_ins_neg alone lowers the unmatched tokens' rendered
     masks on the labelled rays; with the weight 0, or without the spatial prior (a softmax over tokens
