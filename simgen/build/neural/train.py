@@ -215,7 +215,9 @@ def _save_checkpoint(
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[PanopticModel, dict[str, Any]]:
     """The trained :class:`PanopticModel` of a checkpoint (``OUT/checkpoint.pt``), in eval mode, and the
-    checkpoint's metadata (``step``, ``config``, ``token_history``). Used by the render server and tests.
+    checkpoint's metadata (``step``, ``config``, ``token_history``), for querying the fields from Python
+    (``model.sdf``, ``model.segment``). The render server does not use it: it serves the build's mesh, the
+    geometry the exported world collides with (docs/serve.md).
 
     Raises:
         ValueError: the file is missing or is not a neural checkpoint (message names the file).
