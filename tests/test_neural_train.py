@@ -159,6 +159,24 @@ def test_resume_continues_from_the_checkpoint(tiny, trained, tmp_path):
     assert load_model(copy / CHECKPOINT)[1]["step"] == STEPS + 10
 
 
+def test_checkpoint_of_another_version_loads_or_says_why(trained, tmp_path):
+    """A config field this version does not know is ignored with a warning naming it (the weights
+    decide whether the model fits); weights that do not fit their config are refused naming the file."""
+    out, record = trained
+    ckpt = torch.load(out / CHECKPOINT, weights_only=False)
+    ckpt["config"]["field_from_the_future"] = 1
+    torch.save(ckpt, tmp_path / "newer.pt")
+    with pytest.warns(UserWarning, match="field_from_the_future"):
+        model, _ = load_model(tmp_path / "newer.pt")
+    p = torch.as_tensor(record["mesh"].vertices[:500])
+    assert torch.equal(model.label_points(p)[0], record["model"].label_points(p)[0])
+    del ckpt["config"]["field_from_the_future"]
+    ckpt["config"]["geo_levels"] += 2
+    torch.save(ckpt, tmp_path / "misfit.pt")
+    with pytest.raises(ValueError, match=r"misfit\.pt: the model in the checkpoint does not fit"):
+        load_model(tmp_path / "misfit.pt")
+
+
 def test_resume_refuses_missing_or_foreign_checkpoints(tiny, tmp_path):
     cfg = neural_config("fast", **{**SMALL, "resume": True})
     with pytest.raises(ValueError, match="no checkpoint"):

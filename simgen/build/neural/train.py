@@ -16,7 +16,8 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict
+import warnings
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +232,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pa
         raise ValueError(f"{path}: not a readable checkpoint ({e})") from e
     if not isinstance(ckpt, dict) or not {"model", "config", "box", "classes"} <= set(ckpt):
         raise ValueError(f"{path}: not a neural-build checkpoint (missing model / config / box / classes)")
-    cfg = NeuralConfig(**ckpt["config"]).resolved()
+    known = {f.name for f in fields(NeuralConfig)}
+    unknown = sorted(set(ckpt["config"]) - known)
+    if unknown:  # written by another simgen version; the state dict below decides whether the model fits
+        warnings.warn(f"{path}: ignoring config fields this simgen does not know: {', '.join(unknown)}",
+                      stacklevel=2)  # fmt: skip
+    cfg = NeuralConfig(**{k: v for k, v in ckpt["config"].items() if k in known}).resolved()
     (lo, hi), (classes, n_stuff) = ckpt["box"], ckpt["classes"]
     # tinycudann parameters load into the torch backend unchanged (same layout), so pick by device
     model = PanopticModel(cfg, lo, hi, classes, n_stuff, device)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the model in the checkpoint does not fit its config ({e})") from e
     model.eval()
     meta = {k: ckpt[k] for k in ("step", "config", "token_history")}
     return model, meta
