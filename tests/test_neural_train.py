@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -175,6 +176,18 @@ def test_checkpoint_of_another_version_loads_or_says_why(trained, tmp_path):
     torch.save(ckpt, tmp_path / "misfit.pt")
     with pytest.raises(ValueError, match=r"misfit\.pt: the model in the checkpoint does not fit"):
         load_model(tmp_path / "misfit.pt")
+
+
+def test_quality_preset_on_cpu_warns_before_loading_anything(tiny, tmp_path):
+    """The quality preset on a CPU warns that training takes days; fast does not. (resume without a
+    checkpoint stops both runs right after the start.)"""
+    cfg = neural_config("quality", device="cpu", resume=True)
+    with pytest.warns(UserWarning, match="sized for a GPU"), pytest.raises(ValueError, match="no checkpoint"):
+        run_neural(tiny, cfg, tmp_path / "q", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="no checkpoint"):
+            run_neural(tiny, neural_config("fast", device="cpu", resume=True), tmp_path / "f", progress=False)
 
 
 def test_resume_refuses_missing_or_foreign_checkpoints(tiny, tmp_path):

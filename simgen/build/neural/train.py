@@ -275,6 +275,13 @@ def run_neural(
     cfg.validate()
     t0 = time.perf_counter()
     dev = pick_device(cfg.device)
+    if cfg.preset == "quality" and dev.type == "cpu":
+        warnings.warn(
+            "neural.preset quality is sized for a GPU: on a CPU one step takes tens of seconds (34 s on the "
+            f"2-core machine of docs/benchmarks.md), so {cfg.steps} steps take days. Use --neural.preset fast "
+            "(minutes on a CPU) or a CUDA device.",
+            stacklevel=2,
+        )
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     out = Path(out_dir) if out_dir is not None else None
