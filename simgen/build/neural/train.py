@@ -277,7 +277,7 @@ def run_neural(
     dev = pick_device(cfg.device)
     if cfg.preset == "quality" and dev.type == "cpu":
         warnings.warn(
-            "neural.preset quality is sized for a GPU: on a CPU one step takes tens of seconds (34 s on the "
+            "neural.preset quality is sized for a GPU: on a CPU one step takes tens of seconds (15.5 s on the "
             f"2-core machine of docs/benchmarks.md), so {cfg.steps} steps take days. Use --neural.preset fast "
             "(minutes on a CPU) or a CUDA device.",
             stacklevel=2,
