@@ -33,7 +33,7 @@ def time_steps(scene, preset: str, steps: int, device: str, frames: int) -> dict
     from simgen.build.neural.data import load_rays, sample_batch, thing_pixels_3d
     from simgen.build.neural.model import PanopticModel
     from simgen.build.neural.tokens import TokenStats, init_tokens
-    from simgen.build.neural.train import pick_device, train_step
+    from simgen.build.neural.train import optimise, pick_device, train_step
 
     cfg = neural_config(preset, device=device)
     dev = pick_device(cfg.device)
@@ -53,15 +53,7 @@ def time_steps(scene, preset: str, steps: int, device: str, frames: int) -> dict
         ctx = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
         with ctx:
             terms = train_step(model, data, batch, cfg, cfg.steps // 2, stats)
-        total = sum(terms.values())
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(total).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            total.backward()
-            opt.step()
+        optimise(terms, cfg, opt, scaler)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)

@@ -177,6 +177,23 @@ WEIGHTS = {
 }
 
 
+def optimise(
+    terms: dict[str, torch.Tensor], cfg: NeuralConfig, opt: torch.optim.Optimizer, scaler
+) -> torch.Tensor:
+    """The weighted loss of eq. 23 from ``train_step``'s terms, backward and one optimiser step (with
+    the AMP gradient scaler when given). Returns the weighted total."""
+    total = sum(getattr(cfg, WEIGHTS[k]) * v for k, v in terms.items())
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        total.backward()
+        opt.step()
+    return total
+
+
 @torch.no_grad()
 def surface_points(model: PanopticModel, data: RayData, n: int, rng: np.random.Generator) -> torch.Tensor:
     """``(n, 3)`` points on the current surface: observed depth points moved along the SDF gradient to s = 0."""
@@ -358,15 +375,7 @@ def run_neural(
                         f"loss term L_{name} became {v.item()} at step {step}; training stopped. "
                         f"Last good checkpoint: {where}. Try a lower neural.lr-grid / neural.lr-mlp."
                     )
-            total = sum(getattr(cfg, WEIGHTS[k]) * v for k, v in terms.items())
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(total).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                total.backward()
-                opt.step()
+            total = optimise(terms, cfg, opt, scaler)
             sched.step()
             with torch.no_grad():
                 model.tokens.log_scale.clamp_(
