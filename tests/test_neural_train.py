@@ -88,6 +88,32 @@ def test_build_folder_layout(trained):
     assert ids == set(np.unique(mesh.instance[mesh.instance > 0]).tolist())
 
 
+def test_training_plot_draws_the_logged_curves(trained, tmp_path):
+    """training.png is written; its figure has one curve per logged loss term (plus the total) whose
+    points are the log's, and the token panel follows the logged token count."""
+    from simgen.build.neural.plot import PLOT_FILE, read_log, training_figure
+
+    out, _ = trained
+    assert (out / PLOT_FILE).stat().st_size > 10_000
+    rows = read_log(out / LOG_FILE)
+    ax_loss, ax_tok = training_figure(rows).axes
+    curves = {line.get_label(): line for line in ax_loss.get_lines()}
+    assert {k for k in curves if not k.startswith("_")} == {
+        "total (weighted)", "L_c", "L_depth", "L_eik", "L_ins", "L_ins_neg", "L_pan", "L_sdf", "L_sem"
+    }  # fmt: skip
+    sem = [(r["step"], r["sem"]) for r in rows if r.get("sem", 0) > 0]
+    assert list(curves["_sem logged"].get_xdata()) == [s for s, _ in sem]
+    assert list(curves["_sem logged"].get_ydata()) == [v for _, v in sem]
+    w = max(1, len(sem) // 40)
+    assert curves["L_sem"].get_ydata()[-1] == pytest.approx(np.mean([v for _, v in sem][-w:]))
+    assert sem[0][0] >= SMALL["seg_start"] * STEPS  # the term starts when its group switches on
+    assert list(ax_tok.get_lines()[0].get_ydata()) == [r["tokens"] for r in rows]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 0}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not a JSON line"):
+        read_log(bad)
+
+
 def test_losses_fall(trained):
     out, _ = trained
     log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]

@@ -419,6 +419,10 @@ def run_neural(
     t_train = time.perf_counter() - t_train
     if ckpt_path is not None:
         _save_checkpoint(ckpt_path, model, opt, sched, scaler, cfg.steps, stats, history, data, cfg, rng)
+    if out is not None:
+        from simgen.build.neural.plot import PLOT_FILE, write_training_plot  # noqa: PLC0415  (matplotlib)
+
+        write_training_plot(out / LOG_FILE, out / PLOT_FILE, cfg)
     model.eval()
     record = write_build(scene, model, data, cfg, out, progress)
     record["timings_s"].update({"train": round(t_train, 2), "total": round(time.perf_counter() - t0, 2),
