@@ -14,6 +14,7 @@ from simgen.build.neural.hashgrid import (
     TcnnHashGrid,
     level_layout,
     make_hashgrid,
+    scatter_rows,
     tcnn_available,
 )
 
@@ -94,6 +95,21 @@ def test_table_gradient_equals_plain_autograd():
     (plain * upstream).sum().backward()
     torch.testing.assert_close(fast, table.grad, atol=1e-5, rtol=1e-5)
     assert fast.abs().sum() > 0
+
+
+def test_gpu_and_cpu_scatters_give_the_same_table_gradient():
+    """The GPU's index_add_ scatter (run here on the CPU) and the CPU's bincount scatter agree, rows hit
+    many times and never included, for float32 and for float16 gradients (AMP)."""
+    g = torch.Generator().manual_seed(3)
+    flat = torch.randint(0, 50, (4000,), generator=g)  # 50 rows, each hit ~80 times; rows 50-63 never
+    for dtype in (torch.float32, torch.float16):
+        grad = torch.randn(1000, 4, 2, generator=g).to(dtype)
+        a = scatter_rows(flat, grad, 64, index_add=True)
+        b = scatter_rows(flat, grad, 64, index_add=False)
+        assert a.dtype == b.dtype == torch.float32 and a.shape == (64, 2)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+        assert a[50:].abs().sum() == 0
+        torch.testing.assert_close(a.sum(0), grad.float().reshape(-1, 2).sum(0), atol=1e-3, rtol=1e-5)
 
 
 def test_input_gradient_matches_finite_differences():

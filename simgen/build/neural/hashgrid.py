@@ -103,14 +103,20 @@ class _Gather(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         (idx,) = ctx.saved_tensors
-        flat = idx.reshape(-1)
-        if grad_out.is_cuda:  # index_add_ uses atomics on the GPU and is fast there
-            g = torch.zeros(ctx.rows, grad_out.shape[-1], device=grad_out.device, dtype=torch.float32)
-            g.index_add_(0, flat.long(), grad_out.reshape(len(flat), -1).float())
-            return g, None
-        go = grad_out.reshape(len(flat), -1).float()
-        cols = [torch.bincount(flat, weights=go[:, f], minlength=ctx.rows) for f in range(go.shape[1])]
-        return torch.stack(cols, dim=1).to(torch.float32), None
+        return scatter_rows(idx.reshape(-1), grad_out, ctx.rows, index_add=grad_out.is_cuda), None
+
+
+def scatter_rows(flat: torch.Tensor, grad: torch.Tensor, rows: int, index_add: bool) -> torch.Tensor:
+    """Sum the gradient rows ``grad`` ``(..., F)`` (``flat.numel()`` rows once flattened) into a
+    ``(rows, F)`` float32 table gradient at the table rows ``flat``. ``index_add``: ``index_add_``, which
+    uses atomics and is fast on the GPU; else one weighted ``bincount`` per feature, the fast way on a CPU.
+    Both give the same sums (tests run both on the CPU)."""
+    go = grad.reshape(len(flat), -1).float()
+    if index_add:
+        g = torch.zeros(rows, go.shape[1], device=go.device, dtype=torch.float32)
+        return g.index_add_(0, flat.long(), go)
+    cols = [torch.bincount(flat, weights=go[:, f], minlength=rows) for f in range(go.shape[1])]
+    return torch.stack(cols, dim=1).to(torch.float32)
 
 
 def _corners(ax: torch.Tensor, ay: torch.Tensor, az: torch.Tensor):
