@@ -108,6 +108,11 @@ def test_training_plot_draws_the_logged_curves(trained, tmp_path):
     assert curves["L_sem"].get_ydata()[-1] == pytest.approx(np.mean([v for _, v in sem][-w:]))
     assert sem[0][0] >= SMALL["seg_start"] * STEPS  # the term starts when its group switches on
     assert list(ax_tok.get_lines()[0].get_ydata()) == [r["tokens"] for r in rows]
+    cfg = neural_config("fast", **SMALL)
+    marks = {t.get_text().strip(): t.get_position()[0] for t in training_figure(rows, cfg).axes[0].texts}
+    assert marks == {"sem/ins on": 0.1 * STEPS, "L_pan on": 0.4 * STEPS, "Dice off": 0.75 * STEPS}
+    no_head = training_figure(rows, replace(cfg, panoptic_head=False)).axes[0].texts
+    assert "L_pan on" not in {t.get_text().strip() for t in no_head}
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 0}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: not a JSON line"):

@@ -79,11 +79,10 @@ def training_figure(rows: list[dict], cfg: NeuralConfig | None = None):
     ax_tok.set_ylabel("active instance tokens")
     if cfg is not None:
         c = cfg.resolved()
-        for frac, label in (
-            (c.seg_start, "sem/ins on"),
-            (c.pan_start, "L_pan on"),
-            (c.dice_stop, "Dice off"),
-        ):
+        marks = [(c.seg_start, "sem/ins on"), (c.dice_stop, "Dice off")]
+        if c.panoptic_head:  # the ablation without the head has no L_pan
+            marks.insert(1, (c.pan_start, "L_pan on"))
+        for frac, label in marks:
             ax_loss.axvline(frac * c.steps, color="0.6", ls="--", lw=0.8)
             ax_loss.text(frac * c.steps, 1.0, f" {label}", transform=ax_loss.get_xaxis_transform(),
                          fontsize=7, va="top", color="0.4")  # fmt: skip
