@@ -74,7 +74,9 @@ def one_build(args: argparse.Namespace) -> int:
     if torch.cuda.is_available():
         res["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if args.method != "fusion":
-        log = [json.loads(x) for x in (Path(args.build) / LOG_FILE).read_text().splitlines()]
+        from simgen.build.neural.plot import read_log
+
+        log = read_log(Path(args.build) / LOG_FILE)
         per_step = [
             (b["time_s"] - a["time_s"]) / (b["step"] - a["step"])
             for a, b in zip(log[:-1], log[1:], strict=True)
