@@ -45,9 +45,9 @@ def load_avg() -> str:
 
 def _build_child(scene_dir: str, quality: bool, conn) -> None:
     """One build in a fresh process; sends back timings, memory and (optionally) quality figures."""
-    from simgen.build.fusion import FusionConfig, run_fusion
-    from simgen.build.fusion.quality import gt_quality
     from simgen.data.scene import load_scene
+    from simgen.recon.fusion import FusionConfig, run_fusion
+    from simgen.recon.fusion.quality import gt_quality
 
     scene = load_scene(scene_dir)
     cfg = FusionConfig()
@@ -99,7 +99,7 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    from simgen.data.synth import synthesize
+    from simgen.synth import synthesize
 
     print(machine())
     print(f"start: {load_avg()}")

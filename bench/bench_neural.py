@@ -36,14 +36,14 @@ from typing import get_args
 
 from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-from simgen.data.synth.layout import TwinLayout
+from simgen.synth.layout import TwinLayout
 
 VARIANTS = {
     "full": {},
     "no-prior": {"spatial_prior": False},
     "no-dynamic": {"dynamic_tokens": False},
     "no-head": {"panoptic_head": False},
-    # warm start from a fusion build (simgen.build.neural.warmstart) forced on / off, whatever the preset says
+    # warm start from a fusion build (simgen.recon.neural.warmstart) forced on / off, whatever the preset says
     "init-fusion": {"init": "fusion"},
     "init-none": {"init": "none"},
 }
@@ -59,11 +59,11 @@ def one_build(args: argparse.Namespace) -> int:
     scene = load_scene(args.scene)
     t0 = time.perf_counter()
     if args.method == "fusion":
-        from simgen.build.fusion import FusionConfig, run_fusion
+        from simgen.recon.fusion import FusionConfig, run_fusion
 
         record = run_fusion(scene, FusionConfig(), args.build, progress=False)
     else:
-        from simgen.build.neural import LOG_FILE, neural_config, run_neural
+        from simgen.recon.neural import LOG_FILE, neural_config, run_neural
 
         overrides = json.loads(args.overrides)
         cfg = neural_config(args.config, device=args.device, **overrides)
@@ -74,7 +74,7 @@ def one_build(args: argparse.Namespace) -> int:
     if torch.cuda.is_available():
         res["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if args.method != "fusion":
-        from simgen.build.neural.plot import read_log
+        from simgen.recon.neural.plot import read_log
 
         log = read_log(Path(args.build) / LOG_FILE)
         per_step = [
@@ -115,9 +115,9 @@ def twin_ids(build: Path, scene_dir: Path) -> dict:
     twins = json.loads((scene_dir / "gt" / "synth.json").read_text()).get("twins", [])
     if not twins:
         return {}
-    from simgen.build.fusion.quality import gt_quality
-    from simgen.build.output import read_panoptic_mesh
     from simgen.data.scene import load_scene
+    from simgen.folders import read_panoptic_mesh
+    from simgen.recon.fusion.quality import gt_quality
 
     scene = load_scene(scene_dir)
     q = gt_quality(scene, read_panoptic_mesh(build / "panoptic_mesh.ply"), 0.03, scene.split_indices("all"))
@@ -162,7 +162,7 @@ def main() -> int:
     if args._child:
         return one_build(args)
 
-    from simgen.data.synth import synthesize
+    from simgen.synth import synthesize
 
     print(machine(), flush=True)
     scratch = args.out or Path(tempfile.mkdtemp(prefix="bench_neural_"))

@@ -29,11 +29,11 @@ from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a 
 
 
 def time_steps(scene, preset: str, steps: int, device: str, frames: int) -> dict:
-    from simgen.build.neural import neural_config
-    from simgen.build.neural.data import load_rays, sample_batch, thing_pixels_3d
-    from simgen.build.neural.model import PanopticModel
-    from simgen.build.neural.tokens import TokenStats, init_tokens
-    from simgen.build.neural.train import optimise, pick_device, train_step
+    from simgen.recon.neural import neural_config
+    from simgen.recon.neural.data import load_rays, sample_batch, thing_pixels_3d
+    from simgen.recon.neural.model import PanopticModel
+    from simgen.recon.neural.tokens import TokenStats, init_tokens
+    from simgen.recon.neural.train import optimise, pick_device, train_step
 
     cfg = neural_config(preset, device=device)
     dev = pick_device(cfg.device)
@@ -83,7 +83,7 @@ def main() -> int:
         ap.error("--steps, --frames and --threads must be >= 1")
     torch.set_num_threads(args.threads)
     from simgen.data.scene import load_scene
-    from simgen.data.synth import synthesize
+    from simgen.synth import synthesize
 
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:

@@ -67,7 +67,7 @@ class Server:
         if self.url is None:
             raise RuntimeError("server did not start")
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
-        from simgen.client import RenderClient
+        from simgen.serve.client import RenderClient
 
         deadline = time.monotonic() + 120
         while True:
@@ -130,7 +130,7 @@ def percentiles(ms: list[float]) -> dict:
 
 
 def latency(url: str, pose_list: list[dict], size: tuple[int, int], outputs: list[str]) -> dict:
-    from simgen.client import RenderClient
+    from simgen.serve.client import RenderClient
 
     with RenderClient(url, retries=0) as c:
         c.render(pose_list[0], width=size[0], height=size[1], outputs=outputs)  # connection + warm caches
@@ -143,7 +143,7 @@ def latency(url: str, pose_list: list[dict], size: tuple[int, int], outputs: lis
 
 
 def throughput(server: Server, pose_list: list[dict], size, outputs, clients: int, duration: float) -> dict:
-    from simgen.client import RenderClient, RenderError
+    from simgen.serve.client import RenderClient, RenderError
 
     stop = time.monotonic() + duration
     ok, errors, ms = [0] * clients, [0] * clients, [[] for _ in range(clients)]
@@ -220,7 +220,7 @@ def main() -> int:
         for workers in args.workers:
             server = Server(folder, workers)
             try:
-                from simgen.client import RenderClient
+                from simgen.serve.client import RenderClient
 
                 default = RenderClient(server.url).scene()["default_camera"]["pose"]
                 pose_list = poses(default, requests)

@@ -29,7 +29,7 @@ from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a 
 
 
 def gt_panoptic_mesh(scene):
-    from simgen.build.output import PanopticMesh
+    from simgen.folders import PanopticMesh
 
     mesh = scene.gt.mesh()
     seg = scene.gt.mesh_labels()
@@ -42,7 +42,7 @@ def gt_panoptic_mesh(scene):
 def _autograd_path_render(g, viewmat, K, w: int, h: int) -> None:
     """The autograd path's forward run without building a graph (what no-grad renders used before the
     inference path existed), to compare the two under the same load."""
-    from simgen.splat import rasterize as R
+    from simgen.render import rasterize as R
 
     with torch.no_grad():
         vm, K = viewmat.to(g.means), K.to(g.means)
@@ -66,8 +66,8 @@ def _resized_view(view, w: int, h: int):
 
 
 def bench_render(scene, counts, sizes, runs: int, device: str, ab: bool) -> None:
+    from simgen.render.rasterize import rasterize
     from simgen.splat.gaussians import init_from_mesh
-    from simgen.splat.rasterize import rasterize
     from simgen.splat.train import SplatConfig, load_views, loss_terms
 
     def sync() -> None:
@@ -128,10 +128,10 @@ def bench_render(scene, counts, sizes, runs: int, device: str, ab: bool) -> None
 
 
 def bench_train(preset: str, iterations: int | None, scratch: Path, device: str) -> None:
-    from simgen.build.output import write_panoptic_mesh
     from simgen.data.scene import load_scene
-    from simgen.data.synth import synthesize
+    from simgen.folders import write_panoptic_mesh
     from simgen.splat.train import SplatConfig, run_gaussians
+    from simgen.synth import synthesize
 
     scene = load_scene(synthesize(scratch / preset, preset=preset, seed=0))
     build = scratch / f"build_{preset}"
@@ -185,7 +185,7 @@ def main() -> int:
         scratch = Path(tmp)
         if not args.skip_render:
             from simgen.data.scene import load_scene
-            from simgen.data.synth import synthesize
+            from simgen.synth import synthesize
 
             room = load_scene(synthesize(scratch / "render_room", preset="room", seed=0, frames=10))
             bench_render(room, args.counts, sizes, args.runs, args.device, args.ab)

@@ -89,7 +89,7 @@ def git_commit() -> str | None:
 
 def ensure_scene(preset: str, root: Path, seed: int, quiet: bool) -> Path:
     """``root/<preset>``: synthesised unless a scene of that preset and seed is already there."""
-    from simgen.data.synth import synthesize
+    from simgen.synth import synthesize
 
     scene_dir = root / preset
     meta = scene_dir / "gt" / "synth.json"
@@ -118,7 +118,7 @@ def build_once(
     scene = load_scene(scene_dir)
     t0 = time.perf_counter()
     if builder == "fusion":
-        from simgen.build.fusion import FusionConfig, run_fusion
+        from simgen.recon.fusion import FusionConfig, run_fusion
 
         rec = run_fusion(scene, FusionConfig(), out_dir, progress=not quiet)
         wall = time.perf_counter() - t0
@@ -130,7 +130,7 @@ def build_once(
     else:
         import torch
 
-        from simgen.build.neural import NeuralConfig, run_neural
+        from simgen.recon.neural import NeuralConfig, run_neural
 
         torch.set_num_threads(threads)
         if steps is not None:

@@ -12,10 +12,10 @@ Load it on a robot model with Gazebo's Python system loader::
     </plugin>
 
 Every simulation step it reads the camera link's world pose and hands it to
-:class:`simgen.serve.gazebo.CameraBridge`, which (at ``rate_hz`` of sim time) asks the render server for
+:class:`simgen.sim.gazebo.CameraBridge`, which (at ``rate_hz`` of sim time) asks the render server for
 the images and gives back message fields that this file copies into gz-msgs and publishes with
 gz-transport. Nothing else happens here: settings, pose maths, rate limiting, request and message
-building are in ``simgen.serve.gazebo`` and tested there. See sensor_plugin/README.md for what was and
+building are in ``simgen.sim.gazebo`` and tested there. See sensor_plugin/README.md for what was and
 was not verified.
 """
 
@@ -36,8 +36,8 @@ except ImportError:  # pragma: no cover - depends on the Gazebo release
     from gz.sim import Link, Model
     from gz.transport import Node
 
-from simgen.client import RenderClient
-from simgen.serve.gazebo import SDF_KEYS, BridgeConfigError, CameraBridge, config_from_sdf
+from simgen.serve.client import RenderClient
+from simgen.sim.gazebo import SDF_KEYS, BridgeConfigError, CameraBridge, config_from_sdf
 
 log = logging.getLogger("simgen.gazebo")
 MESSAGE_TYPES = {"image": Image, "camera_info": CameraInfo, "string": StringMsg}
@@ -51,7 +51,7 @@ def _fill_header(msg, header: dict) -> None:
 
 
 def to_message(kind: str, fields: dict):
-    """Field dict of :func:`simgen.serve.gazebo.build_messages` -> the gz-msgs protobuf message."""
+    """Field dict of :func:`simgen.sim.gazebo.build_messages` -> the gz-msgs protobuf message."""
     msg = MESSAGE_TYPES[kind]()
     _fill_header(msg, fields["header"])
     if kind == "image":

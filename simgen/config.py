@@ -16,6 +16,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class ConfigError(ValueError):
+    """A setting is out of range or inconsistent; the message names the flag or field."""
+
+
 def positive_int(text: str) -> int:
     """argparse ``type`` for counts that must be at least 1 (threads, workers)."""
     value = int(text)
@@ -80,7 +84,15 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace, prefix: str = ""
             if typing.get_origin(tp) is tuple and isinstance(v, list):
                 v = tuple(v)
             values[f.name] = v
-    return cls(**values)
+    try:
+        cfg = cls(**values)
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simgen.build.output import PanopticMesh, read_panoptic_mesh, write_panoptic_mesh
 from simgen.cli import main
 from simgen.data.scene import load_scene
-from simgen.data.synth import synthesize
 from simgen.eval.evaluate import gt_labels
+from simgen.folders import PanopticMesh, read_panoptic_mesh, write_panoptic_mesh
+from simgen.synth import synthesize
 
 FAST = ["--samples", "30000", "--quiet"]
 
@@ -218,7 +218,8 @@ def test_observed_mask_depth_test_by_hand():
 
 def test_gaussians_in_the_build_are_scored(tmp_path, scene_dir, scene):
     pytest.importorskip("torch")
-    from simgen.splat.gaussians import init_from_mesh, save_ply
+    from simgen.render.gaussians import save_ply
+    from simgen.splat.gaussians import init_from_mesh
 
     mesh = _gt_mesh(scene)
     build = _write_build(tmp_path / "gs", mesh)

@@ -353,9 +353,9 @@ def test_psnr_ssim_absrel():
 
 
 def test_render_panoptic_labels_nearest_corner_and_interpolates_colour():
-    from simgen.build.output import PanopticMesh
     from simgen.data.camera import Intrinsics, look_at, opengl_to_opencv
-    from simgen.eval.render import colors_at_hits, labels_at_hits, render_panoptic
+    from simgen.folders import PanopticMesh
+    from simgen.render.mesh import colors_at_hits, labels_at_hits, render_panoptic
     from simgen.render.raycast import MeshRaycaster
 
     # A 2 x 2 m square at z = 0 split into two triangles; each corner its own label and colour.

@@ -12,7 +12,6 @@ from lxml import etree
 from scipy.spatial.transform import Rotation
 from test_export_scenes import CATEGORIES, HEIGHT, ROOM, gt_build, make_mesh, room_parts, write_build
 
-from simgen.build.output import read_panoptic_mesh
 from simgen.cli import main
 from simgen.data.scene import Category
 from simgen.export import pipeline
@@ -21,6 +20,7 @@ from simgen.export.colliders import robust_convex_hull, stuff_boxes
 from simgen.export.config import ExportConfig
 from simgen.export.pipeline import ExportError, run_export
 from simgen.export.texture import bake_vertex_colors
+from simgen.folders import read_panoptic_mesh
 
 FAST = dict(max_hulls=6, texture_size=128, coacd_resolution=500, face_budget=5000, quiet=True)
 
@@ -252,7 +252,7 @@ def test_errors_name_the_file(tmp_path):
 
 
 def test_gt_build_of_the_synthetic_tiny_scene(tmp_path):
-    synth = pytest.importorskip("simgen.data.synth")
+    synth = pytest.importorskip("simgen.synth")
     scene = synth.synthesize(tmp_path / "tiny", preset="tiny", seed=0)
     build = gt_build(scene, tmp_path / "gt")
     s = run_export(build, tmp_path / "out", ExportConfig(**FAST))

@@ -18,24 +18,25 @@ import pytest
 import trimesh
 from lxml import etree
 
-from simgen.build.output import PanopticMesh, instance_records, write_instances, write_panoptic_mesh
+from simgen import folders
 from simgen.cli import main
 from simgen.data import io
 from simgen.data.scene import load_scene
-from simgen.data.synth import THING_IDS, make_scene, preset_config, synthesize
-from simgen.data.synth.layout import CATEGORIES, FLOOR
 from simgen.export.appearance import (
     Views,
     load_views,
     prepare_appearance,
-    scene_folder,
     select_frames,
     shade_texels,
 )
 from simgen.export.config import ExportConfig
 from simgen.export.pipeline import ExportError, run_export
+from simgen.folders import PanopticMesh, instance_records, write_instances, write_panoptic_mesh
+from simgen.render.gaussians import save_ply
 from simgen.render.raycast import MeshRaycaster
-from simgen.splat.gaussians import from_points, save_ply
+from simgen.splat.gaussians import from_points
+from simgen.synth import THING_IDS, make_scene, preset_config, synthesize
+from simgen.synth.layout import CATEGORIES, FLOOR
 
 SYNTH = dict(noise=False, width=640, height=480, frames=10, test_every=0, objects=3)
 BAKE_VIEWS = 5  # of the 10 frames: select_frames picks 0, 2, 4, 7, 9; the others are held out
@@ -189,7 +190,7 @@ def test_missing_scene_folder_falls_back_to_vertex_colours_with_a_warning(build,
     record = json.loads((moved / "build.json").read_text())
     record["scene"] = str(tmp_path / "gone")
     (moved / "build.json").write_text(json.dumps(record))
-    assert scene_folder(moved) == (
+    assert folders.scene_of_build(moved) == (
         None,
         f"scene folder {tmp_path / 'gone'} (from {moved / 'build.json'}) is missing",
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from simgen.build.output import PanopticMesh, instance_records, write_instances, write_panoptic_mesh
 from simgen.data.scene import Category
+from simgen.folders import PanopticMesh, instance_records, write_instances, write_panoptic_mesh
 
 CATEGORIES = {
     1: Category(1, "floor", False),

@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simgen.build import output
-from simgen.build.fusion import FusionConfig, SkippedFrameWarning, run_fusion
-from simgen.build.fusion import association as assoc
-from simgen.build.fusion.keyframes import KeyframeSelector, fragments, pose_distance, select_keyframes
-from simgen.build.fusion.quality import gt_quality
-from simgen.build.fusion.tsdf import VoxelBlockVolume, pack_keys, unpack_keys
+from simgen import folders as output
 from simgen.cli import main as simgen_main
 from simgen.data import io
 from simgen.data.camera import Intrinsics
 from simgen.data.scene import load_scene
-from simgen.data.synth import synthesize
+from simgen.recon.fusion import FusionConfig, SkippedFrameWarning, run_fusion
+from simgen.recon.fusion import association as assoc
+from simgen.recon.fusion.keyframes import KeyframeSelector, fragments, pose_distance, select_keyframes
+from simgen.recon.fusion.quality import gt_quality
+from simgen.recon.fusion.tsdf import VoxelBlockVolume, pack_keys, unpack_keys
+from simgen.synth import synthesize
 
 VOXEL = 0.03
 
@@ -392,7 +392,7 @@ def test_block_keys_round_trip():
 
 
 def test_tsdf_plane_is_meshed_at_its_depth():
-    from simgen.build.fusion.mesh import extract_mesh
+    from simgen.recon.fusion.mesh import extract_mesh
 
     K = Intrinsics(40.0, 40.0, 32.0, 24.0, 64, 48)
     vol = VoxelBlockVolume(0.02, 0.06, n_classes=2)

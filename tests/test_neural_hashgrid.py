@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from simgen.build.neural.hashgrid import (
+from simgen.recon.neural.hashgrid import (
     HashGrid,
     HashGridSpec,
     TcnnHashGrid,

@@ -16,15 +16,15 @@ import trimesh
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from simgen.build.fusion import FusionConfig, run_fusion
-from simgen.build.neural import neural_config, run_neural
-from simgen.build.neural.data import load_rays
-from simgen.build.neural.model import PanopticModel
-from simgen.build.neural.warmstart import FusionPrior, fused_mesh, token_gaussians, warm_start
-from simgen.build.output import BUILD_FILE
 from simgen.data.camera import backproject
 from simgen.data.scene import load_scene
-from simgen.data.synth import synthesize
+from simgen.folders import BUILD_FILE
+from simgen.recon.fusion import FusionConfig, run_fusion
+from simgen.recon.neural import neural_config, run_neural
+from simgen.recon.neural.data import load_rays
+from simgen.recon.neural.model import PanopticModel
+from simgen.recon.neural.warmstart import FusionPrior, fused_mesh, token_gaussians, warm_start
+from simgen.synth import synthesize
 
 # the fast preset shrunk so the pre-fit takes seconds (as tests/test_neural_train.py)
 SMALL = dict(

@@ -17,15 +17,15 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from simgen.build.neural import CHECKPOINT, LOG_FILE, NeuralTrainingError, neural_config, run_neural
-from simgen.build.neural.config import NeuralConfig
-from simgen.build.neural.data import load_rays, sample_batch
-from simgen.build.neural.tokens import TokenStats
-from simgen.build.neural.train import load_model, train_step
-from simgen.build.output import BUILD_FILE, INSTANCES_FILE, MESH_FILE, read_instances, read_panoptic_mesh
 from simgen.data.camera import backproject
 from simgen.data.scene import load_scene
-from simgen.data.synth import synthesize
+from simgen.folders import BUILD_FILE, INSTANCES_FILE, MESH_FILE, read_instances, read_panoptic_mesh
+from simgen.recon.neural import CHECKPOINT, LOG_FILE, NeuralTrainingError, neural_config, run_neural
+from simgen.recon.neural.config import NeuralConfig
+from simgen.recon.neural.data import load_rays, sample_batch
+from simgen.recon.neural.tokens import TokenStats
+from simgen.recon.neural.train import load_model, train_step
+from simgen.synth import synthesize
 
 STEPS = 200
 # the fast preset shrunk so the run takes seconds: smaller geometry grid, fewer rays, coarser mesh
@@ -91,7 +91,7 @@ def test_build_folder_layout(trained):
 def test_training_plot_draws_the_logged_curves(trained, tmp_path):
     """training.png is written; its figure has one curve per logged loss term (plus the total) whose
     points are the log's, and the token panel follows the logged token count."""
-    from simgen.build.neural.plot import PLOT_FILE, read_log, training_figure
+    from simgen.recon.neural.plot import PLOT_FILE, read_log, training_figure
 
     out, _ = trained
     assert (out / PLOT_FILE).stat().st_size > 10_000
@@ -232,7 +232,7 @@ def test_resume_refuses_missing_or_foreign_checkpoints(tiny, tmp_path):
 
 
 def test_nan_loss_stops_with_the_term_and_keeps_the_last_checkpoint(tiny, tmp_path, monkeypatch):
-    from simgen.build.neural import losses
+    from simgen.recon.neural import losses
 
     real = losses.eikonal_loss
     calls = {"n": 0}
@@ -253,7 +253,7 @@ def test_nan_loss_stops_with_the_term_and_keeps_the_last_checkpoint(tiny, tmp_pa
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tiny, tmp_path, monkeypatch):
     """Ctrl-C in the middle of step 7 (no checkpoint due before step 100): the checkpoint holds the 7
     finished steps, nothing half-written is left beside it, and --resume trains on from step 7."""
-    from simgen.build.neural import train
+    from simgen.recon.neural import train
 
     real = train.train_step
     calls = {"n": 0}

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from simgen.build.neural import losses as L
-from simgen.build.neural.config import NeuralConfig, neural_config
-from simgen.build.neural.fields import InstanceTokens, instance_probs, panoptic_probs, quat_to_rotmat
-from simgen.build.neural.matching import match_masks
-from simgen.build.neural.render import (
+from simgen.recon.neural import losses as L
+from simgen.recon.neural.config import NeuralConfig, neural_config
+from simgen.recon.neural.fields import InstanceTokens, instance_probs, panoptic_probs, quat_to_rotmat
+from simgen.recon.neural.matching import match_masks
+from simgen.recon.neural.render import (
     alpha_to_weights,
     render_depth,
     render_values,
     sample_along_rays,
     sdf_to_alpha,
 )
-from simgen.build.neural.tokens import TokenStats, adjust_tokens, iom_matrix
+from simgen.recon.neural.tokens import TokenStats, adjust_tokens, iom_matrix
 
 # ---------------------------------------------------------------- rendering (eq. 10-11)
 
@@ -366,7 +366,7 @@ def test_presets_and_validation():
 
 
 def _label_model(sem: torch.Tensor, ins: torch.Tensor, tok_cls: list[int], panoptic_head: bool = True):
-    from simgen.build.neural.model import PanopticModel
+    from simgen.recon.neural.model import PanopticModel
 
     cfg = neural_config("fast", geo_levels=2, seg_levels=2, geo_log2_table=8, seg_log2_table=8, max_tokens=3,
                         n_tokens=3, device="cpu", panoptic_head=panoptic_head)  # fmt: skip
@@ -393,7 +393,7 @@ def test_labels_group_token_mass_by_class():
 
 
 def test_labels_without_thing_classes():
-    from simgen.build.neural.model import PanopticModel
+    from simgen.recon.neural.model import PanopticModel
 
     cfg = neural_config("fast", geo_levels=2, seg_levels=2, geo_log2_table=8, seg_log2_table=8, device="cpu")
     model = PanopticModel(cfg, [0, 0, 0], [1, 1, 1], classes=[1, 2], n_stuff=2, device="cpu")
@@ -412,7 +412,7 @@ def grid_faces(rows: int, cols: int) -> np.ndarray:
 
 
 def test_merge_fragments_joins_small_same_class_pieces_only():
-    from simgen.build.neural.extract import merge_fragments
+    from simgen.recon.neural.extract import merge_fragments
 
     rows, cols = 4, 30
     faces = grid_faces(rows, cols)

@@ -4,13 +4,14 @@ The fixture is an export-like folder whose mesh is stored in a build (scan) fram
 ``alignment.json``, plus ``gaussians.ply`` sampled on that mesh's surface in the build frame with the
 mesh's colours *inverted* (so a Gaussian pixel and a mesh pixel can never be confused). A camera pose
 known in the served world frame must give exactly the image a direct
-:func:`simgen.splat.train.render_gaussians` call gives at the same camera expressed in the build frame.
+:func:`simgen.render.gaussians.render_gaussians` call gives at the same camera expressed in the build frame.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -23,15 +24,15 @@ import trimesh
 from test_serve_scene import gazebo_pose, make_build
 from test_serve_server import Server
 
-from simgen.build.output import PanopticMesh, read_panoptic_mesh
+from simgen import folders
 from simgen.data.camera import Intrinsics
+from simgen.data.poses import parse_pose
+from simgen.folders import GAUSSIANS_FILE, PanopticMesh, read_panoptic_mesh
+from simgen.render.gaussians import load_ply, render_gaussians, save_ply
 from simgen.serve.app import create_app
 from simgen.serve.config import ServeConfig
-from simgen.serve.poses import parse_pose
-from simgen.serve.scene import GAUSSIANS_FILE, SceneLoadError, load_render_scene
-from simgen.splat import gaussians as splat_gaussians
-from simgen.splat.gaussians import init_from_mesh, load_ply, save_ply
-from simgen.splat.train import render_gaussians
+from simgen.serve.scene import SceneLoadError, load_render_scene
+from simgen.splat.gaussians import init_from_mesh
 
 # world_from_scene: 90 degrees about x, then a shift (the build frame is y-up, as a scan's may be).
 WORLD_FROM_SCENE = trimesh.transformations.translation_matrix((0.3, -1.0, 2.0)) @ (
@@ -56,7 +57,7 @@ def export(tmp_path_factory) -> Path:
     mesh = read_panoptic_mesh(folder / "panoptic_mesh.ply")  # build frame
     inverted = PanopticMesh(mesh.vertices, mesh.faces, 255 - mesh.colors, mesh.semantic, mesh.instance)
     g = init_from_mesh(inverted, count=12000, sh_degree=1, opacity=0.95, seed=0)
-    save_ply(folder / GAUSSIANS_FILE, g)
+    save_ply(folder / GAUSSIANS_FILE, g, build_id=folders.build_id(folder))
     return folder
 
 
@@ -118,12 +119,13 @@ def test_app_reports_source_and_serves_gaussian_rgb(export):
 
 
 def test_rgb_gaussians_without_the_file_is_an_error(tmp_path):
-    assert GAUSSIANS_FILE == splat_gaussians.GAUSSIANS_FILE  # the server looks for what the build writes
     folder = make_build(tmp_path / "b", WORLD_FROM_SCENE)
     with pytest.raises(SceneLoadError, match=rf"{GAUSSIANS_FILE}: missing"):
         load_render_scene(folder, rgb="gaussians")
     assert load_render_scene(folder).rgb_source == "mesh"  # auto falls back
-    (folder / GAUSSIANS_FILE).write_bytes(b"ply\nformat nonsense\n")
+    (folder / GAUSSIANS_FILE).write_bytes(
+        f"ply\ncomment simgen_build_id {folders.build_id(folder)}\nformat nonsense\n".encode()
+    )
     with pytest.raises(SceneLoadError, match=rf"{GAUSSIANS_FILE}: cannot read Gaussians"):
         load_render_scene(folder)
     assert load_render_scene(folder, rgb="mesh").rgb_source == "mesh"  # never reads the file
@@ -137,13 +139,29 @@ def test_rgb_gaussians_without_the_file_is_an_error(tmp_path):
     assert r.returncode == 1 and f"{folder / GAUSSIANS_FILE}: missing" in r.stderr
 
 
+def test_gaussians_of_another_build_are_never_paired_with_the_mesh(export, tmp_path):
+    """A rebuild that skipped the Gaussian stage, or a gaussians.ply copied in, keeps mesh colours."""
+    folder = tmp_path / "copy"
+    shutil.copytree(export, folder)
+    io_json = json.loads((folder / "build.json").read_text())
+    io_json["id"] = "another-build"
+    (folder / "build.json").write_text(json.dumps(io_json))
+    with pytest.warns(UserWarning, match="was trained on build test-export, but .* is build another-build"):
+        assert load_render_scene(folder).rgb_source == "mesh"
+    with pytest.raises(SceneLoadError, match="refusing to pair a mesh with another build's Gaussians"):
+        load_render_scene(folder, rgb="gaussians")
+    save_ply(folder / GAUSSIANS_FILE, load_ply(folder / GAUSSIANS_FILE))  # no build id at all
+    with pytest.raises(SceneLoadError, match="names no build"):
+        load_render_scene(folder, rgb="gaussians")
+
+
 def test_real_server_two_workers_serves_gaussian_rgb(export):
     server = Server(export, "--workers", "2").wait()
     try:
         assert "Gaussians" in "".join(server.log)
         desc = json.loads(urllib.request.urlopen(server.url + "/scene", timeout=30).read())
         assert desc["rgb_source"] == "gaussians"
-        from simgen.client import RenderClient
+        from simgen.serve.client import RenderClient
 
         client = RenderClient(server.url)
         ref = direct_render(export)

@@ -17,10 +17,12 @@ import pytest
 from scipy.spatial.transform import Rotation
 from test_serve_scene import BOX1, make_build
 
-from simgen.client import decode_npz
 from simgen.data.io import rgb_to_id
+from simgen.data.poses import parse_pose
 from simgen.serve.app import create_app
-from simgen.serve.gazebo import (
+from simgen.serve.client import decode_npz
+from simgen.serve.scene import load_render_scene
+from simgen.sim.gazebo import (
     PIXEL_FORMAT,
     BridgeConfig,
     BridgeConfigError,
@@ -32,8 +34,6 @@ from simgen.serve.gazebo import (
     render_request,
     stamp,
 )
-from simgen.serve.poses import parse_pose
-from simgen.serve.scene import load_render_scene
 
 PLUGIN = Path(__file__).resolve().parents[1] / "sensor_plugin" / "simgen_camera_system.py"
 

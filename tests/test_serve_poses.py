@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 from test_serve_scene import K, make_build
 
 from simgen.data.camera import Intrinsics, backproject, look_at, opengl_to_opencv, project
-from simgen.serve.poses import (
+from simgen.data.poses import (
     CONVENTIONS,
     PoseError,
     from_c2w_cv,

@@ -12,11 +12,17 @@ import numpy as np
 import pytest
 import trimesh
 
-from simgen.build.output import PanopticMesh, instance_records, write_instances, write_panoptic_mesh
 from simgen.data.camera import Intrinsics, backproject
 from simgen.data.io import write_json
+from simgen.data.poses import parse_pose
 from simgen.data.scene import Category
-from simgen.serve.poses import parse_pose
+from simgen.folders import (
+    PanopticMesh,
+    export_record_fields,
+    instance_records,
+    write_instances,
+    write_panoptic_mesh,
+)
 from simgen.serve.scene import STUFF_ID_OFFSET, SceneLoadError, load_render_scene, segment_ids
 
 CATEGORIES = {1: Category(1, "floor", False), 2: Category(2, "box", True), 3: Category(3, "wall", False)}
@@ -73,6 +79,7 @@ def make_build(folder: Path, world_from_scene: np.ndarray | None = None) -> Path
         write_json(folder / "alignment.json", {"world_from_scene": world_from_scene.tolist()})
     write_panoptic_mesh(folder / "panoptic_mesh.ply", mesh)
     write_instances(folder / "instances.json", instance_records(mesh, CATEGORIES), CATEGORIES)
+    write_json(folder / "build.json", {"id": f"test-{folder.name}", "method": "test"})
     return folder
 
 
@@ -144,9 +151,16 @@ def test_export_folder_elsewhere_reads_build_dir(tmp_path):
     export = tmp_path / "export"
     export.mkdir()
     write_json(export / "alignment.json", {"world_from_scene": np.eye(4).tolist()})
-    write_json(export / "export.json", {"build_dir": str(build)})
+    # export.json locates the build relative to the export folder, so both can move together
+    write_json(export / "export.json", {"scene": "s", **export_record_fields(export, build)})
+    assert json.loads((export / "export.json").read_text())["build_dir"] == "../build"
     scene = load_render_scene(export)
     assert scene.world_frame == "gazebo" and len(scene.mesh.faces) == len(scene_mesh().faces)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("build", "export"):
+        (tmp_path / name).rename(moved / name)
+    assert len(load_render_scene(moved / "export").mesh.faces) == len(scene_mesh().faces)
 
 
 def test_load_errors_name_the_file(tmp_path):

@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simgen.build.output import PanopticMesh, instance_records, write_instances, write_panoptic_mesh
-from simgen.client import RenderClient, RenderError
 from simgen.data.io import rgb_to_id, write_json
+from simgen.data.poses import pose_from_c2w_cv
 from simgen.data.scene import load_scene
-from simgen.data.synth import synthesize
+from simgen.folders import PanopticMesh, instance_records, write_instances, write_panoptic_mesh
 from simgen.serve.api import parse_multipart
-from simgen.serve.poses import pose_from_c2w_cv
+from simgen.serve.client import RenderClient, RenderError
 from simgen.serve.scene import STUFF_ID_OFFSET
+from simgen.synth import synthesize
 
 # world_from_scene of the served folder: 30 degrees about z, then a shift (a non-trivial alignment).
 _A = np.radians(30.0)
@@ -490,7 +490,7 @@ def test_fuzz_from_openapi_no_server_errors(server, tmp_path):
 def test_gazebo_bridge_over_http_matches_ground_truth(gt, server):
     """The Gazebo plugin's request/response contract against the real server: link poses of GT frames
     in, gz.msgs.Image fields out, depth and panoptic equal to the GT images."""
-    from simgen.serve.gazebo import BridgeConfig, CameraBridge
+    from simgen.sim.gazebo import BridgeConfig, CameraBridge
 
     scene = gt[0]
     K = scene.frames[0].intrinsics

@@ -15,12 +15,12 @@ from lxml import etree
 from scipy.spatial.transform import Rotation
 from test_serve_scene import BOX1, BOX2, K, gazebo_pose, make_build
 
-from simgen.build.output import PanopticMesh
+from simgen.data.poses import parse_pose
 from simgen.export.pipeline import run_export
-from simgen.serve.gazebo import config_from_sdf
-from simgen.serve.poses import parse_pose
+from simgen.folders import PanopticMesh
 from simgen.serve.scene import load_render_scene
-from simgen.serve.world import (
+from simgen.sim.gazebo import config_from_sdf
+from simgen.sim.world import (
     FOOTPRINT_RADIUS,
     WorldConfig,
     WorldError,
@@ -192,7 +192,7 @@ def test_simgen_world_cli(export, tmp_path, capsys):
 
 
 def test_drive_reaches_waypoints_in_free_space(export, tmp_path):
-    from simgen.serve.drive import DriveConfig, drive
+    from simgen.sim.drive import DriveConfig, drive
 
     cfg = DriveConfig(
         waypoints=(0.0, -1.5, 1.0, -1.5), spawn=(-1.0, -1.0, 0.0), width=48, height=36, quiet=True
@@ -224,7 +224,7 @@ def test_drive_into_a_box_stops_where_the_images_see_it(export, tmp_path):
     from PIL import Image
 
     from simgen.data.io import rgb_to_id
-    from simgen.serve.drive import DriveConfig, drive
+    from simgen.sim.drive import DriveConfig, drive
 
     cfg = DriveConfig(
         waypoints=(3.0, 0.0), spawn=(-0.5, 0.0, 0.0), width=64, height=48, quiet=True, gif=False

@@ -7,16 +7,11 @@ import pytest
 import torch
 from plyfile import PlyData
 
-from simgen.build.output import PanopticMesh
 from simgen.data.scene import load_scene
-from simgen.splat.gaussians import (
-    GaussianScene,
-    init_from_mesh,
-    init_from_rgbd,
-    load_ply,
-    save_ply,
-)
-from simgen.splat.labels import bake_labels_from_mesh, render_panoptic, uplift_semantics
+from simgen.folders import PanopticMesh
+from simgen.render.gaussians import GaussianScene, load_ply, render_panoptic, save_ply
+from simgen.splat.gaussians import init_from_mesh, init_from_rgbd
+from simgen.splat.labels import bake_labels_from_mesh, uplift_semantics
 
 # One thread: on the shared 2-core machine, 2 OpenMP threads under load ran 30x slower (spin waits).
 torch.set_num_threads(1)
@@ -24,7 +19,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from simgen.data.synth import synthesize
+    from simgen.synth import synthesize
 
     return load_scene(
         synthesize(tmp_path_factory.mktemp("splat") / "tiny", preset="tiny", seed=0, noise=False)

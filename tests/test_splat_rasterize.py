@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from simgen.splat import rasterize as R
-from simgen.splat.rasterize import project_gaussians, rasterize, rasterize_reference
+from simgen.render import rasterize as R
+from simgen.render.rasterize import project_gaussians, rasterize, rasterize_reference
 
 # One thread: on the shared 2-core machine, 2 OpenMP threads under load ran 30x slower (spin waits).
 torch.set_num_threads(1)
@@ -126,7 +126,7 @@ def test_sh_colors_and_background():
     W, H = 16, 12
     means, quats, scales, opac, colors, _ = _scene(20, seed=2)
     vm, K = _camera(W, H, 12.0)
-    from simgen.splat.sh import rgb_to_sh0
+    from simgen.render.sh import rgb_to_sh0
 
     sh = torch.zeros(20, 16, 3, dtype=torch.float64)
     sh[:, 0] = rgb_to_sh0(colors)

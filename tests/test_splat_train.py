@@ -6,17 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from simgen.build.output import write_panoptic_mesh
 from simgen.data.scene import load_scene
-from simgen.splat.gaussians import GAUSSIANS_FILE, load_ply
+from simgen.folders import GAUSSIANS_FILE, write_panoptic_mesh
+from simgen.render.gaussians import load_gaussians, load_ply, render_gaussians
 from simgen.splat.train import (
     CHECKPOINT_FILE,
     LABELS_FILE,
     SplatConfig,
     evaluate_views,
-    load_gaussians,
     load_views,
-    render_gaussians,
     run_gaussians,
     ssim,
 )
@@ -30,7 +28,7 @@ def small(tmp_path_factory):
     """A tiny scene at 64x48 (fast), its GT panoptic mesh written as a build's panoptic_mesh.ply."""
     from test_splat_labels import gt_panoptic_mesh
 
-    from simgen.data.synth import synthesize
+    from simgen.synth import synthesize
 
     root = tmp_path_factory.mktemp("splat_train")
     scene = load_scene(synthesize(root / "scene", preset="tiny", seed=2, noise=False, width=64, height=48))

@@ -13,9 +13,9 @@ from scipy.spatial.transform import Rotation
 from simgen.cli import main as simgen_main
 from simgen.data.camera import backproject
 from simgen.data.scene import load_scene, validate_scene
-from simgen.data.synth import CATEGORIES, STUFF_IDS, THING_IDS, NoiseConfig, preset_config, synthesize
-from simgen.data.synth.generate import make_scene
-from simgen.data.synth.noise import noisy_depth, noisy_pose, noisy_rgb, pseudo_labels
+from simgen.synth import CATEGORIES, STUFF_IDS, THING_IDS, NoiseConfig, preset_config, synthesize
+from simgen.synth.generate import make_scene
+from simgen.synth.noise import noisy_depth, noisy_pose, noisy_rgb, pseudo_labels
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +141,8 @@ def test_gt_mesh_labels_are_exact_per_segment(tiny):
 
 
 def test_rendered_ids_are_the_ray_cast_face_labels():
-    from simgen.data.synth.generate import render_frame
     from simgen.render import MeshRaycaster
+    from simgen.synth.generate import render_frame
 
     cfg = preset_config("tiny", 3)
     geom, poses = make_scene(cfg)

@@ -3,7 +3,7 @@
 Pipeline (see docs/evaluation.md for every metric's definition):
 
 1. Ray-cast ``OUT/panoptic_mesh.ply`` at each frame of the split (the render server's code path:
-   :class:`simgen.render.raycast.MeshRaycaster` + :mod:`simgen.eval.render`).
+   :class:`simgen.render.raycast.MeshRaycaster` + :mod:`simgen.render.mesh`).
 2. 2D: concatenate all frames and compute PQ^scene (and per-frame PQ for contrast), semantic
    mIoU / mAcc and instance mCov / mW-Cov; RGB PSNR / SSIM and depth AbsRel of the rendered views.
 3. 3D: sample both meshes uniformly (fixed count, seeded), compute accuracy / completeness /
@@ -23,16 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from simgen.build.output import MESH_FILE, PanopticMesh, read_panoptic_mesh
 from simgen.data.scene import Scene, SceneError, load_scene
 from simgen.eval import metrics as M
 from simgen.eval.config import EvalConfig
-from simgen.eval.render import colors_at_hits, labels_at_hits
-
-GAUSSIANS_FILE = "gaussians.ply"
-EVAL_DIR = "eval"
-METRICS_JSON = "metrics.json"
-METRICS_MD = "metrics.md"
+from simgen.folders import (
+    GAUSSIANS_FILE,
+    MESH_FILE,
+    PanopticMesh,
+    read_panoptic_mesh,
+)
+from simgen.render.mesh import colors_at_hits, labels_at_hits
 
 
 class EvalError(ValueError):
@@ -75,13 +75,13 @@ def gaussian_renderer(path: Path):
     """``callable(K, c2w_cv) -> (rgb (H, W, 3) uint8, depth (H, W) float32 metres, 0 = nothing)`` for the
     Gaussians in ``path`` (a 3DGS PLY), through :mod:`simgen.splat` (gsplat on CUDA, torch otherwise).
 
-    Uses ``simgen.splat.train.render_gaussians`` (the render server's path: depth 0 where the accumulated
+    Uses ``simgen.render.gaussians.render_gaussians`` (the render server's path: depth 0 where the accumulated
     alpha is below 0.5) when it is importable, else the rasteriser directly. Raises :class:`EvalError`
     naming the file when it cannot be read.
     """
     import torch
 
-    from simgen.splat.gaussians import load_ply
+    from simgen.render.gaussians import load_ply
 
     try:
         g = load_ply(path)
@@ -90,7 +90,7 @@ def gaussian_renderer(path: Path):
     if torch.cuda.is_available():
         g = g.to("cuda")
     try:
-        from simgen.splat.train import render_gaussians
+        from simgen.render.gaussians import render_gaussians
     except ImportError:
         render_gaussians = None
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from simgen.build.output import PanopticMesh
 from simgen.data import io
-from simgen.eval.render import labels_at_hits
+from simgen.folders import PanopticMesh
+from simgen.render.mesh import labels_at_hits
 
 # Error-map classes and their colours (RGB 0-1).
 ERROR_CLASSES = [

@@ -15,13 +15,13 @@ latter into the former.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from simgen import folders
 from simgen.export.config import ExportConfig
 
 # Renders are made at the frame's resolution, shrunk so the longer side is at most this (CPU render cost
@@ -103,33 +103,14 @@ def select_frames(indices: list[int], count: int) -> list[int]:
     return [indices[i] for i in np.unique(pick)]
 
 
-def scene_folder(build_dir: Path) -> tuple[Path | None, str]:
-    """The scene folder recorded in ``build_dir/build.json`` ("scene") if it still exists, else None and
-    the reason (naming the file or folder)."""
-    record_path = build_dir / "build.json"
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError) as e:
-        return None, f"{record_path}: cannot read the build record ({e})"
-    scene = record.get("scene") if isinstance(record, dict) else None
-    if not scene:
-        return None, f"{record_path}: no 'scene' entry naming the scene folder"
-    path = Path(str(scene))
-    candidates = [path] if path.is_absolute() else [path, build_dir / path]
-    for c in candidates:
-        if (c / "transforms.json").is_file():
-            return c, ""
-    return None, f"scene folder {path} (from {record_path}) is missing"
-
-
 def render_views(
     gaussians, scene, frames: list[int], max_side: int = MAX_VIEW_SIDE, progress: bool = False
 ) -> Views:
-    """Render ``gaussians`` (a :class:`simgen.splat.gaussians.GaussianScene`) from the cameras of ``scene``'s
+    """Render ``gaussians`` (a :class:`simgen.render.gaussians.GaussianScene`) from the cameras of ``scene``'s
     ``frames``, each shrunk so its longer side is at most ``max_side``; see :class:`Views`."""
     from tqdm.auto import tqdm
 
-    from simgen.splat.train import render_gaussians
+    from simgen.render.gaussians import render_gaussians
 
     intr = []
     for i in frames:
@@ -175,7 +156,7 @@ def prepare_appearance(
     Raises FileNotFoundError naming ``gaussians.ply`` when ``texture_source`` is "gaussians" and the build
     has none; a missing scene folder only falls back to vertex colours, with a warning naming it.
     """
-    from simgen.splat.gaussians import GAUSSIANS_FILE
+    from simgen.folders import GAUSSIANS_FILE
 
     record: dict = {"requested": cfg.texture_source, "source": "vertex"}
     if cfg.texture_source == "vertex":
@@ -189,7 +170,7 @@ def prepare_appearance(
             )
         record["reason"] = f"{ply.name} not in the build"
         return None, record, []
-    scene_dir, problem = scene_folder(build_dir)
+    scene_dir, problem = folders.scene_of_build(build_dir)
     scene = None
     if scene_dir is not None:
         from simgen.data.scene import SceneError, load_scene
@@ -206,7 +187,7 @@ def prepare_appearance(
     if not frames:
         record["reason"] = f"scene {scene_dir} has no frames"
         return None, record, [f"textures from vertex colours, not the Gaussians: {record['reason']}"]
-    from simgen.splat.train import load_gaussians
+    from simgen.render.gaussians import load_gaussians
 
     t0 = time.perf_counter()
     g = load_gaussians(build_dir)

@@ -20,13 +20,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import trimesh
 from tqdm.auto import tqdm
 
-from simgen.build import output
+from simgen import folders as output
 from simgen.config import to_dict
 from simgen.data import io
 from simgen.export import colliders, sdf
@@ -39,7 +38,6 @@ from simgen.export.split import Part, is_floor, sanitize, split_parts
 from simgen.export.texture import bake_texture
 
 # Entries of OUT that an export owns (replaced as a whole by the next export).
-EXPORT_ENTRIES = ("models", "worlds", "mjcf", "panoptic.json", "alignment.json", "export.json", "README.md")
 
 # Density (kg/m^3) of the solid volume, by a word in the class name; "default" for the rest.
 DENSITIES = {
@@ -294,10 +292,10 @@ def _swap_in(stage: Path, out_dir: Path) -> None:
     """Move the export entries of ``stage`` into ``out_dir``, replacing the previous export's entries."""
     old = Path(tempfile.mkdtemp(prefix=".export-old-", dir=out_dir))
     try:
-        for name in EXPORT_ENTRIES:
+        for name in output.EXPORT_ENTRIES:
             if (out_dir / name).exists():
                 os.replace(out_dir / name, old / name)
-        for name in EXPORT_ENTRIES:
+        for name in output.EXPORT_ENTRIES:
             if (stage / name).exists():
                 os.replace(stage / name, out_dir / name)
     finally:
@@ -331,8 +329,8 @@ def run_export(
     """Export a build folder to Gazebo (SDFormat) and / or MuJoCo (MJCF).
 
     Args:
-        build_dir: folder with ``panoptic_mesh.ply`` and ``instances.json`` (simgen.build.output layout).
-        out_dir: output folder (default: ``build_dir``); only the entries in ``EXPORT_ENTRIES`` are replaced.
+        build_dir: folder with ``panoptic_mesh.ply`` and ``instances.json`` (simgen.folders layout).
+        out_dir: output folder (default: ``build_dir``); only the entries in ``simgen.folders.EXPORT_ENTRIES`` are replaced.
         cfg: settings (default ``ExportConfig()``).
     Returns:
         The summary written to ``OUT/export.json``: per-model rows (name, class, faces, hulls, volume error,
@@ -414,9 +412,8 @@ def run_export(
         )
         summary["texture"] = texture
         summary["seconds"] = round(time.perf_counter() - t_start, 2)
-        summary["out_dir"] = str(out_dir)
-        summary["build_dir"] = str(build_dir)
-        io.write_json(stage / "export.json", summary)
+        summary.update(output.export_record_fields(out_dir, build_dir))
+        io.write_json(stage / output.EXPORT_FILE, summary)
         _swap_in(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -578,7 +575,7 @@ def _write_all(
         (stage / "mjcf").mkdir()
         sdf.write_xml(mjcf_world(scene, bodies), stage / "mjcf" / f"{scene}.xml")
     io.write_json(
-        stage / "panoptic.json",
+        stage / output.PANOPTIC_FILE,
         {
             "scene": scene,
             "label_of_category": {str(c): lab for c, lab in labels.items()},
@@ -596,7 +593,7 @@ def _write_all(
             "one instance. 'id' is simgen's instance id (0 for stuff).",
         },
     )
-    io.write_json(stage / "alignment.json", alignment.to_json())
+    io.write_json(stage / output.ALIGNMENT_FILE, alignment.to_json())
     (stage / "README.md").write_text(_readme(scene, cfg))
     return {
         "scene": scene,
@@ -656,8 +653,3 @@ def format_summary(summary: dict) -> str:
         f"exported {len(summary['models'])} models in {summary.get('seconds', 0):.1f} s -> {summary.get('out_dir')}"
     )
     return "\n".join(lines)
-
-
-def export_paths(out_dir: str | Path, scene: str) -> dict[str, Any]:
-    out_dir = Path(out_dir)
-    return {"world": out_dir / "worlds" / f"{scene}.sdf", "mjcf": out_dir / "mjcf" / f"{scene}.xml"}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simgen.build.output import InstanceRecord, PanopticMesh
+from simgen.folders import InstanceRecord, PanopticMesh
 
 FLOOR_WORDS = ("floor", "ground")
 CEILING_WORDS = ("ceiling",)

@@ -19,8 +19,8 @@ from PIL import Image
 
 from simgen.data.camera import Intrinsics
 from simgen.data.io import id_to_rgb
+from simgen.data.poses import CONVENTIONS, DEFAULT_CONVENTION, PoseError, parse_pose
 from simgen.serve.config import ServeConfig
-from simgen.serve.poses import CONVENTIONS, DEFAULT_CONVENTION, PoseError, parse_pose
 from simgen.serve.scene import OUTPUTS, STUFF_ID_OFFSET
 
 ENCODINGS = ("npz", "multipart")

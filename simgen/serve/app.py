@@ -24,10 +24,10 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from simgen.data.io import id_to_rgb
+from simgen.data.poses import CONVENTIONS, pose_from_c2w_cv
 from simgen.serve import api
 from simgen.serve.config import ServeConfig
 from simgen.serve.openapi import openapi_spec
-from simgen.serve.poses import CONVENTIONS, pose_from_c2w_cv
 from simgen.serve.scene import OUTPUTS, STUFF_ID_OFFSET, RenderScene
 
 log = logging.getLogger("simgen.serve")

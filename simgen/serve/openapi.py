@@ -6,6 +6,7 @@ from it with schemathesis, which fails when handlers and this description disagr
 
 from __future__ import annotations
 
+from simgen.data.poses import CONVENTIONS, DEFAULT_CONVENTION, MAX_COORD, QUAT_NORM_TOL
 from simgen.serve.api import (
     DEFAULT_HFOV_DEG,
     DEFAULT_SIZE,
@@ -15,7 +16,6 @@ from simgen.serve.api import (
     MAX_PRINCIPAL,
 )
 from simgen.serve.config import ServeConfig
-from simgen.serve.poses import CONVENTIONS, DEFAULT_CONVENTION, MAX_COORD, QUAT_NORM_TOL
 from simgen.serve.scene import OUTPUTS, STUFF_ID_OFFSET
 
 _NUM = {"type": "number"}

@@ -6,7 +6,7 @@ holds ``alignment.json``), which is the geometry the exported per-object meshes 
 to the exported per-model meshes later changes only this function.
 
 RGB source (``rgb``: :data:`RGB_MODES`): ``"gaussians"`` renders the build's trained ``gaussians.ply``
-(next to the panoptic mesh) with :func:`simgen.splat.train.render_gaussians`; ``"mesh"`` interpolates
+(next to the panoptic mesh) with :func:`simgen.render.gaussians.render_gaussians`; ``"mesh"`` interpolates
 the mesh's vertex colours; ``"auto"`` takes the Gaussians when the file exists. The Gaussians stay in the
 build (scan) frame: a served camera-to-world is mapped back through ``world_from_scene^-1`` instead of
 moving every Gaussian, which keeps their view-dependent colour exact. Depth and panoptic always come from
@@ -22,10 +22,10 @@ Images (all ``(H, W)`` row-major, pixel centres, OpenCV camera axes, see :mod:`s
 * rgb: ``(H, W, 3) uint8``: mesh source, vertex colours interpolated (barycentric) at the hit point, black
   on a miss; Gaussian source, the splats composited over black.
 
-Labels and colours follow :mod:`simgen.eval.render` (the hit triangle's corner nearest to the hit point;
+Labels and colours follow :mod:`simgen.render.mesh` (the hit triangle's corner nearest to the hit point;
 barycentric colour). Requests take :class:`FastCaster`, an embree path that computes both from embree's
 own barycentrics in float32; :meth:`RenderScene.render_reference` renders through the project's generic
-ray caster and :mod:`simgen.eval.render`, and tests hold the two to the same images.
+ray caster and :mod:`simgen.render.mesh`, and tests hold the two to the same images.
 """
 
 from __future__ import annotations
@@ -38,16 +38,19 @@ from typing import Any
 
 import numpy as np
 
-from simgen.build.output import INSTANCES_FILE, MESH_FILE, PanopticMesh, instance_records, read_panoptic_mesh
+from simgen import folders
 from simgen.data.camera import Intrinsics, look_at, opengl_to_opencv
+from simgen.folders import (
+    GAUSSIANS_FILE,
+    INSTANCES_FILE,
+    MESH_FILE,
+    PanopticMesh,
+    instance_records,
+    read_panoptic_mesh,
+)
+from simgen.render.caster import OUTPUTS, STUFF_ID_OFFSET, FastCaster, segment_ids
 
-STUFF_ID_OFFSET = 1_000_000  # segment id of a category-only region = STUFF_ID_OFFSET + category_id
-ALIGNMENT_FILE = "alignment.json"  # written by simgen export (simgen/export/pipeline.py)
-EXPORT_FILE = "export.json"  # simgen export's summary; names the build folder it came from
-OUTPUTS = ("rgb", "depth", "panoptic")
 RGB_MODES = ("auto", "gaussians", "mesh")
-# = simgen.splat.gaussians.GAUSSIANS_FILE, repeated so a mesh-only server never imports torch.
-GAUSSIANS_FILE = "gaussians.ply"
 
 
 class SceneLoadError(ValueError):
@@ -71,7 +74,7 @@ class RenderScene:
         world_from_scene: ``(4, 4)`` transform applied to the build's mesh (identity without alignment).
         world_frame: ``"gazebo"`` (export's floor-aligned world, z up, floor z = 0) or ``"scene"``.
         source: the folder served.
-        gaussians: the build's :class:`simgen.splat.gaussians.GaussianScene` (build frame, CPU), rendered
+        gaussians: the build's :class:`simgen.render.gaussians.GaussianScene` (build frame, CPU), rendered
             for ``rgb`` when set; None renders RGB from the mesh's vertex colours.
         gaussians_path: the ``gaussians.ply`` it was read from.
     """
@@ -196,7 +199,7 @@ class RenderScene:
     def render_gaussian_rgb(self, K: Intrinsics, c2w_cv: np.ndarray) -> np.ndarray:
         """``(H, W, 3) uint8`` RGB of the Gaussians for a camera-to-world ``c2w_cv`` ``(4, 4)`` (OpenCV axes)
         in the served world frame; black where no splat covers a pixel."""
-        from simgen.splat.train import render_gaussians
+        from simgen.render.gaussians import render_gaussians
 
         # The Gaussians live in the build frame: move the camera there (exactly the inverse of what
         # load_render_scene applied to the mesh), not the Gaussians here.
@@ -207,9 +210,9 @@ class RenderScene:
     def render_reference(
         self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS
     ) -> dict[str, Any]:
-        """:meth:`render` through the project's generic ray caster and :mod:`simgen.eval.render` (what
+        """:meth:`render` through the project's generic ray caster and :mod:`simgen.render.mesh` (what
         ``simgen eval`` renders); the reference the embree hot path is tested against."""
-        from simgen.eval.render import colors_at_hits, labels_at_hits
+        from simgen.render.mesh import colors_at_hits, labels_at_hits
 
         hits = self.raycaster.cast(K, c2w_cv)
         out: dict[str, Any] = {}
@@ -270,123 +273,6 @@ class RenderScene:
         return self._default_camera
 
 
-class FastCaster:
-    """The server's render hot path: embree first hits with barycentric coordinates, float32 throughout.
-
-    :class:`simgen.render.raycast.MeshRaycaster` re-solves every hit in float64 and
-    :mod:`simgen.eval.render` recomputes barycentrics from the hit point, which together cost ~4x the
-    embree traversal itself at 320x240. Here embree's own ``u, v`` give the colour weights, and per-face
-    tables (corner positions, colours, segment ids) make every output one gather. Labels follow the
-    same rule as :func:`simgen.eval.render.labels_at_hits` (the hit triangle's corner nearest to the
-    hit point); tests check the two paths agree.
-
-    Args:
-        mesh: panoptic mesh in the served world frame.
-
-    Raises:
-        ImportError: embreex is not installed.
-    """
-
-    def __init__(self, mesh: PanopticMesh):
-        from embreex import rtcore_scene
-        from embreex.mesh_construction import TriangleMesh
-
-        faces = np.asarray(mesh.faces, dtype=np.int64)
-        v32 = np.ascontiguousarray(mesh.vertices, dtype=np.float32)
-        self._scene = rtcore_scene.EmbreeScene()
-        TriangleMesh(scene=self._scene, vertices=v32, indices=faces.astype(np.int32))
-        # Squared distance from a point with barycentrics (w0, w1, w2) to each corner, as quadratic forms of
-        # the other two weights: |P - A|^2 = w1^2 |AB|^2 + w2^2 |AC|^2 + 2 w1 w2 AB.AC (and cyclically), so
-        # the nearest corner needs 9 numbers per face instead of the hit point and 9 coordinates.
-        a, b, c = (np.asarray(mesh.vertices, dtype=np.float64)[faces[:, k]] for k in range(3))
-
-        def dot(x, y):
-            return (x * y).sum(1)
-
-        ab, ac, bc = b - a, c - a, c - b
-        self.gram = np.stack(
-            [
-                dot(ab, ab),
-                dot(ac, ac),
-                dot(ab, ac),
-                dot(ab, ab),
-                dot(bc, bc),
-                -dot(ab, bc),
-                dot(ac, ac),
-                dot(bc, bc),
-                dot(ac, bc),
-            ],
-            1,
-        ).astype(np.float32)  # (F, 9)
-        self.colors = np.asarray(mesh.colors, dtype=np.float32)[faces]  # (F, 3, 3) corner colours
-        self.segment = segment_ids(mesh.semantic, mesh.instance)[faces]  # (F, 3) corner segment ids
-        self._dirs: tuple[Intrinsics, np.ndarray, np.ndarray] | None = None
-
-    def _camera_dirs(self, K: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
-        """Unit ray directions ``(H*W, 3) float32`` in the OpenCV camera frame and their z (cos to the axis)."""
-        cached = self._dirs  # one read: request threads may swap the cache for another camera meanwhile
-        if cached is None or cached[0] != K:
-            u, v = np.meshgrid(np.arange(K.width) + 0.5, np.arange(K.height) + 0.5)
-            d = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u)], -1).reshape(-1, 3)
-            d /= np.sqrt((d * d).sum(1, keepdims=True))
-            d = d.astype(np.float32)
-            cached = (K, d, d[:, 2].copy())
-            self._dirs = cached  # one camera at a time keeps memory flat
-        return cached[1], cached[2]
-
-    def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
-        """Like :meth:`RenderScene.render` without ``segments``: ``rgb``, ``depth``, ``panoptic`` arrays."""
-        c2w = np.asarray(c2w_cv, dtype=np.float64)
-        d_cam, z_cam = self._camera_dirs(K)
-        # Rotate as three scaled columns: a (N, 3) @ (3, 3) matmul goes through multi-threaded BLAS, which
-        # on a busy 2-core machine took 70+ ms here instead of under 1 ms.
-        R = c2w[:3, :3].astype(np.float32)
-        dirs = d_cam[:, :1] * R[:, 0] + d_cam[:, 1:2] * R[:, 1] + d_cam[:, 2:] * R[:, 2]
-        origins = np.broadcast_to(c2w[:3, 3].astype(np.float32), dirs.shape)
-        r = self._scene.run(np.ascontiguousarray(origins), dirs, output=1)
-        prim = r["primID"]
-        hit = np.flatnonzero(prim >= 0)
-        f = prim[hit]
-        t = r["tfar"][hit]
-        shape = (K.height, K.width)
-        out: dict[str, Any] = {}
-        if "depth" in outputs:
-            depth = np.zeros(K.height * K.width, np.float32)
-            depth[hit] = t * z_cam[hit]
-            out["depth"] = depth.reshape(shape)
-        if "panoptic" in outputs or "rgb" in outputs:
-            w1, w2 = r["u"][hit], r["v"][hit]  # embree: P = (1 - u - v) A + u B + v C
-            w0 = 1 - w1 - w2
-        if "panoptic" in outputs:
-            g = self.gram[f]
-            d2 = np.stack(
-                [
-                    w1 * w1 * g[:, 0] + w2 * w2 * g[:, 1] + 2 * w1 * w2 * g[:, 2],  # to A
-                    w0 * w0 * g[:, 3] + w2 * w2 * g[:, 4] + 2 * w0 * w2 * g[:, 5],  # to B: BA, BC
-                    w0 * w0 * g[:, 6] + w1 * w1 * g[:, 7] + 2 * w0 * w1 * g[:, 8],  # to C: CA, CB
-                ],
-                1,
-            )
-            pan = np.zeros(K.height * K.width, np.int32)
-            pan[hit] = self.segment[f, d2.argmin(1)]
-            out["panoptic"] = pan.reshape(shape)
-        if "rgb" in outputs:
-            col = self.colors[f]
-            mixed = w0[:, None] * col[:, 0] + w1[:, None] * col[:, 1] + w2[:, None] * col[:, 2]
-            rgb = np.zeros((K.height * K.width, 3), np.uint8)
-            rgb[hit] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-            out["rgb"] = rgb.reshape(*shape, 3)
-        return out
-
-
-def segment_ids(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
-    """Per-element segment id ``int32``: instance id if > 0, else STUFF_ID_OFFSET + category, else 0."""
-    semantic = np.asarray(semantic, dtype=np.int64)
-    instance = np.asarray(instance, dtype=np.int64)
-    out = np.where(instance > 0, instance, np.where(semantic >= 0, STUFF_ID_OFFSET + semantic, 0))
-    return out.astype(np.int32)
-
-
 def _read_categories(folder: Path, mesh: PanopticMesh) -> dict[int, CategoryInfo]:
     path = folder / INSTANCES_FILE
     cats: dict[int, CategoryInfo] = {}
@@ -405,39 +291,41 @@ def _read_categories(folder: Path, mesh: PanopticMesh) -> dict[int, CategoryInfo
     return cats
 
 
-def _read_alignment(path: Path) -> np.ndarray:
+def _read_alignment(folder: Path) -> np.ndarray | None:
     try:
-        data = json.loads(path.read_text())
-        T = np.asarray(data["world_from_scene"], dtype=np.float64)
-    except (ValueError, KeyError, TypeError) as e:
-        raise SceneLoadError(f"{path}: no readable 'world_from_scene' 4x4 matrix ({e})") from e
+        T = folders.read_alignment(folder)
+    except folders.FolderError as e:
+        raise SceneLoadError(str(e)) from e
     from simgen.data.camera import is_rigid
 
-    if not is_rigid(T):
-        raise SceneLoadError(f"{path}: 'world_from_scene' is not a rigid 4x4 transform")
+    if T is not None and not is_rigid(T):
+        raise SceneLoadError(
+            f"{folder / folders.ALIGNMENT_FILE}: 'world_from_scene' is not a rigid 4x4 transform"
+        )
     return T
 
 
 def _mesh_folder(folder: Path) -> Path:
-    """The folder holding ``panoptic_mesh.ply``: ``folder`` itself (a build, or an export written into
-    its build folder, the default), else the ``build_dir`` an export records in ``export.json``."""
-    if (folder / MESH_FILE).is_file():
-        return folder
-    export_json = folder / EXPORT_FILE
-    if export_json.is_file():
-        try:
-            build_dir = Path(json.loads(export_json.read_text())["build_dir"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise SceneLoadError(f"{export_json}: no readable 'build_dir' ({e})") from e
-        # export.json stores the path as given on the command line: try it, then relative to the export.
-        for cand in (build_dir, folder / build_dir, folder.parent / build_dir):
-            if (cand / MESH_FILE).is_file():
-                return cand
-        raise SceneLoadError(
-            f"{folder / MESH_FILE}: missing, and the build folder {build_dir} named in {export_json} has no "
-            f"{MESH_FILE}; serve the build folder, or export into it (simgen export BUILD)"
+    try:
+        return folders.mesh_folder(folder)
+    except folders.FolderError as e:
+        raise SceneLoadError(str(e)) from e
+
+
+def _check_same_build(gauss_path: Path, mesh_dir: Path) -> str | None:
+    """Why ``gauss_path`` must not be paired with the mesh in ``mesh_dir`` (None when it belongs to it).
+
+    Importing torch here is avoided: the build id is read from the PLY header."""
+    theirs, ours = folders.ply_build_id(gauss_path), folders.build_id(mesh_dir)
+    if theirs is None:
+        return f"{gauss_path} names no build (not written by this build's simgen gaussians stage)"
+    if ours is None:
+        return (
+            f"{mesh_dir / folders.BUILD_FILE} has no build id, so {gauss_path} cannot be matched to its mesh"
         )
-    raise SceneLoadError(f"{folder / MESH_FILE}: missing (serve a build folder or an export of one)")
+    if theirs != ours:
+        return f"{gauss_path} was trained on build {theirs}, but {mesh_dir / MESH_FILE} is build {ours}"
+    return None
 
 
 def gaussians_file(out_dir: str | Path, rgb: str = "auto") -> Path | None:
@@ -445,20 +333,32 @@ def gaussians_file(out_dir: str | Path, rgb: str = "auto") -> Path | None:
     mesh colours. Looks next to the panoptic mesh (the build folder) and only checks files, so a caller can
     decide on torch settings before anything is loaded.
 
+    A ``gaussians.ply`` whose header names another build than ``build.json`` (or none) is never paired
+    with the mesh: mode ``auto`` warns and uses mesh colours.
+
     Raises:
-        SceneLoadError: ``rgb="gaussians"`` and the file is missing (naming its path), an unknown mode, or
-            no panoptic mesh.
+        SceneLoadError: ``rgb="gaussians"`` and the file is missing or from another build (naming its
+            path), an unknown mode, or no panoptic mesh.
     """
     if rgb not in RGB_MODES:
         raise SceneLoadError(f"rgb mode {rgb!r} is not one of {', '.join(RGB_MODES)}")
     folder = Path(out_dir)
     if not folder.is_dir():
         raise SceneLoadError(f"{folder}: not a folder")
-    path = _mesh_folder(folder) / GAUSSIANS_FILE
+    mesh_dir = _mesh_folder(folder)
+    path = mesh_dir / GAUSSIANS_FILE
     if rgb == "mesh":
         return None
     if path.is_file():
-        return path
+        foreign = _check_same_build(path, mesh_dir)
+        if foreign is None:
+            return path
+        if rgb == "gaussians":
+            raise SceneLoadError(f"refusing to pair a mesh with another build's Gaussians: {foreign}")
+        import warnings
+
+        warnings.warn(f"serving mesh colours: {foreign}", stacklevel=2)
+        return None
     if rgb == "gaussians":
         raise SceneLoadError(
             f"{path}: missing, and --rgb gaussians needs it (train Gaussians in the build, or serve with "
@@ -498,17 +398,17 @@ def load_render_scene(out_dir: str | Path, warm: bool = True, rgb: str = "auto")
         raise SceneLoadError(f"{mesh_path}: the mesh has no faces")
     if len(mesh.instance) and int(mesh.instance.max()) >= STUFF_ID_OFFSET:
         raise SceneLoadError(f"{mesh_path}: instance ids must be < {STUFF_ID_OFFSET} (segment id encoding)")
-    align_path = folder / ALIGNMENT_FILE
-    T = np.eye(4)
+    T = _read_alignment(folder)
     frame = "scene"
-    if align_path.exists():
-        T = _read_alignment(align_path)
+    if T is None:
+        T = np.eye(4)
+    else:
         v = mesh.vertices.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
         mesh = PanopticMesh(v, mesh.faces, mesh.colors, mesh.semantic, mesh.instance)
         frame = "gazebo"
     gaussians = None
     if gauss_path is not None:
-        from simgen.splat.gaussians import load_ply
+        from simgen.render.gaussians import load_ply
 
         try:
             gaussians = load_ply(gauss_path)

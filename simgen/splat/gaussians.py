@@ -1,115 +1,16 @@
-"""A scene of 3D Gaussians with panoptic labels: initialisation, rendering and the standard 3DGS PLY file.
+"""Initial 3D Gaussians for a scene: from back-projected RGB-D frames or from the panoptic mesh.
 
-Parameters are stored the way 3DGS, gsplat and common splat viewers store them: ``log_scales`` (so
-``scale = exp(log_scale)``), ``opacity_logits`` (``opacity = sigmoid(logit)``), unnormalised ``wxyz``
-quaternions and SH coefficients ``sh`` ``(N, K, 3)`` with the DC term first (:mod:`simgen.splat.sh`).
-Labels follow the build output contract (:mod:`simgen.build.output`): ``semantic`` is a category id
-(-1 = unknown), ``instance`` a global instance id (> 0 for things, 0 for stuff and unknown).
-World frame: the scene's ``transforms.json`` frame, metres.
+The data type, its PLY file and rendering are :mod:`simgen.render.gaussians`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
-from plyfile import PlyData, PlyElement
 
-from simgen.data import io
 from simgen.data.camera import backproject
-from simgen.splat.rasterize import rasterize
-from simgen.splat.sh import num_sh_bases, rgb_to_sh0, sh0_to_rgb, sh_degree_from_bases
-
-GAUSSIANS_FILE = "gaussians.ply"
-
-
-@dataclass
-class GaussianScene:
-    """``N`` Gaussians (torch tensors on one device; float32 unless stated)."""
-
-    means: torch.Tensor  # (N, 3) world positions, metres
-    quats: torch.Tensor  # (N, 4) rotation, w x y z, not necessarily unit length
-    log_scales: torch.Tensor  # (N, 3) log standard deviations along the rotated axes
-    opacity_logits: torch.Tensor  # (N,) logit of opacity
-    sh: torch.Tensor  # (N, K, 3) SH coefficients, K = (degree+1)^2
-    semantic: torch.Tensor  # (N,) int32 category id, -1 = unknown
-    instance: torch.Tensor  # (N,) int32 instance id, > 0 things, 0 stuff / unknown
-
-    def __post_init__(self) -> None:
-        n = self.means.shape[0]
-        expect = {
-            "means": (n, 3),
-            "quats": (n, 4),
-            "log_scales": (n, 3),
-            "opacity_logits": (n,),
-            "semantic": (n,),
-            "instance": (n,),
-        }
-        for name, shape in expect.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise ValueError(
-                    f"GaussianScene.{name} must have shape {shape}, got {tuple(getattr(self, name).shape)}"
-                )
-        if self.sh.dim() != 3 or self.sh.shape[0] != n or self.sh.shape[2] != 3:
-            raise ValueError(f"GaussianScene.sh must have shape (N, K, 3), got {tuple(self.sh.shape)}")
-        sh_degree_from_bases(self.sh.shape[1])
-
-    def __len__(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def sh_degree(self) -> int:
-        return sh_degree_from_bases(self.sh.shape[1])
-
-    @property
-    def scales(self) -> torch.Tensor:
-        return torch.exp(self.log_scales)
-
-    @property
-    def opacities(self) -> torch.Tensor:
-        return torch.sigmoid(self.opacity_logits)
-
-    def to(self, device: str | torch.device) -> GaussianScene:
-        return GaussianScene(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-    def detach(self) -> GaussianScene:
-        return GaussianScene(**{f.name: getattr(self, f.name).detach().clone() for f in fields(self)})
-
-    def subset(self, index: torch.Tensor) -> GaussianScene:
-        """The Gaussians selected by a bool mask or index tensor."""
-        return GaussianScene(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    def render(
-        self,
-        viewmat: torch.Tensor | np.ndarray,
-        K: torch.Tensor | np.ndarray,
-        width: int,
-        height: int,
-        *,
-        sh_degree: int | None = None,
-        features: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """Render one camera (world-to-camera ``viewmat`` with OpenCV axes, ``K`` 3x3); see
-        :func:`simgen.splat.rasterize.rasterize` for the outputs and the other keyword arguments."""
-        dev, dt = self.means.device, self.means.dtype
-        return rasterize(
-            self.means,
-            self.quats,
-            self.scales,
-            self.opacities,
-            self.sh,
-            torch.as_tensor(viewmat, dtype=dt, device=dev),
-            torch.as_tensor(K, dtype=dt, device=dev),
-            width,
-            height,
-            sh_degree=sh_degree,
-            features=features,
-            **kwargs,
-        )
+from simgen.render.gaussians import GaussianScene
+from simgen.render.sh import num_sh_bases, rgb_to_sh0
 
 
 def knn_scale(points: np.ndarray, k: int = 3) -> np.ndarray:
@@ -259,7 +160,7 @@ def init_from_mesh(
     opacity: float = 0.1,
     flat: bool = True,
 ) -> GaussianScene:
-    """Gaussians on a :class:`simgen.build.output.PanopticMesh`, carrying its colours and labels.
+    """Gaussians on a :class:`simgen.folders.PanopticMesh`, carrying its colours and labels.
 
     With ``count`` None, one Gaussian per vertex. Otherwise ``count`` points are sampled uniformly on the
     surface (meshes of large flat faces have too few vertices); each takes the colour and labels of the
@@ -295,84 +196,3 @@ def init_from_mesh(
         sh_degree=sh_degree,
         opacity=opacity,
     )
-
-
-def _ply_names(k: int) -> list[str]:
-    return (
-        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-        + [f"f_rest_{i}" for i in range(3 * (k - 1))]
-        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
-    )
-
-
-def save_ply(path: str | Path, g: GaussianScene) -> None:
-    """Write the standard 3DGS PLY (binary little endian, float32 properties in Inria's order) plus int32
-    ``semantic`` and ``instance``. ``f_rest_*`` is channel-major (all R coefficients, then G, then B) as in
-    3DGS. Atomic."""
-    k = g.sh.shape[1]
-    sh = g.sh.detach().cpu().float()
-    cols = [
-        g.means.detach().cpu().float(),
-        torch.zeros(len(g), 3),  # normals: unused by 3DGS, present for viewers that expect them
-        sh[:, 0, :],
-        sh[:, 1:, :].transpose(1, 2).reshape(len(g), 3 * (k - 1)),
-        g.opacity_logits.detach().cpu().float()[:, None],
-        g.log_scales.detach().cpu().float(),
-        g.quats.detach().cpu().float(),
-    ]
-    data = torch.cat(cols, dim=1).numpy()
-    names = _ply_names(k)
-    arr = np.empty(len(g), dtype=[(n, "f4") for n in names] + [("semantic", "i4"), ("instance", "i4")])
-    for i, n in enumerate(names):
-        arr[n] = data[:, i]
-    arr["semantic"] = g.semantic.cpu().numpy()
-    arr["instance"] = g.instance.cpu().numpy()
-    with io.atomic_path(path) as tmp:
-        PlyData([PlyElement.describe(arr, "vertex")], text=False).write(str(tmp))
-
-
-def load_ply(path: str | Path) -> GaussianScene:
-    """Read a 3DGS PLY (ours or any tool's). Missing ``semantic`` / ``instance`` read as unknown.
-    Raises ValueError naming the file and the missing properties."""
-    ply = PlyData.read(str(path))
-    if "vertex" not in ply:
-        raise ValueError(f"{path}: no 'vertex' element (not a Gaussian splat PLY)")
-    v = ply["vertex"].data
-    names = set(v.dtype.names)
-    n_rest = sum(1 for n in names if n.startswith("f_rest_"))
-    if n_rest % 3:
-        raise ValueError(f"{path}: {n_rest} f_rest_* properties is not a multiple of 3")
-    k = 1 + n_rest // 3
-    try:
-        sh_degree_from_bases(k)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    need = [n for n in _ply_names(k) if n not in ("nx", "ny", "nz")]
-    missing = [n for n in need if n not in names]
-    if missing:
-        raise ValueError(f"{path}: vertex properties {missing} missing (not a 3DGS PLY)")
-
-    def col(*ns: str) -> torch.Tensor:
-        return torch.from_numpy(np.stack([np.asarray(v[n], np.float32) for n in ns], axis=1))
-
-    n = len(v)
-    dc = col("f_dc_0", "f_dc_1", "f_dc_2")
-    rest = col(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else torch.zeros(n, 0)
-    sh = torch.cat([dc[:, None, :], rest.reshape(n, 3, k - 1).transpose(1, 2)], dim=1)
-    sem = np.asarray(v["semantic"], np.int32) if "semantic" in names else np.full(n, -1, np.int32)
-    ins = np.asarray(v["instance"], np.int32) if "instance" in names else np.zeros(n, np.int32)
-    return GaussianScene(
-        means=col("x", "y", "z"),
-        quats=col("rot_0", "rot_1", "rot_2", "rot_3"),
-        log_scales=col("scale_0", "scale_1", "scale_2"),
-        opacity_logits=col("opacity")[:, 0],
-        sh=sh.contiguous(),
-        semantic=torch.from_numpy(sem),
-        instance=torch.from_numpy(ins),
-    )
-
-
-def base_colors(g: GaussianScene) -> np.ndarray:
-    """``(N, 3)`` uint8 view-independent colour of each Gaussian (the DC term), e.g. for previews."""
-    rgb = sh0_to_rgb(g.sh[:, 0, :].detach().cpu()).clamp(0, 1)
-    return (rgb.numpy() * 255 + 0.5).astype(np.uint8)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simgen.splat.gaussians import GaussianScene
+from simgen.render.gaussians import GaussianScene
 
 
 def point_triangle_distance(points: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
@@ -132,7 +132,7 @@ def nearest_faces(
 
 
 def bake_labels_from_mesh(g: GaussianScene, mesh, max_distance: float | None = None) -> GaussianScene:
-    """Give each Gaussian the labels of ``mesh`` (a :class:`simgen.build.output.PanopticMesh`) at the
+    """Give each Gaussian the labels of ``mesh`` (a :class:`simgen.folders.PanopticMesh`) at the
     closest point of its surface: the labels of the triangle's corner nearest to the Gaussian's centre
     (nearest vertex overall when the mesh has no faces). Gaussians farther than ``max_distance`` metres
     from the surface become unknown (-1 / 0). Returns a new scene; ``g`` is unchanged.
@@ -173,59 +173,6 @@ def transfer_labels(g: GaussianScene, source: GaussianScene) -> GaussianScene:
     out.semantic = source.semantic[idx].to(g.means.device)
     out.instance = source.instance[idx].to(g.means.device)
     return out
-
-
-def render_panoptic(
-    g: GaussianScene,
-    viewmat,
-    K,
-    width: int,
-    height: int,
-    *,
-    min_alpha: float = 0.5,
-    group: int = 32,
-    **kwargs: Any,
-) -> dict[str, np.ndarray]:
-    """Label-blended panoptic rendering of one camera (no gradients).
-
-    The distinct (semantic, instance) pairs of ``g`` are blended as one-hot feature channels, ``group``
-    channels per rasterization pass, and each pixel takes the pair with the largest weight. Pixels with
-    accumulated alpha below ``min_alpha`` are void. Returns ``semantic`` ``(H, W)`` int32 (-1 void / unknown),
-    ``instance`` ``(H, W)`` int32 (0 stuff / void), ``confidence`` ``(H, W)`` float32 (winning weight / alpha)
-    and ``alpha`` ``(H, W)`` float32.
-    """
-    pairs, inverse = torch.unique(
-        torch.stack([g.semantic, g.instance], dim=1).cpu(), dim=0, return_inverse=True
-    )
-    inverse = inverse.to(g.means.device)
-    best_w = torch.zeros(height, width, device=g.means.device)
-    best_i = torch.zeros(height, width, dtype=torch.int64, device=g.means.device)
-    alpha = None
-    with torch.no_grad():
-        for c0 in range(0, len(pairs), group):
-            c1 = min(c0 + group, len(pairs))
-            onehot = (inverse[:, None] == torch.arange(c0, c1, device=inverse.device)[None, :]).to(
-                g.means.dtype
-            )
-            out = g.render(viewmat, K, width, height, features=onehot, **kwargs)
-            w, i = out["features"].max(dim=-1)
-            better = w > best_w
-            best_w = torch.where(better, w, best_w)
-            best_i = torch.where(better, i + c0, best_i)
-            alpha = out["alpha"]
-    if alpha is None:  # no Gaussians at all
-        alpha = torch.zeros(height, width, device=g.means.device)
-    sem = pairs[best_i.cpu(), 0].numpy().astype(np.int32)
-    ins = pairs[best_i.cpu(), 1].numpy().astype(np.int32)
-    void = (alpha < min_alpha).cpu().numpy()
-    sem[void], ins[void] = -1, 0
-    conf = (best_w / torch.clamp_min(alpha, 1e-10)).cpu().numpy().astype(np.float32)
-    return {
-        "semantic": sem,
-        "instance": ins,
-        "confidence": conf,
-        "alpha": alpha.cpu().numpy().astype(np.float32),
-    }
 
 
 def uplift_semantics(

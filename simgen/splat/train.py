@@ -1,4 +1,4 @@
-"""Optimising a :class:`~simgen.splat.gaussians.GaussianScene` against a scene's training frames.
+"""Optimising a :class:`~simgen.render.gaussians.GaussianScene` against a scene's training frames.
 
 Loss (PanopticRecon++ eq. 34): ``L = (1 - l1) * L1 + l1 * (1 - SSIM) + l2 * L_depth`` with ``l1 = 0.2`` and
 ``l2 = 0.1``; ``L_depth`` is the L1 error of the rendered expected depth against the sensor depth on pixels
@@ -27,15 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simgen import folders
 from simgen.data import io
+from simgen.folders import GAUSSIAN_CHECKPOINT_FILE, GAUSSIAN_LABELS_FILE, GAUSSIANS_FILE
+from simgen.render.gaussians import GaussianScene, save_ply
+from simgen.render.rasterize import gsplat_available, rasterize
+from simgen.render.sh import num_sh_bases
 from simgen.splat.config import SplatConfig
-from simgen.splat.gaussians import GaussianScene, init_from_mesh, init_from_rgbd, save_ply
-from simgen.splat.rasterize import gsplat_available, rasterize
-from simgen.splat.sh import num_sh_bases
-
-LABELS_FILE = "gaussians_labels.npz"
-CHECKPOINT_FILE = "gaussians_ckpt.pt"
-
+from simgen.splat.gaussians import init_from_mesh, init_from_rgbd
 
 # ---------------------------------------------------------------------------------------------- losses
 
@@ -223,7 +222,7 @@ class _CpuStrategy:
         # Split: two Gaussians sampled from the original, 1.6x smaller; the original goes.
         split = torch.cat([split, torch.zeros(int(clone.sum()), dtype=torch.bool, device=split.device)])
         if split.any():
-            from simgen.splat.rasterize import quat_to_rotmat
+            from simgen.render.rasterize import quat_to_rotmat
 
             sel = {k: params[k][split] for k in PARAM_NAMES}
             scales = torch.exp(sel["scales"])
@@ -359,7 +358,7 @@ def evaluate_views(g: GaussianScene, views: list[TrainView]) -> dict[str, float]
 
 def initial_gaussians(scene, build_dir: Path, cfg: SplatConfig) -> tuple[GaussianScene, str, Any]:
     """The initial Gaussians, the init used (``"mesh"`` / ``"rgbd"``) and the build's mesh (or None)."""
-    from simgen.build.output import MESH_FILE, read_panoptic_mesh
+    from simgen.folders import MESH_FILE, read_panoptic_mesh
 
     mesh_path = build_dir / MESH_FILE
     mesh = None
@@ -532,7 +531,6 @@ def run_gaussians(
     timings, training PSNR and, with ``cfg.evaluate``, test-view ``psnr`` / ``ssim`` / ``depth_absrel`` of
     the initial and of the trained Gaussians.
     """
-    from simgen.splat.gaussians import GAUSSIANS_FILE
     from simgen.splat.labels import bake_labels_from_mesh
 
     cfg = cfg or SplatConfig()
@@ -545,7 +543,7 @@ def run_gaussians(
     t0 = time.perf_counter()
     views = load_views(scene, train_idx, cfg.downscale, device)
     test_views = load_views(scene, test_idx, cfg.downscale, device) if cfg.evaluate else []
-    ckpt_path = build_dir / CHECKPOINT_FILE
+    ckpt_path = build_dir / GAUSSIAN_CHECKPOINT_FILE
     resume_from = None
     if cfg.resume and ckpt_path.exists():
         resume_from = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -571,77 +569,28 @@ def run_gaussians(
         summary["labels"] = "none"
     if test_views:
         summary["test"] = evaluate_views(g.to(device), test_views)
-    save_ply(build_dir / GAUSSIANS_FILE, g)
-    with io.atomic_path(build_dir / LABELS_FILE) as tmp:
+    save_ply(build_dir / GAUSSIANS_FILE, g, build_id=folders.build_id(build_dir))
+    with io.atomic_path(build_dir / GAUSSIAN_LABELS_FILE) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, semantic=g.semantic.cpu().numpy(), instance=g.instance.cpu().numpy())
     summary["total_seconds"] = time.perf_counter() - t0
-    summary["files"] = [GAUSSIANS_FILE, LABELS_FILE, CHECKPOINT_FILE]
+    summary["files"] = [GAUSSIANS_FILE, GAUSSIAN_LABELS_FILE, GAUSSIAN_CHECKPOINT_FILE]
+    if (build_dir / folders.BUILD_FILE).is_file():
+        # The build record gains the appearance record only once the Gaussians exist.
+        record = folders.read_build_record(build_dir)
+        record["gaussians"] = _json_ready(summary)
+        io.write_json(build_dir / folders.BUILD_FILE, record)
     return summary
 
 
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 # --------------------------------------------------------------------------------------------- render
-
-
-def load_gaussians(build_dir: str | Path, device: str | torch.device = "cpu") -> GaussianScene:
-    """The trained Gaussians of a build folder (``gaussians.ply``), for serve / eval / export.
-
-    Raises FileNotFoundError naming the file when the build has none (built with ``--no-gaussians``)."""
-    from simgen.splat.gaussians import GAUSSIANS_FILE, load_ply
-
-    path = Path(build_dir) / GAUSSIANS_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no trained Gaussians in this build (was it built with --no-gaussians?)"
-        )
-    return load_ply(path).to(device)
-
-
-def render_gaussians(
-    g: GaussianScene,
-    K: np.ndarray,
-    c2w_cv: np.ndarray,
-    width: int,
-    height: int,
-    outputs: tuple[str, ...] = ("rgb", "depth", "panoptic"),
-    *,
-    background: tuple[float, float, float] | None = None,
-    min_alpha: float = 0.5,
-) -> dict[str, np.ndarray]:
-    """Render one camera for serving / evaluation (no gradients).
-
-    ``K`` ``(3, 3)`` pinhole intrinsics in pixels, ``c2w_cv`` ``(4, 4)`` camera-to-world with OpenCV axes
-    (``frame.c2w_cv``). ``outputs`` any of ``rgb``, ``depth``, ``alpha``, ``panoptic``. Returns numpy arrays:
-    ``rgb`` ``(H, W, 3)`` uint8; ``depth`` ``(H, W)`` float32 camera z in metres, 0 where the accumulated
-    alpha is below ``min_alpha`` (the scene-format convention for invalid depth); ``alpha`` ``(H, W)``
-    float32; ``panoptic`` adds ``semantic`` (int32, -1 void) and ``instance`` (int32, 0 stuff / void) by
-    label blending (:func:`simgen.splat.labels.render_panoptic`).
-    """
-    from simgen.splat.labels import render_panoptic
-
-    unknown = set(outputs) - {"rgb", "depth", "alpha", "panoptic"}
-    if unknown:
-        raise ValueError(f"render_gaussians: unknown outputs {sorted(unknown)} (rgb, depth, alpha, panoptic)")
-    K = np.asarray(K, dtype=np.float64)
-    c2w_cv = np.asarray(c2w_cv, dtype=np.float64)
-    if K.shape != (3, 3) or c2w_cv.shape != (4, 4):
-        raise ValueError(
-            f"render_gaussians: K must be (3, 3) and c2w_cv (4, 4), got {K.shape} and {c2w_cv.shape}"
-        )
-    viewmat = np.linalg.inv(c2w_cv)
-    res: dict[str, np.ndarray] = {}
-    if {"rgb", "depth", "alpha"} & set(outputs):
-        bg = None if background is None else torch.tensor(background, dtype=torch.float32)
-        with torch.no_grad():
-            out = g.render(viewmat, K, width, height, background=bg)
-        alpha = out["alpha"].cpu().numpy().astype(np.float32)
-        if "rgb" in outputs:
-            res["rgb"] = (out["rgb"].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        if "depth" in outputs:
-            res["depth"] = np.where(alpha >= min_alpha, out["depth"].cpu().numpy(), 0).astype(np.float32)
-        if "alpha" in outputs:
-            res["alpha"] = alpha
-    if "panoptic" in outputs:
-        pan = render_panoptic(g, viewmat, K, width, height, min_alpha=min_alpha)
-        res["semantic"], res["instance"] = pan["semantic"], pan["instance"]
-    return res

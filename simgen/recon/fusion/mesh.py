@@ -1,0 +1,201 @@
+"""Marching cubes on the fused volume and per-vertex panoptic labels."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from skimage.measure import marching_cubes
+
+from simgen.folders import PanopticMesh
+from simgen.recon.fusion.tsdf import VoxelBlockVolume
+
+_CORNERS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=np.int64)  # (8, 3)
+
+
+def _cube_mask(observed: np.ndarray) -> np.ndarray:
+    """``(X, Y, Z) bool`` mask for skimage's marching cubes: True where all 8 corners are observed.
+
+    skimage gates the cube spanning ``[i-1, i] x [j-1, j] x [k-1, k]`` by ``mask[i, j, k]`` alone (checked
+    empirically with skimage 0.26); requiring every corner avoids the false surface between observed
+    negative voxels and never-observed cells.
+    """
+    X, Y, Z = observed.shape
+    core = observed[:-1, :-1, :-1].copy()
+    for dx, dy, dz in _CORNERS:
+        core &= observed[dx : X - 1 + dx, dy : Y - 1 + dy, dz : Z - 1 + dz]
+    m = np.zeros_like(observed)
+    m[1:, 1:, 1:] = core
+    return m
+
+
+def extract_mesh(
+    vol: VoxelBlockVolume, min_weight: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Zero level set of the TSDF.
+
+    Returns:
+        vertices ``(V, 3) float32`` world metres; faces ``(F, 3) int32`` (counter-clockwise seen from free
+        space: normals point out of the surface, towards where the camera was); ``rows`` ``(V,) int64`` the
+        storage row of each vertex's nearest voxel; ``corners`` ``(V, 8) int64`` the rows of the 8 corners
+        of a cube holding the vertex (-1 where not allocated).
+    """
+    empty = (
+        np.zeros((0, 3), np.float32),
+        np.zeros((0, 3), np.int32),
+        np.zeros(0, np.int64),
+        np.zeros((0, 8)),
+    )
+    origin, index = vol.dense_index()
+    if index.size == 0:
+        return empty
+    ok = index >= 0
+    observed = np.zeros(index.shape, bool)
+    observed[ok] = vol.weight[index[ok]] >= min_weight
+    tsdf = np.ones(index.shape, np.float32)
+    tsdf[ok] = vol.tsdf[index[ok]]
+    mask = _cube_mask(observed)
+    if not mask.any() or not ((tsdf < 0) & observed).any() or not ((tsdf > 0) & observed).any():
+        return empty
+    try:
+        verts, faces, _, _ = marching_cubes(tsdf, level=0.0, mask=mask, gradient_direction="descent")
+    except (RuntimeError, ValueError):  # no crossing inside the masked cubes
+        return empty
+    hi = np.array(index.shape) - 1
+    nearest = np.clip(np.rint(verts).astype(np.int64), 0, hi)
+    rows = index[nearest[:, 0], nearest[:, 1], nearest[:, 2]].astype(np.int64)
+    cube = np.clip(np.floor(verts).astype(np.int64), 0, hi - 1)
+    c = cube[:, None, :] + _CORNERS[None]
+    corners = index[c[..., 0], c[..., 1], c[..., 2]].astype(np.int64)
+    world = ((verts + origin) * vol.voxel_size).astype(np.float32)
+    return world, faces.astype(np.int32), rows, corners
+
+
+def propagate_labels(faces: np.ndarray, key: np.ndarray, known: np.ndarray, iterations: int) -> np.ndarray:
+    """Fill unknown vertex labels from labelled mesh neighbours (majority vote, ring by ring).
+
+    Pseudo-label masks are shrunk at their borders, so thin parts (legs, poles) are often never labelled;
+    their labels come from the surface they are connected to.
+
+    Args:
+        faces: ``(F, 3) int`` triangles; key: ``(V,) int64`` label per vertex; known: ``(V,) bool``.
+        iterations: rings to grow (each ring is about one voxel).
+
+    Returns:
+        ``(V,) bool``, the new ``known`` (``key`` is updated in place).
+    """
+    known = known.copy()
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
+    edges = np.concatenate([edges, edges[:, ::-1]])  # directed: src -> dst
+    for _ in range(iterations):
+        e = edges[known[edges[:, 0]] & ~known[edges[:, 1]]]
+        if e.size == 0:
+            break
+        dst, k = e[:, 1], key[e[:, 0]]
+        pairs, counts = np.unique(np.stack([dst, k], axis=1), axis=0, return_counts=True)
+        order = np.lexsort((-counts, pairs[:, 0]))  # per destination, the most frequent label first
+        pairs = pairs[order]
+        first = np.ones(len(pairs), bool)
+        first[1:] = pairs[1:, 0] != pairs[:-1, 0]
+        key[pairs[first, 0]] = pairs[first, 1]
+        known[pairs[first, 0]] = True
+    return known
+
+
+def label_vertices(
+    vol: VoxelBlockVolume,
+    rows: np.ndarray,
+    corners: np.ndarray,
+    faces: np.ndarray,
+    class_ids: np.ndarray,
+    thing_columns: np.ndarray,
+    instance_class: dict[int, int],
+    instance_lut: np.ndarray | None = None,
+    propagate_iterations: int = 10,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Colour, semantic category id and instance id per vertex.
+
+    Labels come from the vertex's nearest voxel; a vertex whose nearest voxel holds no label takes the
+    summed class weights and the most confident instance vote of its cube's corners; vertices still
+    unlabelled take their mesh neighbours' labels (:func:`propagate_labels`).
+
+    Args:
+        rows, corners: from :func:`extract_mesh`.
+        faces: ``(F, 3)`` triangles (for the propagation).
+        class_ids: ``(C,) int`` category id of each semantic column.
+        thing_columns: ``(C,) bool`` whether each column is a thing class.
+        instance_class: final instance id -> semantic column; instance vertices take their instance's
+            class so that semantic and instance labels agree.
+        instance_lut: ``(max_id + 1,) int32`` map from voted ids to final ids (drops -> 0).
+        propagate_iterations: rings of label propagation (0 disables it).
+
+    Returns:
+        colours ``(V, 3) uint8``, semantic ``(V,) int32`` (-1 unknown), instance ``(V,) int32`` (0 none).
+    """
+    colors = np.clip(np.rint(vol.color[:, rows].T), 0, 255).astype(np.uint8)
+    sem_w = vol.semantic[rows].astype(np.float32)
+    inst = np.where(vol.instance_conf[rows] > 0, vol.instance[rows], 0)
+    conf = vol.instance_conf[rows].copy()
+    empty = sem_w.max(axis=1) <= 0
+    if empty.any():
+        cr = corners[empty]
+        valid = cr >= 0
+        crc = np.where(valid, cr, 0)
+        sem_w[empty] = (vol.semantic[crc].astype(np.float32) * valid[..., None]).sum(axis=1)
+        cconf = np.where(valid, vol.instance_conf[crc], 0.0)
+        best = np.argmax(cconf, axis=1)
+        pick = np.take_along_axis(crc, best[:, None], axis=1)[:, 0]
+        has = np.take_along_axis(cconf, best[:, None], axis=1)[:, 0] > 0
+        inst[empty] = np.where(has, vol.instance[pick], 0)
+        conf[empty] = np.where(has, cconf.max(axis=1), 0.0)
+    col = sem_w.argmax(axis=1)
+    known = sem_w.max(axis=1) > 0
+    if instance_lut is not None:
+        inst = instance_lut[np.clip(inst, 0, len(instance_lut) - 1)]
+    # A stuff majority wins over a stale instance vote; an instance otherwise decides the class.
+    inst = np.where(known & ~thing_columns[col], 0, inst)
+    ids = np.array(sorted(instance_class), dtype=np.int64)
+    if ids.size:
+        cols = np.array([instance_class[i] for i in ids], dtype=np.int64)
+        pos = np.clip(np.searchsorted(ids, inst), 0, len(ids) - 1)
+        is_inst = (inst > 0) & (ids[pos] == inst)
+        col = np.where(is_inst, cols[pos], col)
+        known |= is_inst
+        inst = np.where(is_inst, inst, 0)
+    else:
+        inst = np.zeros_like(inst)
+    if propagate_iterations > 0 and not known.all():
+        n_inst = int(inst.max()) + 1
+        key = col.astype(np.int64) * n_inst + inst
+        known = propagate_labels(faces, key, known, propagate_iterations)
+        col, inst = np.divmod(key, n_inst)
+    semantic = np.where(known, class_ids[col], -1).astype(np.int32)
+    return colors, semantic, np.where(known, inst, 0).astype(np.int32)
+
+
+def panoptic_mesh(
+    vol: VoxelBlockVolume,
+    class_ids: np.ndarray,
+    thing_columns: np.ndarray,
+    instance_class: dict[int, int],
+    instance_lut: np.ndarray | None = None,
+    min_weight: float = 1.0,
+    propagate_iterations: int = 10,
+) -> PanopticMesh:
+    """Mesh the volume and label it (see :func:`extract_mesh`, :func:`label_vertices`)."""
+    verts, faces, rows, corners = extract_mesh(vol, min_weight)
+    if len(verts) == 0:
+        z = np.zeros(0, np.int32)
+        return PanopticMesh(verts, faces, np.zeros((0, 3), np.uint8), z, z)
+    colors, semantic, inst = label_vertices(
+        vol,
+        rows,
+        corners,
+        faces,
+        class_ids,
+        thing_columns,
+        instance_class,
+        instance_lut,
+        propagate_iterations,
+    )
+    return PanopticMesh(verts, faces, colors, semantic, inst)

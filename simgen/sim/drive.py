@@ -1,0 +1,333 @@
+"""``simgen drive OUT``: MuJoCo stands in for Gazebo -- a Jackal-sized robot drives through an exported
+scene along waypoints while the render server renders its camera at 10 Hz of simulation time.
+
+The export's MJCF (``OUT/mjcf/<scene>.xml``, the same collision hulls as the Gazebo world) gets the robot
+added as a planar base: slide x, slide y and yaw hinge, each driven by a force-limited velocity actuator,
+with the Jackal's box chassis and four wheel cylinders as colliders. (Driving through wheel friction
+would add tuning, not fidelity, to a stand-in; the robot is still non-holonomic because the controller
+only commands forward speed and yaw rate.) It floats 1 cm above the floor, as it is spawned in Gazebo, so
+only obstacles touch it. When it pushes against one and stops making progress, the run ends and says
+which collider blocked it.
+
+Outputs in ``-o DIR`` (default ``OUT/drive``): ``frames/NNNNNN_{rgb,depth,panoptic}.png`` (depth 16-bit
+millimetres, panoptic in the COCO id encoding), ``trajectory.json`` (per frame: sim time, camera pose in
+the gazebo convention, robot x, y, yaw, segments in view; the run's outcome), ``mjcf`` with the robot
+(``OUT/mjcf/<scene>_drive.xml``), and ``drive.gif`` (RGB | depth | panoptic side by side).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lxml import etree
+
+from simgen import folders
+from simgen.data import io
+from simgen.sim.gazebo import camera_pose
+from simgen.sim.world import CAMERA_XYZ, CHASSIS, CHASSIS_Z, TRACK, WHEEL_BASE, WHEEL_RADIUS, WHEEL_WIDTH
+
+HOVER = 0.01  # m above the floor, as `simgen world` spawns it in Gazebo
+ROBOT = "simgen_robot"
+
+
+class DriveError(ValueError):
+    """Bad input for a drive; the message names the file or option."""
+
+
+@dataclass
+class DriveConfig:
+    waypoints: tuple[float, ...] = field(
+        default=(), metadata={"help": "x y pairs (m, world frame) to drive through in order"}
+    )
+    spawn: tuple[float, ...] | None = field(
+        default=None,
+        metadata={"help": "start pose 'x y yaw'; default: the freest floor point (simgen world)"},
+    )
+    server: str | None = field(
+        default=None, metadata={"help": "render server URL; default: render in this process"}
+    )
+    rate_hz: float = field(default=10.0, metadata={"help": "camera frames per second of simulation time"})
+    width: int = field(default=320, metadata={"help": "image width (pixels)"})
+    height: int = field(default=240, metadata={"help": "image height (pixels)"})
+    hfov_rad: float = field(default=1.047, metadata={"help": "horizontal field of view (rad)"})
+    speed: float = field(default=0.5, metadata={"help": "cruise speed (m/s)"})
+    max_time: float = field(default=60.0, metadata={"help": "simulated seconds before giving up"})
+    reach: float = field(
+        default=0.15, metadata={"help": "distance at which a waypoint counts as reached (m)"}
+    )
+    gif: bool = field(default=True, metadata={"help": "write drive.gif (RGB | depth | panoptic)"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+
+
+def robot_mjcf(x: float, y: float, yaw: float) -> tuple[etree._Element, etree._Element]:
+    """The robot ``<body>`` and its ``<actuator>`` children (MJCF), base frame on the floor under the chassis."""
+    body = etree.Element("body", name=ROBOT, pos=f"{x:.6g} {y:.6g} {HOVER}")
+    for name, kind, axis in (("x", "slide", "1 0 0"), ("y", "slide", "0 1 0"), ("yaw", "hinge", "0 0 1")):
+        etree.SubElement(body, "joint", name=f"{ROBOT}_{name}", type=kind, axis=axis, damping="1")
+    L, W, H = CHASSIS
+    etree.SubElement(
+        body,
+        "geom",
+        name=f"{ROBOT}_chassis",
+        type="box",
+        size=f"{L / 2} {W / 2} {H / 2}",
+        pos=f"0 0 {CHASSIS_Z}",
+        mass="16",
+        rgba="0.15 0.15 0.15 1",
+    )
+    for side, sy in (("left", 1), ("right", -1)):
+        for end, sx in (("front", 1), ("rear", -1)):
+            etree.SubElement(
+                body,
+                "geom",
+                name=f"{ROBOT}_{end}_{side}_wheel",
+                type="cylinder",
+                size=f"{WHEEL_RADIUS} {WHEEL_WIDTH / 2}",
+                pos=f"{sx * WHEEL_BASE / 2} {sy * TRACK / 2} {WHEEL_RADIUS}",
+                zaxis="0 1 0",
+                mass="0.5",
+                rgba="0.05 0.05 0.05 1",
+            )
+    etree.SubElement(body, "site", name=f"{ROBOT}_camera", pos=" ".join(str(v) for v in CAMERA_XYZ))
+    # Each base joint is rotated to its target velocity with a capped force: against an obstacle the
+    # cap is reached and the robot stops instead of tunnelling through.
+    actuators = etree.Element("actuator")
+    etree.SubElement(actuators, "velocity", joint=f"{ROBOT}_x", kv="400", forcerange="-150 150")
+    etree.SubElement(actuators, "velocity", joint=f"{ROBOT}_y", kv="400", forcerange="-150 150")
+    etree.SubElement(actuators, "velocity", joint=f"{ROBOT}_yaw", kv="40", forcerange="-30 30")
+    return body, actuators
+
+
+def export_mjcf(out_dir: Path) -> Path:
+    """The export's MJCF file ``OUT/mjcf/<scene>.xml`` (DriveError naming what is missing)."""
+    try:
+        src = folders.read_export_record(out_dir).mjcf_file
+    except folders.FolderError as e:
+        raise DriveError(f"{e} (run simgen export first)") from None
+    if not src.is_file():
+        raise DriveError(f"{src}: missing (export with --format mjcf or all)")
+    return src
+
+
+def scene_with_robot(out_dir: Path, spawn: tuple[float, float, float]) -> Path:
+    """Write ``OUT/mjcf/<scene>_drive.xml``: the export's MJCF plus the robot; returns its path."""
+    src = export_mjcf(out_dir)
+    tree = etree.parse(str(src), etree.XMLParser(remove_blank_text=True))
+    root = tree.getroot()
+    worldbody = root.find("worldbody")
+    if worldbody is None:
+        raise DriveError(f"{src}: no <worldbody>")
+    body, actuators = robot_mjcf(*spawn)
+    worldbody.append(body)
+    existing = root.find("actuator")
+    if existing is None:
+        root.append(actuators)
+    else:
+        existing.extend(list(actuators))
+    dst = src.with_name(f"{src.stem}_drive.xml")  # beside the original: mesh paths stay relative to it
+    with io.atomic_path(dst) as tmp:
+        tmp.write_bytes(etree.tostring(tree, pretty_print=True, xml_declaration=True, encoding="utf-8"))
+    return dst
+
+
+def _wrap(a: float) -> float:
+    return (a + math.pi) % (2 * math.pi) - math.pi
+
+
+def _renderer(out_dir: Path, cfg: DriveConfig, scene=None):
+    """``render(pose) -> {rgb, depth, panoptic, segments}`` through the server or in process."""
+    body = {"width": cfg.width, "height": cfg.height, "hfov_rad": cfg.hfov_rad, "convention": "gazebo"}
+    if cfg.server:
+        from simgen.serve.client import RenderClient
+
+        client = RenderClient(cfg.server, retries=3)
+        return lambda pose: client.post_render({"pose": pose, **body})
+    from simgen.serve import api
+    from simgen.serve.config import ServeConfig
+    from simgen.serve.scene import load_render_scene
+
+    scene = scene or load_render_scene(out_dir)
+
+    def render(pose: dict) -> dict:
+        params = api.parse_render_body({"pose": pose, **body}, ServeConfig(max_width=8192, max_height=8192))
+        return scene.render(params.camera.intrinsics(), params.c2w_cv[0], params.outputs)
+
+    return render
+
+
+def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None) -> dict[str, Any]:
+    """Run the drive; returns the trajectory summary written to ``dest/trajectory.json``.
+
+    Raises:
+        DriveError / SceneLoadError / simgen.serve.client.RenderError: naming what is wrong.
+    """
+    import mujoco
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    dest = Path(dest) if dest else out_dir / "drive"
+    if len(cfg.waypoints) < 2 or len(cfg.waypoints) % 2:
+        raise DriveError(f"--waypoints needs x y pairs, got {len(cfg.waypoints)} numbers")
+    if not all(math.isfinite(v) for v in cfg.waypoints):
+        raise DriveError("--waypoints must be finite numbers")
+    waypoints = np.asarray(cfg.waypoints, dtype=np.float64).reshape(-1, 2)
+    export_mjcf(out_dir)  # fail on a folder that is no export before any slow work
+    scene = None
+    if cfg.spawn is not None:
+        if len(cfg.spawn) != 3 or not all(math.isfinite(v) for v in cfg.spawn):
+            raise DriveError(f"--spawn must be 3 finite numbers x y yaw, got {cfg.spawn}")
+        spawn = tuple(float(v) for v in cfg.spawn)
+    else:
+        from simgen.serve.scene import load_render_scene
+        from simgen.sim.world import free_spawn_pose
+
+        scene = load_render_scene(out_dir)
+        spawn = free_spawn_pose(scene.mesh, raycaster=scene.raycaster)
+    render = _renderer(out_dir, cfg, None if cfg.server else scene)
+    mjcf_path = scene_with_robot(out_dir, spawn)
+    model = mujoco.MjModel.from_xml_path(str(mjcf_path))
+    data = mujoco.MjData(model)
+    jx, jy, jyaw = (model.joint(f"{ROBOT}_{n}").qposadr[0] for n in ("x", "y", "yaw"))
+    vx, vy = (model.joint(f"{ROBOT}_{n}").dofadr[0] for n in ("x", "y"))
+    data.qpos[jyaw] = spawn[2]
+    mujoco.mj_forward(model, data)
+    robot_body = model.body(ROBOT).id
+    robot_geoms = {g for g in range(model.ngeom) if model.geom_bodyid[g] == robot_body}
+    base = np.array([model.body(ROBOT).pos[0], model.body(ROBOT).pos[1]])  # slide joints are offsets from it
+
+    frames_dir = dest / "frames"
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    period = 1.0 / cfg.rate_hz
+    next_frame = 0.0
+    target, frames, gif_frames = 0, [], []
+    stalled_since: float | None = None
+    outcome = {"status": "timeout", "blocked_by": None}
+    bar = tqdm(total=len(waypoints), desc="drive", unit="waypoint", disable=cfg.quiet)
+
+    def pose_now() -> tuple[float, float, float]:
+        x, y = base + [data.qpos[jx], data.qpos[jy]]
+        return float(x), float(y), float(data.qpos[jyaw])
+
+    while data.time < cfg.max_time:
+        x, y, yaw = pose_now()
+        if data.time + 1e-9 >= next_frame:  # frames on the simulation-time grid k / rate_hz
+            frames.append(_frame(render, frames_dir, len(frames), data.time, x, y, yaw, gif_frames, cfg))
+            next_frame += period
+        while target < len(waypoints) and math.hypot(*(waypoints[target] - [x, y])) < cfg.reach:
+            target += 1
+            bar.update(1)
+        if target == len(waypoints):
+            outcome = {"status": "reached", "blocked_by": None}
+            break
+        dx, dy = waypoints[target] - [x, y]
+        err = _wrap(math.atan2(dy, dx) - yaw)
+        # Forward speed only while roughly facing the waypoint, slowing on the last 0.3 m; yaw rate
+        # proportional to the heading error: a differential-drive robot's commands.
+        v = cfg.speed * max(0.0, math.cos(err)) * min(1.0, math.hypot(dx, dy) / 0.3 + 0.2)
+        w = float(np.clip(2.5 * err, -1.5, 1.5))
+        data.ctrl[:] = [v * math.cos(yaw), v * math.sin(yaw), w]
+        mujoco.mj_step(model, data)
+        speed = math.hypot(data.qvel[vx], data.qvel[vy])
+        if v > 0.1 and speed < 0.2 * v:  # commanded forward but hardly moving: pushing against something?
+            stalled_since = data.time if stalled_since is None else stalled_since
+            if data.time - stalled_since > 0.5:
+                hit = _blocking_geom(model, data, robot_geoms)
+                if hit is not None:
+                    outcome = {"status": "blocked", "blocked_by": hit}
+                    frames.append(
+                        _frame(render, frames_dir, len(frames), data.time, *pose_now(), gif_frames, cfg)
+                    )
+                    break
+        else:
+            stalled_since = None
+    bar.close()
+    x, y = base + [data.qpos[jx], data.qpos[jy]]
+    summary = {
+        "export": str(out_dir),
+        "mjcf": str(mjcf_path),
+        "spawn": list(spawn),
+        "waypoints": waypoints.tolist(),
+        "waypoints_reached": int(target),
+        "final": {"x": float(x), "y": float(y), "yaw": float(data.qpos[jyaw]), "time": float(data.time)},
+        "camera": {
+            "width": cfg.width,
+            "height": cfg.height,
+            "hfov_rad": cfg.hfov_rad,
+            "convention": "gazebo",
+        },
+        **outcome,
+        "frames": frames,
+    }
+    io.write_json(dest / "trajectory.json", summary)
+    if cfg.gif and gif_frames:
+        from PIL import Image
+
+        imgs = [Image.fromarray(f) for f in gif_frames]
+        with io.atomic_path(dest / "drive.gif") as tmp:
+            imgs[0].save(
+                tmp,
+                format="GIF",
+                save_all=True,
+                append_images=imgs[1:],
+                duration=round(1000 / cfg.rate_hz),
+                loop=0,
+            )
+    return summary
+
+
+def _blocking_geom(model, data, robot_geoms: set[int]) -> str | None:
+    """Name of a non-robot geom in contact with the robot (the one pushed hardest), else None."""
+    import mujoco
+
+    best, best_f = None, 0.0
+    force = np.zeros(6)
+    for i in range(data.ncon):
+        c = data.contact[i]
+        g1, g2 = int(c.geom1), int(c.geom2)
+        if (g1 in robot_geoms) == (g2 in robot_geoms):
+            continue
+        mujoco.mj_contactForce(model, data, i, force)
+        if force[0] > best_f:
+            other = g2 if g1 in robot_geoms else g1
+            best, best_f = model.geom(other).name or f"geom {other}", float(force[0])
+    return best
+
+
+def _frame(
+    render,
+    frames_dir: Path,
+    k: int,
+    t: float,
+    x: float,
+    y: float,
+    yaw: float,
+    gif_frames: list,
+    cfg: DriveConfig,
+) -> dict:
+    from simgen.serve import api
+
+    quat = (0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
+    pose = camera_pose((x, y, HOVER), quat, (*CAMERA_XYZ, 0.0, 0.0, 0.0))
+    out = render(pose)
+    stem = frames_dir / f"{k:06d}"
+    io.write_image(f"{stem}_rgb.png", out["rgb"])
+    io.write_image(f"{stem}_depth.png", api.depth_to_mm(out["depth"]))
+    io.write_panoptic(f"{stem}_panoptic.png", out["panoptic"])
+    if cfg.gif:
+        side = np.concatenate(
+            [out["rgb"], api.colorize_depth(out["depth"], 8.0), api.colorize_panoptic(out["panoptic"])], 1
+        )
+        gif_frames.append(side[::2, ::2] if cfg.width > 200 else side)
+    return {
+        "index": k,
+        "time": round(float(t), 4),
+        "x": x,
+        "y": y,
+        "yaw": yaw,
+        "pose": pose,
+        "segments": out["segments"],
+    }
