@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from simgen.data.scene import load_scene
+from simgen.folders import GAUSSIAN_CHECKPOINT_FILE as CHECKPOINT_FILE
+from simgen.folders import GAUSSIAN_LABELS_FILE as LABELS_FILE
 from simgen.folders import GAUSSIANS_FILE, write_panoptic_mesh
 from simgen.render.gaussians import load_gaussians, load_ply, render_gaussians
 from simgen.splat.train import (
-    CHECKPOINT_FILE,
-    LABELS_FILE,
     SplatConfig,
     evaluate_views,
     load_views,
