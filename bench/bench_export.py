@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from machine import machine  # bench/ is on sys.path when run as a script
 
 
 def _run(args: list[str]) -> None:

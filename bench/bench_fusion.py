@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from machine import machine  # bench/ is on sys.path when run as a script
 
 
 def load_avg() -> str:

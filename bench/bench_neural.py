@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import get_args
 
-from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from machine import machine  # bench/ is on sys.path when run as a script
 
 from simgen.synth.layout import TwinLayout
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from machine import machine  # bench/ is on sys.path when run as a script
 
 OUTPUT_SETS = {"depth+panoptic": ["depth", "panoptic"], "rgb+depth+panoptic": ["rgb", "depth", "panoptic"]}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from machine import machine  # bench/ is on sys.path when run as a script
 
 
 def gt_panoptic_mesh(scene):

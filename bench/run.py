@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(
     0, str(Path(__file__).resolve().parent)
 )  # bench/machine.py, also when run.py is loaded by path
-from machine import machine_info, machine_line  # noqa: E402
+from machine import machine_info, machine_line
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"

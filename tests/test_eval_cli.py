@@ -9,22 +9,20 @@ import numpy as np
 import pytest
 
 from simgen.cli import main
-from simgen.data.scene import load_scene
 from simgen.eval.evaluate import gt_labels
 from simgen.folders import PanopticMesh, read_panoptic_mesh, write_panoptic_mesh
-from simgen.synth import synthesize
 
 FAST = ["--samples", "30000", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def scene_dir(tmp_path_factory) -> Path:
-    return synthesize(tmp_path_factory.mktemp("scene") / "tiny", preset="tiny", seed=0)
+def scene_dir(tiny_scene_dir) -> Path:
+    return tiny_scene_dir
 
 
 @pytest.fixture(scope="module")
-def scene(scene_dir):
-    return load_scene(scene_dir)
+def scene(tiny_scene):
+    return tiny_scene
 
 
 def _gt_mesh(scene) -> PanopticMesh:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from helpers.export_scenes import CATEGORIES, HEIGHT, ROOM, gt_build, make_mesh, room_parts, write_build
 from lxml import etree
 from scipy.spatial.transform import Rotation
-from test_export_scenes import CATEGORIES, HEIGHT, ROOM, gt_build, make_mesh, room_parts, write_build
 
 from simgen.cli import main
 from simgen.data.scene import Category
@@ -383,3 +383,13 @@ def test_decomposition_handles_interpenetrating_pieces():
     assert res.method == "coacd" and len(res.hulls) == 2 and not res.warnings
     vols = sorted(trimesh.Trimesh(v, f).volume for v, f in res.hulls)
     assert vols == pytest.approx([0.064, 0.064], rel=1e-6)
+
+
+def test_room_scene_is_labelled_consistently():
+    mesh = make_mesh()
+    assert len(mesh.vertices) == len(mesh.semantic) == len(mesh.instance)
+    assert set(np.unique(mesh.instance)) == {0, 1, 2, 3}
+    floor = mesh.semantic == 1
+    assert np.abs(mesh.vertices[floor, 2]).max() < 1e-6
+    for iid, cid in ((1, 10), (2, 11), (3, 12)):
+        assert set(np.unique(mesh.semantic[mesh.instance == iid])) == {cid}

@@ -44,8 +44,8 @@ def _low_res_config(width: int, height: int) -> FusionConfig:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return synthesize(tmp_path_factory.mktemp("tiny") / "scene", "tiny", seed=0)
+def tiny_dir(tiny_scene_dir) -> Path:
+    return tiny_scene_dir
 
 
 @pytest.fixture(scope="module")

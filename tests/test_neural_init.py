@@ -17,14 +17,12 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from simgen.data.camera import backproject
-from simgen.data.scene import load_scene
 from simgen.folders import BUILD_FILE
 from simgen.recon.fusion import FusionConfig, run_fusion
 from simgen.recon.neural import neural_config, run_neural
 from simgen.recon.neural.data import load_rays
 from simgen.recon.neural.model import PanopticModel
 from simgen.recon.neural.warmstart import FusionPrior, fused_mesh, token_gaussians, warm_start
-from simgen.synth import synthesize
 
 # the fast preset shrunk so the pre-fit takes seconds (as tests/test_neural_train.py)
 SMALL = dict(
@@ -34,8 +32,8 @@ SMALL = dict(
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return load_scene(synthesize(tmp_path_factory.mktemp("scene") / "tiny", preset="tiny", seed=0))
+def tiny(tiny_scene):
+    return tiny_scene
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,12 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from simgen.data.camera import backproject
-from simgen.data.scene import load_scene
 from simgen.folders import BUILD_FILE, INSTANCES_FILE, MESH_FILE, read_instances, read_panoptic_mesh
 from simgen.recon.neural import CHECKPOINT, LOG_FILE, NeuralTrainingError, neural_config, run_neural
 from simgen.recon.neural.config import NeuralConfig
 from simgen.recon.neural.data import load_rays, sample_batch
 from simgen.recon.neural.tokens import TokenStats
 from simgen.recon.neural.train import load_model, train_step
-from simgen.synth import synthesize
 
 STEPS = 200
 # the fast preset shrunk so the run takes seconds: smaller geometry grid, fewer rays, coarser mesh
@@ -37,8 +35,8 @@ SMALL = dict(
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return load_scene(synthesize(tmp_path_factory.mktemp("scene") / "tiny", preset="tiny", seed=0))
+def tiny(tiny_scene):
+    return tiny_scene
 
 
 @pytest.fixture(scope="module")

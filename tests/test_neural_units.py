@@ -10,7 +10,7 @@ import torch
 
 from simgen.recon.neural import losses as L
 from simgen.recon.neural.config import NeuralConfig, neural_config
-from simgen.recon.neural.fields import InstanceTokens, instance_probs, panoptic_probs, quat_to_rotmat
+from simgen.recon.neural.fields import InstanceTokens, instance_probs, panoptic_probs
 from simgen.recon.neural.matching import match_masks
 from simgen.recon.neural.render import (
     alpha_to_weights,
@@ -20,6 +20,7 @@ from simgen.recon.neural.render import (
     sdf_to_alpha,
 )
 from simgen.recon.neural.tokens import TokenStats, adjust_tokens, iom_matrix
+from simgen.render.rasterize import quat_to_rotmat
 
 # ---------------------------------------------------------------- rendering (eq. 10-11)
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from test_serve_scene import gazebo_pose, make_build
-from test_serve_server import Server
+from helpers.serve_scenes import gazebo_pose, make_build
+from helpers.server import Server
 
 from simgen import folders
 from simgen.data.camera import Intrinsics

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.serve_scenes import BOX1, make_build
 from scipy.spatial.transform import Rotation
-from test_serve_scene import BOX1, make_build
 
 from simgen.data.io import rgb_to_id
 from simgen.data.poses import parse_pose

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trimesh
+from helpers.serve_scenes import K, make_build
 from scipy.spatial.transform import Rotation
-from test_serve_scene import K, make_build
 
 from simgen.data.camera import Intrinsics, backproject, look_at, opengl_to_opencv, project
 from simgen.data.poses import (

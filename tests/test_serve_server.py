@@ -12,16 +12,14 @@ import io
 import json
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.server import Server
 from PIL import Image
 
 from simgen.data.io import rgb_to_id, write_json
@@ -44,49 +42,6 @@ WORLD_FROM_SCENE = np.array(
     ]
 )
 FRAMES = (0, 5, 11)
-
-
-class Server:
-    """A ``simgen serve`` subprocess on an ephemeral port; :meth:`wait` until it answers /healthz."""
-
-    def __init__(self, folder: Path, *flags: str):
-        cmd = [sys.executable, "-m", "simgen", "serve", str(folder), "--port", "0", "--quiet", *flags]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        self.log: list[str] = []
-        self.url: str | None = None
-        self._found = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.log.append(line)
-            if self.url is None and " on http://" in line:
-                self.url = line.split(" on ", 1)[1].split("/ ", 1)[0]
-                self._found.set()
-
-    def wait(self, timeout: float = 90.0) -> Server:
-        deadline = time.monotonic() + timeout
-        if not self._found.wait(timeout):
-            self.stop()
-            raise RuntimeError("server did not start:\n" + "".join(self.log))
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=5).read()
-                return self
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("server never answered:\n" + "".join(self.log)) from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from helpers.serve_scenes import BOX1, BOX2, K, gazebo_pose, make_build
 from lxml import etree
 from scipy.spatial.transform import Rotation
-from test_serve_scene import BOX1, BOX2, K, gazebo_pose, make_build
 
 from simgen.data.poses import parse_pose
 from simgen.export.pipeline import run_export

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.gt import gt_panoptic_mesh
 from plyfile import PlyData
 
 from simgen.data.scene import load_scene
-from simgen.folders import PanopticMesh
 from simgen.render.gaussians import GaussianScene, load_ply, render_panoptic, save_ply
 from simgen.splat.gaussians import init_from_mesh, init_from_rgbd
 from simgen.splat.labels import bake_labels_from_mesh, uplift_semantics
@@ -24,15 +24,6 @@ def tiny(tmp_path_factory):
     return load_scene(
         synthesize(tmp_path_factory.mktemp("splat") / "tiny", preset="tiny", seed=0, noise=False)
     )
-
-
-def gt_panoptic_mesh(scene) -> PanopticMesh:
-    mesh = scene.gt.mesh()
-    seg = scene.gt.mesh_labels()
-    cat = np.array([scene.gt.segments.get(int(s), -1) for s in seg], dtype=np.int32)
-    thing = np.array([c in scene.categories and scene.categories[c].isthing for c in cat])
-    colors = np.asarray(mesh.visual.vertex_colors)[:, :3]
-    return PanopticMesh(mesh.vertices, mesh.faces, colors, cat, np.where(thing, seg, 0))
 
 
 def gt_labels(scene, i):

@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A tiny scene at 64x48 (fast), its GT panoptic mesh written as a build's panoptic_mesh.ply."""
-    from test_splat_labels import gt_panoptic_mesh
+    from helpers.gt import gt_panoptic_mesh
 
     from simgen.synth import synthesize
 

@@ -51,25 +51,6 @@ def opengl_to_opencv(c2w: np.ndarray) -> np.ndarray:
 opencv_to_opengl = opengl_to_opencv  # the flip is its own inverse
 
 
-def pixel_rays(K: Intrinsics, c2w_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rays through pixel centres.
-
-    Args:
-        K: intrinsics.
-        c2w_cv: ``(4, 4)`` camera-to-world, OpenCV camera axes.
-
-    Returns:
-        origins ``(H*W, 3)`` and unit directions ``(H*W, 3)`` in world coordinates, row-major pixel order.
-        A hit at ray distance ``s`` has z-depth ``s * (d @ c2w_cv[:3, 2])``.
-    """
-    dirs_cam = camera_directions(K)
-    R, t = c2w_cv[:3, :3], c2w_cv[:3, 3]
-    d = dirs_cam.reshape(-1, 3) @ R.T
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    o = np.broadcast_to(t, d.shape).copy()
-    return o, d
-
-
 def camera_directions(K: Intrinsics) -> np.ndarray:
     """``(H, W, 3)`` camera-frame (OpenCV) directions with z = 1 through pixel centres."""
     u, v = np.meshgrid(np.arange(K.width) + 0.5, np.arange(K.height) + 0.5)

@@ -98,14 +98,6 @@ def quat_to_matrix(qx: float, qy: float, qz: float, qw: float, field: str = "pos
     return Rotation.from_quat(q / norm).as_matrix()
 
 
-def pose_matrix(position: np.ndarray, quat_xyzw: np.ndarray) -> np.ndarray:
-    """Position ``(3,)`` + unit quaternion ``(4,)`` scalar-last -> ``(4, 4)`` transform."""
-    T = np.eye(4)
-    T[:3, :3] = quat_to_matrix(*quat_xyzw)
-    T[:3, 3] = position
-    return T
-
-
 def matrix_to_pose(T: np.ndarray) -> dict[str, float]:
     """``(4, 4)`` rigid transform -> ``{x, y, z, qx, qy, qz, qw}`` (qw >= 0)."""
     T = np.asarray(T, dtype=np.float64)

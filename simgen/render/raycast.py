@@ -6,7 +6,7 @@ otherwise, which is orders of magnitude slower).
 
 Conventions: cameras are :class:`simgen.data.camera.Intrinsics` plus a ``(4, 4)`` camera-to-world
 matrix with OpenCV axes (x right, y down, z forward); rays go through pixel centres
-(:func:`simgen.data.camera.pixel_rays`). Depth is z-depth (distance along the camera's optical
+(:func:`simgen.data.camera.camera_directions`). Depth is z-depth (distance along the camera's optical
 axis) in metres, not the distance along the ray.
 """
 

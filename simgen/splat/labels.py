@@ -163,18 +163,6 @@ def bake_labels_from_mesh(g: GaussianScene, mesh, max_distance: float | None = N
     return out
 
 
-def transfer_labels(g: GaussianScene, source: GaussianScene) -> GaussianScene:
-    """Labels of the nearest Gaussian of ``source`` (e.g. after densification moved and split Gaussians)."""
-    from scipy.spatial import cKDTree
-
-    _, idx = cKDTree(source.means.detach().cpu().numpy()).query(g.means.detach().cpu().numpy(), k=1)
-    idx = torch.from_numpy(idx).to(source.semantic.device)
-    out = g.detach()
-    out.semantic = source.semantic[idx].to(g.means.device)
-    out.instance = source.instance[idx].to(g.means.device)
-    return out
-
-
 def uplift_semantics(
     g: GaussianScene,
     views: list[tuple[Any, Any, np.ndarray]],

@@ -14,7 +14,6 @@ import numpy as np
 
 # Texture kinds (Material.kind).
 PLAIN, CHECKER, STRIPES, NOISE, GRAIN = range(5)
-TEXTURE_NAMES = {"plain": PLAIN, "checker": CHECKER, "stripes": STRIPES, "noise": NOISE, "grain": GRAIN}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simgen.recon.neural.hashgrid import HashGridSpec, make_hashgrid
+from simgen.render.rasterize import quat_to_rotmat
 
 
 class Box(nn.Module):
@@ -119,19 +120,6 @@ class HashMLP(nn.Module):
 
     def forward(self, p: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.enc(self.box.normalise(p)))
-
-
-def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    """Quaternions ``(N, 4)`` (w, x, y, z; any norm) -> rotation matrices ``(N, 3, 3)``."""
-    w, x, y, z = F.normalize(q, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(-1, 3, 3)  # fmt: skip
 
 
 class InstanceTokens(nn.Module):

@@ -204,7 +204,7 @@ class TcnnHashGrid(nn.Module):
 
     def __init__(self, spec: HashGridSpec, init_scale: float = 1e-4):
         super().__init__()
-        import tinycudann as tcnn  # noqa: PLC0415  (optional dependency)
+        import tinycudann as tcnn  # optional dependency
 
         self.spec = spec
         self.enc = tcnn.Encoding(3, spec.tcnn_config(), dtype=torch.float32)
@@ -233,7 +233,7 @@ def tcnn_available(device: torch.device | str) -> bool:
     if torch.device(device).type != "cuda":
         return False
     try:
-        import tinycudann  # noqa: F401, PLC0415
+        import tinycudann  # noqa: F401
     except Exception:  # ImportError, or a build for another GPU architecture raising at import
         return False
     return True

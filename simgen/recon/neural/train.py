@@ -286,7 +286,7 @@ def run_neural(
         NeuralTrainingError: a loss term became NaN / inf (message names the term and the last checkpoint).
         KeyboardInterrupt: re-raised after a checkpoint was saved.
     """
-    from simgen.recon.neural.extract import write_build  # noqa: PLC0415  (keeps skimage off the import path)
+    from simgen.recon.neural.extract import write_build  # keeps skimage off the import path
 
     cfg = cfg.resolved()
     cfg.validate()
@@ -344,7 +344,7 @@ def run_neural(
         start = int(ckpt["step"])
     else:
         if cfg.init == "fusion":
-            from simgen.recon.neural.warmstart import warm_start  # noqa: PLC0415  (loads the fusion pipeline)
+            from simgen.recon.neural.warmstart import warm_start  # loads the fusion pipeline
 
             init_record = warm_start(model, scene, data, cfg, opt, rng, progress)
         if init_record["tokens"] == 0:  # no warm start, or fusion found no thing instance
@@ -354,7 +354,7 @@ def run_neural(
 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    log = open(out / LOG_FILE, "a") if out is not None else None  # noqa: SIM115  (closed in finally)
+    log = open(out / LOG_FILE, "a") if out is not None else None  # closed in finally
     last_good = start if ckpt is not None else None
     bar = tqdm(range(start, cfg.steps), desc="neural", unit="step", disable=not progress, dynamic_ncols=True,
                initial=start, total=cfg.steps)  # fmt: skip
@@ -420,7 +420,7 @@ def run_neural(
     if ckpt_path is not None:
         _save_checkpoint(ckpt_path, model, opt, sched, scaler, cfg.steps, stats, history, data, cfg, rng)
     if out is not None:
-        from simgen.recon.neural.plot import PLOT_FILE, write_training_plot  # noqa: PLC0415  (matplotlib)
+        from simgen.recon.neural.plot import PLOT_FILE, write_training_plot  # matplotlib
 
         write_training_plot(out / LOG_FILE, out / PLOT_FILE, cfg)
     model.eval()
@@ -435,7 +435,7 @@ def run_neural(
             {"init_fusion": init_record["fusion_s"], "init_prefit": init_record["prefit_s"]}
         )
     if out is not None:
-        from simgen.folders import BUILD_FILE  # noqa: PLC0415
+        from simgen.folders import BUILD_FILE
 
         io.write_json(
             out / BUILD_FILE, {k: v for k, v in record.items() if k not in ("mesh", "instances", "model")}

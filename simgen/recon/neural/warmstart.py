@@ -70,7 +70,7 @@ def fused_mesh(scene: Scene, cfg: NeuralConfig, progress: bool) -> tuple[Panopti
         source = str(path)
     else:
         # imported here: the fusion pipeline (scikit-image, scipy) loads only when a warm start runs
-        from simgen.recon.fusion import FusionConfig, run_fusion  # noqa: PLC0415
+        from simgen.recon.fusion import FusionConfig, run_fusion
 
         fcfg = FusionConfig(split=cfg.split, voxel_size=cfg.init_voxel)
         mesh = run_fusion(scene, fcfg, None, progress=progress)["mesh"]

@@ -1,6 +1,6 @@
 """Small labelled scenes for the export tests, built from trimesh primitives (world z up, floor z = 0).
 
-Imported by the other tests/test_export*.py files; its own tests check the scenes are what they claim.
+Used by the tests/test_export*.py files; tests/test_export.py checks the scenes are what they claim.
 """
 
 from __future__ import annotations
@@ -131,13 +131,3 @@ def gt_build(scene_dir: Path, build_dir: Path) -> Path:
     )
     pm = PanopticMesh(mesh.vertices, mesh.faces, colors, sem, np.where(thing, seg, 0))
     return write_build(build_dir, pm, scene.categories)
-
-
-def test_room_scene_is_labelled_consistently():
-    mesh = make_mesh()
-    assert len(mesh.vertices) == len(mesh.semantic) == len(mesh.instance)
-    assert set(np.unique(mesh.instance)) == {0, 1, 2, 3}
-    floor = mesh.semantic == 1
-    assert np.abs(mesh.vertices[floor, 2]).max() < 1e-6
-    for iid, cid in ((1, 10), (2, 11), (3, 12)):
-        assert set(np.unique(mesh.semantic[mesh.instance == iid])) == {cid}

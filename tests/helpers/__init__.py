@@ -1,0 +1,1 @@
+"""Shared test helpers: small scenes with exact ground truth, a server subprocess. Not tests themselves."""
