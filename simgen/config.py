@@ -85,9 +85,7 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace, prefix: str = ""
                 v = tuple(v)
             values[f.name] = v
     try:
-        cfg = cls(**values)
-        if hasattr(cfg, "validate"):
-            cfg.validate()
+        cfg = cls(**values)  # configs validate themselves in __post_init__
     except ConfigError:
         raise
     except ValueError as e:

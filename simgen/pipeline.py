@@ -134,12 +134,7 @@ def build(
     t0 = time.perf_counter()
     scene = load_scene(scene_dir)
     t_validate = time.perf_counter() - t0
-    method_cfg = cfg.method_config
-    if hasattr(method_cfg, "validate"):
-        try:
-            method_cfg.validate()
-        except ValueError as e:
-            raise BuildError(str(e), "prepare") from None
+    method_cfg = cfg.method_config  # configs validated themselves when they were made
     removed = prepare_build_dir(build_dir, cfg)
 
     import torch

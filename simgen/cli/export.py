@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from simgen.config import add_dataclass_args, dataclass_from_args, positive_int
+from simgen.cli.common import add_torch_threads
+from simgen.config import add_dataclass_args, dataclass_from_args
 from simgen.export.config import ExportConfig
 
 EXPORT_EXAMPLES = """examples:
@@ -41,13 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("build_dir", help="build folder (panoptic_mesh.ply, instances.json)")
     p.add_argument("-o", "--out", default=None, help="output folder (default: BUILD_DIR)")
-    p.add_argument(
-        "--torch-threads",
-        type=positive_int,
-        default=1,
-        help="CPU threads for torch when rendering the Gaussians for textures (1 is fastest on a loaded "
-        "2-core machine: a 320x240 view took 0.2 s with 1 thread and 0.65 s with 2)",
-    )
+    add_torch_threads(p)
     add_dataclass_args(p, ExportConfig)
     p.set_defaults(func=cmd_export)
 

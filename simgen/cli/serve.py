@@ -7,6 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
+from simgen.render.caster import OUTPUTS
+from simgen.serve.config import RGB_MODES
+
 SERVE_EXAMPLES = """examples:
   simgen serve out/export                        # http://127.0.0.1:8000/ (viewer page), one process
   simgen serve out/build --port 8080 --workers 2  # two processes sharing the port
@@ -92,13 +95,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--output",
         nargs="+",
-        choices=("rgb", "depth", "panoptic"),
+        choices=OUTPUTS,
         default=["rgb"],
         help="what to render (several only with an .npz file)",
     )
     p.add_argument(
         "--rgb",
-        choices=("auto", "gaussians", "mesh"),
+        choices=RGB_MODES,
         default="auto",
         help="RGB source, as for simgen serve (auto: gaussians.ply when present, else mesh colours)",
     )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
+
+RgbMode = Literal["auto", "gaussians", "mesh"]
+RGB_MODES: tuple[str, ...] = get_args(RgbMode)  # the one list of RGB sources (flags and the loader)
 
 
 @dataclass
@@ -37,7 +40,7 @@ class ServeConfig:
         default=8 * 640 * 480, metadata={"help": "most pixels (poses x width x height) in one batch request"}
     )
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body accepted (bytes)"})
-    rgb: Literal["auto", "gaussians", "mesh"] = field(
+    rgb: RgbMode = field(
         default="auto",
         metadata={
             "help": "RGB source: gaussians = the build's trained gaussians.ply (next to panoptic_mesh.ply, "

@@ -49,8 +49,7 @@ from simgen.folders import (
     read_panoptic_mesh,
 )
 from simgen.render.caster import OUTPUTS, STUFF_ID_OFFSET, FastCaster, segment_ids
-
-RGB_MODES = ("auto", "gaussians", "mesh")
+from simgen.serve.config import RGB_MODES
 
 
 class SceneLoadError(ValueError):

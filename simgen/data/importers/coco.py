@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from simgen.data import io
-from simgen.data.importers.common import DatasetImportError, same_aspect
+from simgen.data.importers.base import DatasetImportError, same_aspect
 from simgen.data.scene import Category, Segment
 
 PANOPTIC_JSON = "panoptic.json"

@@ -29,6 +29,9 @@ from typing import Any
 import numpy as np
 
 from simgen.data.camera import Intrinsics, is_rigid, opencv_to_opengl
+from simgen.data.importers import coco
+from simgen.data.importers.base import DatasetImportError as DatasetImportError  # re-exported for importers
+from simgen.data.importers.base import same_aspect as same_aspect
 from simgen.data.scene import GT_DIR, GT_JSON, TRANSFORMS, Category, Segment
 
 GT_INSTANCE_OFFSET = 1000
@@ -49,18 +52,6 @@ DEFAULT_STUFF_NAMES = frozenset(
     }
 )
 MAX_SEGMENT_ID = 256**3 - 1  # COCO panoptic RGB encoding holds 24 bits
-
-
-class DatasetImportError(ValueError):
-    """Bad importer input; the message names the file(s). ``problems`` lists every finding."""
-
-    def __init__(self, message: str, problems: Sequence[str] = ()):
-        self.problems = list(problems)
-        shown = self.problems[:50]
-        more = (
-            f"\n  ... and {len(self.problems) - len(shown)} more" if len(self.problems) > len(shown) else ""
-        )
-        super().__init__(message + "".join(f"\n  - {p}" for p in shown) + more)
 
 
 @dataclass
@@ -287,10 +278,6 @@ def read_depth_m(path: Path, units_per_metre: float) -> np.ndarray:
         raise DatasetImportError(f"{path}: {e}") from None
 
 
-def same_aspect(a: tuple[int, int], b: tuple[int, int], tol: float = 0.01) -> bool:
-    return abs(a[0] / a[1] - b[0] / b[1]) <= tol * (b[0] / b[1])
-
-
 # ----------------------------------------------------------------------------- the pipeline
 
 
@@ -371,7 +358,6 @@ def import_scene(source: Source, out: str | Path, cfg: ImportConfig) -> ImportRe
     """Write ``source`` as a scene under ``out``; returns what was done. Raises DatasetImportError."""
     from tqdm import tqdm
 
-    from simgen.data.importers import coco
     from simgen.data.writer import SceneWriter
 
     _check_config(cfg)

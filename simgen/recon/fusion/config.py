@@ -88,7 +88,7 @@ class FusionConfig:
         """Truncation distance in metres."""
         return self.voxel_size * self.trunc_voxels
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Raise ValueError naming the first inconsistent setting."""
         checks = [
             (self.voxel_size > 0, "voxel_size must be > 0"),

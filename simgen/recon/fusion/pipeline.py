@@ -153,7 +153,6 @@ def run_fusion(
         The build record written to ``build.json`` plus ``"mesh"`` (the :class:`PanopticMesh`) and
         ``"instances"`` (the instance records).
     """
-    cfg.validate()
     t_start, cpu_start = time.perf_counter(), time.process_time()
     state = FusionState(scene, cfg)
     selector = KeyframeSelector(cfg.keyframe_translation, cfg.keyframe_rotation_deg)

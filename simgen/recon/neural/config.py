@@ -144,9 +144,10 @@ class NeuralConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         vals = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
-        return replace(self, **vals)
+        return replace(self, **vals) if vals else self
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        """Raise ValueError naming the first inconsistent setting (of the preset-resolved values)."""
         c = self.resolved()
         for f in fields(c):
             v = getattr(c, f.name)

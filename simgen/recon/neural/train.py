@@ -289,7 +289,6 @@ def run_neural(
     from simgen.recon.neural.extract import write_build  # keeps skimage off the import path
 
     cfg = cfg.resolved()
-    cfg.validate()
     t0 = time.perf_counter()
     dev = pick_device(cfg.device)
     if cfg.preset == "quality" and dev.type == "cpu":

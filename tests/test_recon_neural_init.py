@@ -156,9 +156,9 @@ def test_reads_an_existing_fusion_build_and_refuses_bad_settings(tiny, tmp_path)
     with pytest.raises(ValueError, match="nowhere"):
         fused_mesh(tiny, neural_config("fast", init="fusion", init_build=str(tmp_path / "nowhere")), False)
     with pytest.raises(ValueError, match="init_build"):
-        neural_config("fast", init="none", init_build=str(tmp_path / "fusion")).validate()
+        neural_config("fast", init="none", init_build=str(tmp_path / "fusion"))
     with pytest.raises(ValueError, match="init_steps"):
-        neural_config("fast", init="fusion", init_steps=-1).validate()
+        neural_config("fast", init="fusion", init_steps=-1)
 
 
 def test_run_neural_trains_on_top_of_the_warm_start(tiny, tmp_path):

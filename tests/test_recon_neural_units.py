@@ -356,11 +356,11 @@ def test_presets_and_validation():
     with pytest.raises(ValueError, match="unknown preset"):
         NeuralConfig(preset="slow").resolved()  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="neural.max_tokens"):
-        NeuralConfig(n_tokens=10, max_tokens=5).validate()
+        NeuralConfig(n_tokens=10, max_tokens=5)
     with pytest.raises(ValueError, match="neural.seg_start"):
-        NeuralConfig(seg_start=1.5).validate()
+        NeuralConfig(seg_start=1.5)
     with pytest.raises(ValueError, match="neural.lr_grid"):
-        NeuralConfig(lr_grid=-1.0).validate()
+        NeuralConfig(lr_grid=-1.0)
 
 
 # ---------------------------------------------------------------- point labelling (section V-B)

@@ -313,7 +313,7 @@ def test_scene_without_any_depth_is_an_error(tiny_dir, tmp_path):
 )
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
-        FusionConfig(**{field: value}).validate()
+        FusionConfig(**{field: value})
 
 
 def test_cli_rejects_bad_config(tiny_dir, tmp_path, capsys):
