@@ -51,7 +51,7 @@ def _build_child(scene_dir: str, quality: bool, conn) -> None:
 
     scene = load_scene(scene_dir)
     cfg = FusionConfig()
-    rec = run_fusion(scene, cfg, None, progress=False)
+    rec = run_fusion(scene, None, cfg, progress=False)
     out: dict[str, Any] = {
         "timings": rec["timings_s"],
         "counters": rec["counters"],

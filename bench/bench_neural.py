@@ -61,13 +61,13 @@ def one_build(args: argparse.Namespace) -> int:
     if args.method == "fusion":
         from simgen.recon.fusion import FusionConfig, run_fusion
 
-        record = run_fusion(scene, FusionConfig(), args.build, progress=False)
+        record = run_fusion(scene, args.build, FusionConfig(), progress=False)
     else:
         from simgen.recon.neural import LOG_FILE, neural_config, run_neural
 
         overrides = json.loads(args.overrides)
         cfg = neural_config(args.config, device=args.device, **overrides)
-        record = run_neural(scene, cfg, args.build, progress=not args.quiet)
+        record = run_neural(scene, args.build, cfg, progress=not args.quiet)
     wall = time.perf_counter() - t0
     res = {"build_s": round(wall, 2), "timings_s": record["timings_s"],
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # fmt: skip

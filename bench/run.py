@@ -120,7 +120,7 @@ def build_once(
     if builder == "fusion":
         from simgen.recon.fusion import FusionConfig, run_fusion
 
-        rec = run_fusion(scene, FusionConfig(), out_dir, progress=not quiet)
+        rec = run_fusion(scene, out_dir, FusionConfig(), progress=not quiet)
         wall = time.perf_counter() - t0
         n_iter, iter_name, iter_s = (
             rec["counters"]["frames"],
@@ -135,7 +135,7 @@ def build_once(
         torch.set_num_threads(threads)
         if steps is not None:
             overrides = {**overrides, "steps": steps}
-        rec = run_neural(scene, NeuralConfig(preset="fast", **overrides), out_dir, progress=not quiet)
+        rec = run_neural(scene, out_dir, NeuralConfig(preset="fast", **overrides), progress=not quiet)
         wall = time.perf_counter() - t0
         n_iter, iter_name, iter_s = rec["counters"]["steps"], "step", rec["timings_s"].get("step_mean")
     torch = sys.modules.get("torch")  # only a builder that imported torch can have used the GPU

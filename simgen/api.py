@@ -50,7 +50,7 @@ def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | Non
     PQ^scene, mIoU, mCov, Chamfer-L1, F-score and the appearance metrics. Returns the metrics record."""
     from simgen.eval.evaluate import evaluate as _evaluate
 
-    return _evaluate(build_dir, scene_dir, cfg)
+    return _evaluate(build_dir, scene_dir, cfg)["metrics"]
 
 
 def run_server(build_dir: str | Path, cfg: ServeConfig | None = None) -> int:

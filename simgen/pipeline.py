@@ -145,7 +145,7 @@ def build(
     else:
         from simgen.recon.neural.train import run_neural as run
     try:
-        record = run(scene, method_cfg, build_dir, progress=cfg.progress)
+        record = run(scene, build_dir, method_cfg, progress=cfg.progress)
     except (ValueError, MemoryError, OSError) as e:
         raise BuildError(str(e), "recon") from e
     record = {k: v for k, v in record.items() if k not in ("mesh", "instances", "model")}

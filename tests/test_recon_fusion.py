@@ -52,7 +52,7 @@ def tiny_dir(tiny_scene_dir) -> Path:
 def tiny_build(tiny_dir, tmp_path_factory):
     scene = load_scene(tiny_dir)
     out = tmp_path_factory.mktemp("tiny_build") / "out"
-    record = run_fusion(scene, FusionConfig(), out, progress=False)
+    record = run_fusion(scene, out, FusionConfig(), progress=False)
     return scene, record, out
 
 
@@ -62,7 +62,7 @@ def room_build(tmp_path_factory):
     d = synthesize(tmp_path_factory.mktemp("room") / "scene", "room", seed=0, frames=45, width=w, height=h)
     scene = load_scene(d)
     cfg = _low_res_config(w, h)
-    return scene, cfg, run_fusion(scene, cfg, None, progress=False), (w, h)
+    return scene, cfg, run_fusion(scene, None, cfg, progress=False), (w, h)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def two_rooms_build(tmp_path_factory):
     )
     scene = load_scene(d)
     cfg = _low_res_config(w, h)
-    return scene, cfg, run_fusion(scene, cfg, None, progress=False), (w, h)
+    return scene, cfg, run_fusion(scene, None, cfg, progress=False), (w, h)
 
 
 def _copy_scene(src: Path, dst: Path) -> Path:
@@ -203,7 +203,7 @@ def test_test_views_are_held_out_unless_asked(tiny_dir):
     scene = load_scene(tiny_dir)
     test_frames = set(scene.split_indices("test"))
     assert test_frames
-    rec = run_fusion(scene, FusionConfig(split="all", min_frames=1), None, progress=False)
+    rec = run_fusion(scene, None, FusionConfig(split="all", min_frames=1), progress=False)
     assert rec["counters"]["frames"] == len(scene.frames)
     observed = set().union(*(r.frames_observed for r in rec["instances"]))
     assert observed & test_frames
@@ -212,7 +212,7 @@ def test_test_views_are_held_out_unless_asked(tiny_dir):
 def test_interrupted_build_leaves_no_partial_files(tiny_dir, tmp_path, monkeypatch):
     scene = load_scene(tiny_dir)
     out = tmp_path / "out"
-    run_fusion(scene, FusionConfig(), out, progress=False)
+    run_fusion(scene, out, FusionConfig(), progress=False)
     before = (out / output.MESH_FILE).read_bytes()
 
     # Interrupted in the middle of writing the PLY: the old mesh stays intact, no temporary file remains,
@@ -226,7 +226,7 @@ def test_interrupted_build_leaves_no_partial_files(tiny_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(output.PlyData, "write", write_half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_fusion(scene, FusionConfig(voxel_size=0.05), out, progress=False)
+        run_fusion(scene, out, FusionConfig(voxel_size=0.05), progress=False)
     assert (out / output.MESH_FILE).read_bytes() == before
     assert not (out / output.BUILD_FILE).exists()
     assert sorted(p.name for p in out.iterdir()) == [output.INSTANCES_FILE, output.MESH_FILE]
@@ -239,7 +239,7 @@ def test_interrupted_build_leaves_no_partial_files(tiny_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(output, "write_instances", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_fusion(scene, FusionConfig(voxel_size=0.05), out, progress=False)
+        run_fusion(scene, out, FusionConfig(voxel_size=0.05), progress=False)
     assert not (out / output.BUILD_FILE).exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
@@ -272,7 +272,7 @@ def test_frames_without_depth_are_skipped_and_counted(tiny_dir, tmp_path):
         io.write_depth(scene.frames[i].depth_path, np.zeros((72, 96)))
     scene = load_scene(d)
     with pytest.warns(SkippedFrameWarning) as caught:
-        rec = run_fusion(scene, FusionConfig(prefetch=True), tmp_path / "out", progress=False)
+        rec = run_fusion(scene, tmp_path / "out", FusionConfig(prefetch=True), progress=False)
     assert rec["counters"]["skipped_no_depth"] == 2
     assert rec["skipped_frames"] == empty
     assert [scene.frames[i].name in str(w.message) for w, i in zip(caught, empty, strict=True)] == [True] * 2
@@ -283,7 +283,7 @@ def test_frames_without_depth_are_skipped_and_counted(tiny_dir, tmp_path):
     # The same build as reading every frame in order, in this thread.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedFrameWarning)
-        ref = run_fusion(scene, FusionConfig(prefetch=False), None, progress=False)
+        ref = run_fusion(scene, None, FusionConfig(prefetch=False), progress=False)
     assert ref["skipped_frames"] == empty
     np.testing.assert_array_equal(ref["mesh"].vertices, rec["mesh"].vertices)
     np.testing.assert_array_equal(ref["mesh"].instance, rec["mesh"].instance)
@@ -297,7 +297,7 @@ def test_scene_without_any_depth_is_an_error(tiny_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedFrameWarning)
         with pytest.raises(ValueError, match="no frame with valid depth"):
-            run_fusion(scene, FusionConfig(), tmp_path / "out", progress=False)
+            run_fusion(scene, tmp_path / "out", FusionConfig(), progress=False)
     assert not (tmp_path / "out" / output.BUILD_FILE).exists()
 
 
@@ -372,7 +372,7 @@ def test_next_candidate_predicts_the_next_keyframe():
 
 def test_keyframes_in_a_build(tiny_dir):
     scene = load_scene(tiny_dir)
-    rec = run_fusion(scene, FusionConfig(keyframe_translation=0.5, keyframe_rotation_deg=30), None, False)
+    rec = run_fusion(scene, None, FusionConfig(keyframe_translation=0.5, keyframe_rotation_deg=30), False)
     train = scene.split_indices("train")
     expected = select_keyframes([scene.frames[i].c2w_cv for i in train], 0.5, 30.0)
     assert 1 <= rec["counters"]["keyframes"] == len(expected) < len(train)

@@ -147,7 +147,7 @@ def test_token_gaussians_recover_a_known_covariance():
 
 
 def test_reads_an_existing_fusion_build_and_refuses_bad_settings(tiny, tmp_path):
-    run_fusion(tiny, FusionConfig(), tmp_path / "fusion", progress=False)
+    run_fusion(tiny, tmp_path / "fusion", FusionConfig(), progress=False)
     cfg = neural_config("fast", init="fusion", init_build=str(tmp_path / "fusion"))
     mesh, source = fused_mesh(tiny, cfg, progress=False)
     built, _ = fused_mesh(tiny, neural_config("fast", init="fusion"), progress=False)
@@ -168,7 +168,7 @@ def test_run_neural_trains_on_top_of_the_warm_start(tiny, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        record = run_neural(tiny, cfg, tmp_path / "neural", progress=False)
+        record = run_neural(tiny, tmp_path / "neural", cfg, progress=False)
     finally:
         torch.set_num_threads(threads)
     build = json.loads((tmp_path / "neural" / BUILD_FILE).read_text())

@@ -45,7 +45,7 @@ def trained(tiny, tmp_path_factory):
     torch.set_num_threads(1)  # the machine is shared; one thread is steadier
     try:
         out = tmp_path_factory.mktemp("build") / "neural"
-        record = run_neural(tiny, neural_config("fast", **SMALL), out, progress=False)
+        record = run_neural(tiny, out, neural_config("fast", **SMALL), progress=False)
     finally:
         torch.set_num_threads(threads)
     return out, record
@@ -181,7 +181,7 @@ def test_resume_continues_from_the_checkpoint(tiny, trained, tmp_path):
     copy = tmp_path / "resumed"
     shutil.copytree(out, copy)
     cfg = neural_config("fast", **{**SMALL, "steps": STEPS + 10, "resume": True})
-    record = run_neural(tiny, cfg, copy, progress=False)
+    record = run_neural(tiny, copy, cfg, progress=False)
     assert record["counters"]["resumed_from"] == STEPS
     log = [json.loads(line) for line in (copy / LOG_FILE).read_text().splitlines()]
     assert log[-1]["step"] == STEPS + 9
@@ -212,17 +212,17 @@ def test_quality_preset_on_cpu_warns_before_loading_anything(tiny, tmp_path):
     checkpoint stops both runs right after the start.)"""
     cfg = neural_config("quality", device="cpu", resume=True)
     with pytest.warns(UserWarning, match="sized for a GPU"), pytest.raises(ValueError, match="no checkpoint"):
-        run_neural(tiny, cfg, tmp_path / "q", progress=False)
+        run_neural(tiny, tmp_path / "q", cfg, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="no checkpoint"):
-            run_neural(tiny, neural_config("fast", device="cpu", resume=True), tmp_path / "f", progress=False)
+            run_neural(tiny, tmp_path / "f", neural_config("fast", device="cpu", resume=True), progress=False)
 
 
 def test_resume_refuses_missing_or_foreign_checkpoints(tiny, tmp_path):
     cfg = neural_config("fast", **{**SMALL, "resume": True})
     with pytest.raises(ValueError, match="no checkpoint"):
-        run_neural(tiny, cfg, tmp_path / "empty", progress=False)
+        run_neural(tiny, tmp_path / "empty", cfg, progress=False)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="checkpoint"):
@@ -243,7 +243,7 @@ def test_nan_loss_stops_with_the_term_and_keeps_the_last_checkpoint(tiny, tmp_pa
     monkeypatch.setattr(losses, "eikonal_loss", flaky)
     cfg = neural_config("fast", **{**SMALL, "steps": 20, "ckpt_every": 2})
     with pytest.raises(NeuralTrainingError, match=r"L_eik .*step 5.*checkpoint.*step 4"):
-        run_neural(tiny, cfg, tmp_path / "nan", progress=False)
+        run_neural(tiny, tmp_path / "nan", cfg, progress=False)
     _, meta = load_model(tmp_path / "nan" / CHECKPOINT)
     assert meta["step"] == 4
 
@@ -266,11 +266,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tiny, tmp_path, monkeyp
     out = tmp_path / "ctrl-c"
     cfg = neural_config("fast", **{**SMALL, "steps": 12})
     with pytest.raises(KeyboardInterrupt):
-        run_neural(tiny, cfg, out, progress=False)
+        run_neural(tiny, out, cfg, progress=False)
     assert load_model(out / CHECKPOINT)[1]["step"] == 7
     assert sorted(f.name for f in out.iterdir()) == sorted([CHECKPOINT, LOG_FILE])
     monkeypatch.setattr(train, "train_step", real)
-    record = run_neural(tiny, replace(cfg, resume=True), out, progress=False)
+    record = run_neural(tiny, out, replace(cfg, resume=True), progress=False)
     assert record["counters"]["resumed_from"] == 7
     assert [json.loads(line)["step"] for line in (out / LOG_FILE).read_text().splitlines()] == [0, 10, 11]
 

@@ -179,8 +179,8 @@ def _clean(v):
     return v
 
 
-def evaluate(out_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None = None) -> dict[str, Any]:
-    """Evaluate the build in ``out_dir`` against ``scene_dir/gt``.
+def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None = None) -> dict[str, Any]:
+    """Evaluate the build in ``build_dir`` against ``scene_dir/gt``.
 
     Writes nothing; returns ``{"metrics": JSON-ready dict, "data": intermediate arrays for the report}``.
     Raises :class:`EvalError` with a message naming the file for unusable inputs.
@@ -190,9 +190,9 @@ def evaluate(out_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None 
     from simgen.render.raycast import MeshRaycaster
 
     cfg = cfg or EvalConfig()
-    out_dir, scene_dir = Path(out_dir), Path(scene_dir)
+    build_dir, scene_dir = Path(build_dir), Path(scene_dir)
     t0 = time.perf_counter()
-    mesh, scene = _check_inputs(out_dir, scene_dir)
+    mesh, scene = _check_inputs(build_dir, scene_dir)
     indices = scene.split_indices(cfg.split)[:: cfg.stride]
     if not indices:
         raise EvalError(f"{scene.root / 'transforms.json'}: split {cfg.split!r} has no frames")
@@ -205,7 +205,7 @@ def evaluate(out_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None 
         )
 
     raycaster = MeshRaycaster(mesh.to_trimesh())
-    renderer, renderer_note = _appearance_renderer(out_dir)
+    renderer, renderer_note = _appearance_renderer(build_dir)
     things, stuff = scene.thing_ids, scene.stuff_ids
 
     lists: dict[str, list] = {k: [] for k in ("pred_sem", "pred_inst", "gt_sem", "gt_inst", "gt_seg")}
@@ -268,7 +268,7 @@ def evaluate(out_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None 
         for c, v in pan["per_class"].items()
     }
     metrics = {
-        "build": str(out_dir.resolve()),
+        "build": str(build_dir.resolve()),
         "scene": str(scene.root.resolve()),
         "split": cfg.split,
         "frames": indices,

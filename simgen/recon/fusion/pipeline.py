@@ -139,14 +139,14 @@ def _peak_rss_mb() -> float:
 
 
 def run_fusion(
-    scene: Scene, cfg: FusionConfig, out_dir: str | Path | None, progress: bool = True
+    scene: Scene, out_dir: str | Path | None, cfg: FusionConfig, progress: bool = True
 ) -> dict[str, Any]:
     """Build a panoptic mesh of ``scene`` by online TSDF fusion and write the build folder.
 
     Args:
         scene: a loaded (validated) scene.
-        cfg: fusion settings.
         out_dir: build folder (see docs/build-output.md); None builds without writing (tests, benchmarks).
+        cfg: fusion settings.
         progress: show a progress bar.
 
     Returns:

@@ -268,7 +268,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pa
 
 
 def run_neural(
-    scene: Scene, cfg: NeuralConfig, out_dir: str | Path | None, progress: bool = True
+    scene: Scene, out_dir: str | Path | None, cfg: NeuralConfig, progress: bool = True
 ) -> dict[str, Any]:
     """Optimise the neural panoptic fields on ``scene`` and write the build folder.
 

@@ -73,7 +73,7 @@ def fused_mesh(scene: Scene, cfg: NeuralConfig, progress: bool) -> tuple[Panopti
         from simgen.recon.fusion import FusionConfig, run_fusion
 
         fcfg = FusionConfig(split=cfg.split, voxel_size=cfg.init_voxel)
-        mesh = run_fusion(scene, fcfg, None, progress=progress)["mesh"]
+        mesh = run_fusion(scene, None, fcfg, progress=progress)["mesh"]
         source = f"fusion voxel {cfg.init_voxel} m"
     if len(mesh.faces) == 0:
         raise ValueError(f"neural.init: the fusion build ({source}) has no faces; use --neural.init none")
