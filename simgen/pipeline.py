@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -145,10 +145,10 @@ def build(
     else:
         from simgen.recon.neural.train import run_neural as run
     try:
-        record = run(scene, build_dir, method_cfg, progress=cfg.progress)
+        run(scene, build_dir, method_cfg, progress=cfg.progress)
     except (ValueError, MemoryError, OSError) as e:
         raise BuildError(str(e), "recon") from e
-    record = {k: v for k, v in record.items() if k not in ("mesh", "instances", "model")}
+    record = folders.read_build_record(build_dir)
     gaussians = export = None
     if cfg.gaussians:
         from simgen.splat.train import run_gaussians
@@ -166,7 +166,8 @@ def build(
         from simgen.export.pipeline import ExportError, run_export
 
         try:
-            export = run_export(build_dir, build_dir, cfg.export)
+            export_cfg = cfg.export if cfg.progress else replace(cfg.export, quiet=True)
+            export = run_export(build_dir, build_dir, export_cfg)
         except (ExportError, ValueError, OSError) as e:
             raise BuildError(
                 f"export of {build_dir} failed: {e}; the build itself is complete "
