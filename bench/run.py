@@ -191,7 +191,8 @@ def run_eval(build: Path, scene_dir: Path, samples: int, pictures: bool, quiet: 
     """``simgen eval`` on the test split; writes BUILD/eval/ like the command and returns metrics.json."""
     from simgen.data import io
     from simgen.eval.config import EvalConfig
-    from simgen.eval.evaluate import EVAL_DIR, METRICS_JSON, METRICS_MD, evaluate, markdown_table
+    from simgen.eval.evaluate import evaluate, markdown_table
+    from simgen.folders import EVAL_DIR, METRICS_JSON, METRICS_MD
 
     cfg = EvalConfig(split="test", samples=samples, pictures=pictures, quiet=quiet)
     result = evaluate(build, scene_dir, cfg)
