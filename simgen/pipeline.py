@@ -134,18 +134,20 @@ def build(
     t0 = time.perf_counter()
     scene = load_scene(scene_dir)
     t_validate = time.perf_counter() - t0
-    method_cfg = cfg.method_config  # configs validated themselves when they were made
     removed = prepare_build_dir(build_dir, cfg)
 
     import torch
 
     torch.set_num_threads(cfg.torch_threads)
-    if cfg.method == "fusion":
-        from simgen.recon.fusion.pipeline import run_fusion as run
-    else:
-        from simgen.recon.neural.train import run_neural as run
     try:
-        run(scene, build_dir, method_cfg, progress=cfg.progress)
+        if cfg.method == "fusion":
+            from simgen.recon.fusion.pipeline import run_fusion
+
+            run_fusion(scene, build_dir, cfg.fusion, progress=cfg.progress)
+        else:
+            from simgen.recon.neural.train import run_neural
+
+            run_neural(scene, build_dir, cfg.neural, progress=cfg.progress)
     except (ValueError, MemoryError, OSError) as e:
         raise BuildError(str(e), "recon") from e
     record = folders.read_build_record(build_dir)
