@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from simgen.cli.common import add_command
 from simgen.data.scene import validate_scene
 
 VALIDATE_EXAMPLES = """examples:
@@ -21,27 +22,26 @@ INFO_EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from simgen.cli.common import Formatter
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "validate",
         help="check a scene folder and list every problem",
         description="Check a scene folder against the scene format (docs/scene-format.md). Prints a summary "
         "and every problem found, each naming its file and frame; exits 1 if there is any.",
-        epilog=VALIDATE_EXAMPLES,
-        formatter_class=Formatter,
+        examples=VALIDATE_EXAMPLES,
     )
     p.add_argument("scene_dir", help="folder holding transforms.json")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--quick", action="store_true", help="check the JSON files only, do not open images")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "info",
         help="print a scene's summary",
         description="Print a scene's summary (frames, resolution, categories, segments, depth range, poses).",
-        epilog=INFO_EXAMPLES,
-        formatter_class=Formatter,
+        examples=INFO_EXAMPLES,
     )
     p.add_argument("scene_dir", help="folder holding transforms.json")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from simgen.config import add_dataclass_args, dataclass_from_args
+from simgen.cli.common import add_command, add_config, config_from_args
 
 EXAMPLES = """examples:
   simgen eval runs/room --scene scenes/room                 # test split; writes runs/room/eval/
@@ -21,22 +21,21 @@ Metric definitions: docs/evaluation.md.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from simgen.cli.common import Formatter
     from simgen.eval.config import EvalConfig
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "eval",
         help="score a build against the scene's ground truth (PQ, mIoU, mCov, geometry, appearance)",
         description="Render the build's panoptic mesh at the scene's frames (the render server's ray caster) "
         "and compare with gt/: scene-level panoptic quality, semantic mIoU / mAcc, instance mCov / mW-Cov "
         "(2D and 3D), geometry accuracy / completeness / Chamfer-L1 / F-score, and RGB / depth of the "
         "rendered views. Writes OUT/eval/metrics.json, OUT/eval/metrics.md and a picture report.",
-        epilog=EXAMPLES,
-        formatter_class=Formatter,
+        examples=EXAMPLES,
     )
     p.add_argument("out", help="build folder holding panoptic_mesh.ply")
     p.add_argument("--scene", required=True, help="scene folder (transforms.json and gt/)")
-    add_dataclass_args(p, EvalConfig)
+    add_config(p, EvalConfig)
     p.set_defaults(func=cmd_eval)
 
 
@@ -46,11 +45,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from simgen.eval.evaluate import EvalError, evaluate, markdown_table
     from simgen.folders import EVAL_DIR, METRICS_JSON, METRICS_MD
 
-    try:
-        cfg = dataclass_from_args(EvalConfig, args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(EvalConfig, args)
     out = Path(args.out)
     try:
         result = evaluate(out, Path(args.scene), cfg)

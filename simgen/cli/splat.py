@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from simgen.cli.common import add_command, add_config, config_from_args
+
 EXAMPLES = """examples:
   simgen gaussians scenes/room -b builds/room                    # train, init from builds/room/panoptic_mesh.ply
   simgen gaussians scenes/room -b builds/room --resume --iterations 400   # continue to 400 steps
@@ -15,37 +17,34 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from simgen.cli.common import Formatter
-    from simgen.config import add_dataclass_args
     from simgen.splat.config import SplatConfig
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "gaussians",
         help="train the Gaussian appearance model of a build",
         description="Optimise 3D Gaussians against the scene's training frames (L1 + SSIM + depth loss, "
         "densification), bake panoptic labels from the build's panoptic_mesh.ply and write gaussians.ply "
         "(standard 3DGS layout) and gaussians_labels.npz into the build folder. `simgen build` runs the "
         "same stage unless given --no-gaussians; this command re-runs or resumes it on its own.",
-        epilog=EXAMPLES,
-        formatter_class=Formatter,
+        examples=EXAMPLES,
     )
     p.add_argument("scene_dir", help="scene folder holding transforms.json")
     p.add_argument("-b", "--build", required=True, help="build folder (output of `simgen build`)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_dataclass_args(p, SplatConfig)
+    add_config(p, SplatConfig)
     p.set_defaults(func=cmd_gaussians)
 
 
 def cmd_gaussians(args: argparse.Namespace) -> int:
-    from simgen.config import dataclass_from_args
-    from simgen.data.scene import SceneError, load_scene
-    from simgen.splat.train import SplatConfig, run_gaussians
+    from simgen.api import train_gaussians
+    from simgen.data.scene import SceneError
+    from simgen.splat.config import SplatConfig
 
+    cfg = config_from_args(SplatConfig, args)
     try:
-        cfg = dataclass_from_args(SplatConfig, args)
-        scene = load_scene(args.scene_dir)
-        summary = run_gaussians(scene, args.build, cfg, progress=not args.quiet)
+        summary = train_gaussians(args.scene_dir, args.build, cfg, progress=not args.quiet)
     except (SceneError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
