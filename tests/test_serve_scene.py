@@ -18,6 +18,7 @@ from simgen.data.poses import parse_pose
 from simgen.folders import (
     export_record_fields,
 )
+from simgen.render.caster import FastCaster
 from simgen.serve.scene import STUFF_ID_OFFSET, SceneLoadError, load_render_scene, segment_ids
 
 
@@ -111,7 +112,7 @@ def test_default_camera_sees_the_scene(tmp_path):
 def test_fast_path_agrees_with_the_reference_renderer(tmp_path):
     """The embree hot path and the evaluation's renderer give the same images (float32 rounding aside)."""
     scene = load_render_scene(make_build(tmp_path))
-    assert scene.fast is not None
+    assert isinstance(scene.fast, FastCaster)  # embreex is a dependency: the hot path must be there
     rng = np.random.default_rng(0)
     for _ in range(6):
         pose = gazebo_pose(x=rng.uniform(-1.5, 0.5), y=rng.uniform(-1.5, 1.0), z=rng.uniform(0.3, 1.8))

@@ -312,7 +312,8 @@ def test_depth_noise_grows_with_distance(gt_frames):
             continue
         expected = np.sqrt(np.mean((0.01 + 0.004 * (z[sel] ** 2 - 1)) ** 2))
         assert err[sel].std() == pytest.approx(expected, rel=0.08)
-    assert noisy_depth(z.astype(np.float32), NoiseConfig.off(), np.random.default_rng(0)) is not None
+    off = noisy_depth(z.astype(np.float32), NoiseConfig.off(), np.random.default_rng(0))
+    np.testing.assert_array_equal(off, z.astype(np.float32))  # no noise at all: the exact depth
     np.testing.assert_array_equal(
         noisy_depth(z.astype(np.float32), NoiseConfig(), np.random.default_rng(0)), z.astype(np.float32)
     )
