@@ -42,13 +42,14 @@ PY
   return $rc
 }
 
-# timed NAME CMD...: runs CMD, appends "NAME seconds status" to $CI_TIMES (when set), returns its status.
+# timed NAME CMD...: runs CMD, appends "NAME seconds status load" to $CI_TIMES (when set), returns its status.
 timed() {
   local name=$1 t0 rc=0
   shift
   t0=$(date +%s)
   "$@" || rc=$?
-  [ -z "${CI_TIMES:-}" ] || printf '%-44s %5d s  %s\n' "$name" $(($(date +%s) - t0)) \
-    "$([ $rc -eq 0 ] && echo ok || echo "FAILED ($rc)")" >>"$CI_TIMES"
+  # The load average tells how much of the machine the step had (2 cores: above 2, it waited).
+  [ -z "${CI_TIMES:-}" ] || printf '%-44s %5d s  %-12s load %s\n' "$name" $(($(date +%s) - t0)) \
+    "$([ $rc -eq 0 ] && echo ok || echo "FAILED ($rc)")" "$(cut -d' ' -f1 /proc/loadavg)" >>"$CI_TIMES"
   return $rc
 }
