@@ -48,16 +48,24 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install -q)
 torch_version=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' requirements.lock)
-# torch first, on its own and without its dependencies (the lock or the resolver below adds those): any
-# torch requirement met later by a plain PyPI install would be the CUDA build.
+# torch first, on its own and without its dependencies (the lock or the resolver below adds those): a
+# torch requirement left to a plain PyPI install would fetch the CUDA build. Skipped when the installed
+# torch already is that version (any local label, e.g. +cpu, matches the lock's pin).
 # shellcheck disable=SC2046  # torch_index_args prints zero or two words
-"$VENV/bin/python" -c "import torch" 2>/dev/null ||
-  "${pip[@]}" --no-deps $(torch_index_args "$VENV/bin/python") "torch==$torch_version"
+"$VENV/bin/python" -c "import sys; from importlib.metadata import version as v
+sys.exit(v('torch').split('+')[0] != '$torch_version')" 2>/dev/null || "${pip[@]}" --no-deps $(torch_index_args "$VENV/bin/python") "torch==$torch_version"
+# What the environment was last set up from: pyproject.toml and the lock, byte for byte. A second run
+# with neither changed has nothing to do (pip would still spend seconds to minutes confirming that).
+stamp="$VENV/.simgen-setup"
+want="lock $(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ "$latest" -eq 1 ]; then
   echo "torch==$torch_version" >"$VENV/torch-constraint.txt"
   "${pip[@]}" --upgrade --upgrade-strategy eager -c "$VENV/torch-constraint.txt" -e ".[test]"
-else
+  echo latest >"$stamp"
+elif [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" -r requirements.lock
   "${pip[@]}" --no-deps -e .
+  echo "$want" >"$stamp"
 fi
-echo "ready: $VENV ($("$VENV/bin/python" -c 'import torch, trimesh, numpy; print(f"torch {torch.__version__}, trimesh {trimesh.__version__}, numpy {numpy.__version__}")'))"
+echo "ready: $VENV ($("$VENV/bin/python" -c 'from importlib.metadata import version as v
+print(", ".join(f"{p} {v(p)}" for p in ("torch", "numpy", "trimesh", "coacd", "pymeshlab", "mujoco")))'))"
