@@ -70,7 +70,7 @@ def robust_convex_hull(points: np.ndarray, min_thickness: float = 0.01) -> tuple
             pts = np.concatenate([pts + d * min_thickness / 2, pts - d * min_thickness / 2])
     # C-1e-4 merges facets that are coplanar to 1e-4 of the extent: scanned flat sides otherwise give
     # hundreds of sliver facets. Only its vertices are kept: a merged facet's vertices are not coplanar,
-    # so qhull's triangulation of it folds (by up to mm, seen in issue #18). The hull of the kept
+    # so qhull's triangulation of it folds (by up to 0.1 mm, issue #18). The hull of the kept
     # vertices is then built again without merging (exact_convex_hull).
     try:
         simple = ConvexHull(pts, qhull_options="QbB Pp Qt C-1e-4")
