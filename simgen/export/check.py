@@ -10,8 +10,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import trimesh
 from lxml import etree
+
+from .colliders import CONVEX_TOL_M, convexity_excess, is_closed
 
 # Lines the validator prints that are not about the file (missing optional library, URDF parser probe).
 _NOISE = (
@@ -98,16 +101,26 @@ def _readable(path: Path) -> bool:
 
 
 def _check_collider(path: Path) -> str | None:
+    """A problem with one collision mesh, or None: it must be closed, wound outward and convex to within
+    ``CONVEX_TOL_M`` metres (our own definition, so a mesh library's release cannot change the verdict)."""
     try:
-        m = trimesh.load(path, force="mesh", process=True)
+        m = trimesh.load(path, force="mesh", process=False)
     except Exception as e:
         return f"cannot load ({e})"
     if len(m.faces) == 0:
         return "has no faces"
-    if not m.is_watertight:
-        return "collider mesh is not watertight"
-    if not m.is_convex:
-        return "collider mesh is not convex"
+    # An STL is a triangle soup: corners are shared when their stored coordinates are equal, bit for bit
+    # (no merging tolerance that could join distinct vertices or depend on a library default).
+    vertices, inverse = np.unique(np.asarray(m.vertices, np.float64), axis=0, return_inverse=True)
+    faces = inverse.reshape(-1)[np.asarray(m.faces, np.int64)]
+    if not is_closed(faces):
+        return "collider mesh is not watertight (closed, every edge in two consistently wound faces)"
+    excess = convexity_excess(vertices, faces)
+    if excess > CONVEX_TOL_M:
+        return (
+            f"collider mesh is not convex: its surface lies up to {excess:.2g} m inside its convex hull "
+            f"(tolerance {CONVEX_TOL_M:g} m)"
+        )
     return None
 
 

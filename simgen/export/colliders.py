@@ -1,7 +1,9 @@
 """Colliders: CoACD convex decomposition for things, box pieces for floor, walls and other stuff.
 
-Every collider is convex and watertight: CoACD hulls are re-hulled with qhull (trimesh), and any hull
-that qhull cannot build (flat, too few points) is thickened first.
+Every collider is convex and watertight: CoACD hulls are re-hulled with qhull, and any hull that qhull
+cannot build (flat, too few points) is thickened first. "Convex" is this module's own definition in
+metres (``convexity_excess`` <= ``CONVEX_TOL_M``), not a mesh library's flag, whose tolerance has
+changed between releases (issue #18: trimesh 5 rejected hulls that trimesh 4 accepted).
 """
 
 from __future__ import annotations
@@ -10,9 +12,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import trimesh
+from scipy.optimize import linprog
+from scipy.spatial import ConvexHull, QhullError
 
 # A closed piece with at least this fraction of its convex hull's volume is used as its own hull.
 CONVEX_RATIO = 0.95
+
+# How deep (m) a collider's surface may lie below the boundary of its own convex hull and still count
+# as convex. Colliders are written as STL, which stores float32 coordinates: rounding moves a coordinate
+# x by at most half a unit in the last place, 2^-24 * 2^ceil(log2 |x|), i.e. <= 9.5e-7 m for |x| < 16 m
+# (a large room in world coordinates; model-frame hulls are far smaller), so a vertex moves by at most
+# sqrt(3) * 9.5e-7 = 1.65e-6 m, and the depth of any surface point below the hull of the rounded
+# vertices by at most twice that, 3.3e-6 m, for a mesh that was exactly convex before rounding.
+# 1e-5 m is three times that bound, and a hundred times below 1 mm: below depth-sensor noise and the
+# contact margins of physics engines, so no collider that passes can behave differently from its hull.
+CONVEX_TOL_M = 1e-5
+
+# Depths below this (m) are not refined with a linear program: the reported excess is exact to 1 nm.
+_DEPTH_RESOLUTION_M = 1e-9
 
 
 @dataclass
@@ -52,11 +69,143 @@ def robust_convex_hull(points: np.ndarray, min_thickness: float = 0.01) -> tuple
             d = vt[axis] if axis < len(vt) else np.eye(3)[axis]
             pts = np.concatenate([pts + d * min_thickness / 2, pts - d * min_thickness / 2])
     # C-1e-4 merges facets that are coplanar to 1e-4 of the extent: scanned flat sides otherwise give
-    # many slivers whose tiny folds read as non-convex once written as float32 STL.
-    hull = trimesh.convex.convex_hull(pts, qhull_options="QbB Pp Qt C-1e-4", repair=True)
-    if not (hull.is_watertight and hull.volume > 0):
-        hull = trimesh.convex.convex_hull(pts, qhull_options="QbB Pp QJ", repair=True)
-    return np.asarray(hull.vertices, np.float64), np.asarray(hull.faces, np.int64)
+    # hundreds of sliver facets. Only its vertices are kept: a merged facet's vertices are not coplanar,
+    # so qhull's triangulation of it folds (by up to 0.1 mm, issue #18). The hull of the kept
+    # vertices is then built again without merging (exact_convex_hull).
+    try:
+        simple = ConvexHull(pts, qhull_options="QbB Pp Qt C-1e-4")
+        pts = pts[np.unique(simple.simplices)]
+    except QhullError:
+        pass  # exact_convex_hull joggles what qhull cannot build as it is
+    return exact_convex_hull(pts)
+
+
+def exact_convex_hull(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The convex hull of (N, 3) points, exactly as it will be stored: (V, 3) float64, (F, 3) int64.
+
+    The points are rounded to float32 first, the precision of the STL files the hulls are written to, so
+    writing them loses nothing and the file holds the convex hull of its own vertices (qhull, no facet
+    merging beyond float64 round-off). Faces are wound outward, consistently, every edge in two faces.
+    """
+    pts = np.unique(np.asarray(points, np.float64).astype(np.float32).astype(np.float64), axis=0)
+    try:
+        hull = ConvexHull(pts)
+        faces = _outward_faces(hull)
+    except (QhullError, ValueError):
+        # Nearly flat or nearly coincident points: joggling gives a simplicial hull of the same points
+        # (moved by about 1e-11 of their extent inside qhull only; the output uses the points as given).
+        hull = ConvexHull(pts, qhull_options="QJ")
+        faces = _outward_faces(hull)
+    used = np.unique(faces)
+    remap = np.full(len(pts), -1, np.int64)
+    remap[used] = np.arange(len(used))
+    return pts[used], remap[faces]
+
+
+def _outward_faces(hull: ConvexHull) -> np.ndarray:
+    """qhull's triangles (F, 3) wound so their normals point out of the hull.
+
+    A triangle's winding follows its facet's outward plane normal (qhull's equations); a triangle of (near)
+    zero area, which qhull's triangulation of merged coplanar facets can give, has no reliable normal and
+    takes the winding that makes each shared edge run opposite ways in its two triangles.
+    """
+    f = np.asarray(hull.simplices, np.int64).copy()
+    v = hull.points
+    cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    dot = np.einsum("ij,ij->i", cross, hull.equations[:, :3])
+    longest = max(float(np.ptp(v, axis=0).max()), 1e-12)
+    settled = np.abs(dot) > 1e-12 * longest**2
+    f[settled & (dot < 0)] = f[settled & (dot < 0)][:, ::-1]
+    for _ in range(len(f)):  # propagate to unsettled triangles through their settled neighbours
+        todo = np.flatnonzero(~settled)
+        if len(todo) == 0:
+            break
+        progress = False
+        for t in todo:
+            for nb in hull.neighbors[t]:
+                if not settled[nb]:
+                    continue
+                a, b, c = f[nb]
+                directed = {(a, b), (b, c), (c, a)}
+                x, y, z = f[t]
+                if {(x, y), (y, z), (z, x)} & directed:  # same direction on the shared edge: flip
+                    f[t] = f[t][::-1]
+                settled[t] = progress = True
+                break
+        if not progress:
+            raise ValueError("cannot orient the hull's degenerate triangles")
+    return f
+
+
+def is_closed(faces: np.ndarray) -> bool:
+    """True when every edge of the triangles (F, 3) lies in exactly two of them, run opposite ways.
+
+    That is: closed (watertight), manifold at every edge and consistently wound. Vertices must already
+    be shared (an STL's triangle soup merged on exactly equal coordinates).
+    """
+    f = np.asarray(faces, np.int64)
+    if len(f) < 4:
+        return False
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    n = int(f.max()) + 1
+    key = e[:, 0] * n + e[:, 1]
+    return bool(np.unique(key).size == key.size and np.isin(e[:, 1] * n + e[:, 0], key).all())
+
+
+def convexity_excess(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """How far (m) a closed, outward-wound triangle mesh is from convex; 0 for an exactly convex one.
+
+    The larger of: the depth of the deepest point of the mesh's surface below the boundary of the convex
+    hull of its vertices (a dent, or a fold of the triangulation), and the volume the mesh lacks against
+    that hull divided by the hull's area (a surface that does not wrap the hull once, e.g. inside out).
+    Both move by at most about the distance the vertices move, so float32 rounding (see
+    ``CONVEX_TOL_M``) cannot make a convex mesh fail. A face's depth is the maximum over the triangle of
+    its distance to the nearest hull plane, a concave function: bounded above by the nearest plane that
+    all three corners are close to, and solved exactly (a small linear program) only where that bound
+    could change the result. Returns inf for a flat mesh or one without faces.
+    """
+    v = np.asarray(vertices, np.float64)
+    f = np.asarray(faces, np.int64)
+    if len(f) == 0:
+        return float("inf")
+    try:
+        hull = ConvexHull(v[np.unique(f)])
+    except (QhullError, ValueError):
+        return float("inf")  # flat or degenerate: no volume at all
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    volume = float(np.einsum("ij,ij->", a, np.cross(b, c))) / 6.0
+    excess = max(0.0, (hull.volume - volume) / hull.area)
+    planes = np.unique(hull.equations, axis=0)  # n . x + d <= 0 inside, |n| = 1
+    upper = np.empty(len(f))
+    lower = np.empty(len(f))
+    chunk = max(1, 2_000_000 // (3 * len(planes)))  # bounds the (planes, faces, 3) array to ~50 MB
+    for s in range(0, len(f), chunk):
+        corners = v[f[s : s + chunk]]  # (C, 3, 3)
+        depth = -(np.einsum("pk,cjk->pcj", planes[:, :3], corners) + planes[:, 3, None, None])  # (P, C, 3)
+        upper[s : s + chunk] = depth.max(2).min(0)  # every corner within this of one plane
+        lower[s : s + chunk] = depth.min(0).max(1)  # the deepest corner
+    excess = max(excess, float(lower.max()))
+    for i in np.argsort(-upper):
+        if upper[i] <= max(excess, _DEPTH_RESOLUTION_M):
+            break
+        excess = max(excess, _face_depth(v[f[i]], planes))
+    return excess
+
+
+def _face_depth(tri: np.ndarray, planes: np.ndarray) -> float:
+    """max over the triangle (3, 3) of min over planes (P, 4) of the depth -(n . x + d): a linear program
+    in the barycentric weights w and the depth t: maximise t subject to t <= sum_j w_j depth_i(corner_j)."""
+    g = -(tri @ planes[:, :3].T + planes[:, 3]).T  # (P, 3) depth of each corner below each plane
+    res = linprog(
+        c=[0.0, 0.0, 0.0, -1.0],
+        A_ub=np.hstack([-g, np.ones((len(g), 1))]),
+        b_ub=np.zeros(len(g)),
+        A_eq=[[1.0, 1.0, 1.0, 0.0]],
+        b_eq=[1.0],
+        bounds=[(0, None)] * 3 + [(None, None)],
+        method="highs",
+    )
+    return float(-res.fun) if res.success else float(g.max(1).min())  # failed: the upper bound
 
 
 def hull_volume(v: np.ndarray, f: np.ndarray) -> float:
