@@ -19,7 +19,7 @@ fi
 
 "${simgen[@]}" synth "$OUT/scene" --preset "$PRESET" --seed 0 --overwrite --preview "$OUT/scene_preview.png"
 "${simgen[@]}" validate "$OUT/scene"
-"${simgen[@]}" build "$OUT/scene" -o "$OUT/build" --method "$METHOD"
+"${simgen[@]}" build "$OUT/scene" -o "$OUT/build" --method "$METHOD" --overwrite
 "${simgen[@]}" check "$OUT/build"
 "${simgen[@]}" eval "$OUT/build" --scene "$OUT/scene" --split test
 echo
