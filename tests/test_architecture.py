@@ -89,3 +89,13 @@ def test_folder_contract_and_server_stay_torch_free():
             assert not {m for m in mods if m.split(".")[0] == "torch"}, (
                 f"{path} imports torch at module level"
             )
+
+
+def test_public_api_type_checks(monkeypatch):
+    """mypy on the files pyproject's [tool.mypy] lists (the public API and the folder contract)."""
+    from mypy import api
+
+    root = ROOT.parent
+    monkeypatch.chdir(root)  # [tool.mypy] files are relative to the repository
+    stdout, stderr, status = api.run(["--config-file", str(root / "pyproject.toml"), "--no-incremental"])
+    assert status == 0, stdout + stderr
