@@ -161,6 +161,9 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
 def verify_image(path: PathLike) -> tuple[int, int]:
     """Check an image's integrity without keeping pixels: header, every PNG chunk's CRC (Pillow's
     ``verify``), then a full decode. Returns ``(width, height)``; raises :class:`ImageError`.
@@ -169,8 +172,26 @@ def verify_image(path: PathLike) -> tuple[int, int]:
     Pillow looks at); the decode catches truncation and broken compressed data.
     """
     try:
-        with Image.open(path) as im:
+        im = Image.open(path)
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ImageError(path, f"not a readable image ({_reason(e)})") from e
+    try:
+        with im:
+            fmt = im.format
             im.verify()
+        # verify() stops at IEND without reading its CRC, and a PNG cut inside that last chunk decodes
+        # completely: only the fixed 12-byte IEND chunk at the end shows the file is whole.
+        if fmt == "PNG":
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 12))
+                if f.read() != _PNG_IEND:
+                    raise ImageError(path, "truncated or trailing data (the file does not end with IEND)")
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
     except MemoryError:

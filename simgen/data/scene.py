@@ -237,7 +237,7 @@ def _inside(root: Path, base: Path, value: Any, name: str) -> Path:
     except (OSError, RuntimeError) as e:  # symlink loop, name too long
         raise _FieldError(f"{name} {value!r} cannot be resolved ({e})") from e
     if not inside:
-        how = "through '..'" if ".." in Path(value).parts else "through a symlink"
+        how = "through '..'" if ".." in Path(value).parts else f"through a symlink: {base / value} -> {full}"
         raise _FieldError(f"{name} {value!r} leads outside the scene folder ({how})")
     return full
 
@@ -250,6 +250,9 @@ def _parse(root: Path, problems: list[Problem]) -> Scene | None:
         return None
     if not tpath.is_file():
         problems.append(Problem(str(tpath), "missing transforms.json"))
+        return None
+    if not tpath.resolve().is_relative_to(root.resolve()):
+        problems.append(Problem(str(tpath), "is a symlink that leads outside the scene folder"))
         return None
     try:
         meta = json.loads(tpath.read_bytes())
@@ -326,8 +329,10 @@ def _parse(root: Path, problems: list[Problem]) -> Scene | None:
             seen[str(p)] = i
         frames.append(frame)
 
+    # Names of every frame entry, parsed or not: a malformed frame is reported once, not again here.
+    listed = {fr.get("file_path") for fr in frames_raw if isinstance(fr, dict)}
     for name in sorted((train_set or set()) | test_names):
-        if not any(f.name == name for f in frames):
+        if name not in listed:
             problems.append(Problem(str(tpath), f"train/test_filenames names unknown frame {name!r}"))
 
     rest = {k: v for k, v in meta.items() if k != "frames"}
@@ -361,6 +366,11 @@ def _intrinsics(fr: dict, meta: dict) -> Intrinsics:
     )
 
 
+def _rigid(c2w: np.ndarray) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 entries: not rigid, and no warning
+        return bool(is_rigid(c2w))
+
+
 def _parse_frame(
     root: Path,
     tpath: Path,
@@ -390,7 +400,7 @@ def _parse_frame(
         c2w = np.eye(4)
     elif not np.all(np.isfinite(c2w)):
         problems.append(Problem(where, "transform_matrix has non-finite values", i))
-    elif not is_rigid(c2w):
+    elif not _rigid(c2w):
         problems.append(
             Problem(where, "transform_matrix is not rigid (rotation not orthonormal or det != 1)", i)
         )
@@ -474,6 +484,9 @@ def _parse_gt(root: Path, n_frames: int, categories: dict[int, Category], proble
     if not gpath.exists():
         return None
     where = str(gpath)
+    if not gpath.resolve().is_relative_to(root.resolve()):
+        problems.append(Problem(where, "leads outside the scene folder (through a symlink)"))
+        return None
     try:
         g = json.loads(gpath.read_bytes())
     except (OSError, ValueError, RecursionError) as e:
@@ -542,7 +555,7 @@ def _check_image(path: Path, what: str, want: tuple[int, int], frame: int, probl
     try:
         size = io.verify_image(path)
     except io.ImageError as e:
-        problems.append(Problem(str(path), f"{what} image unreadable: {e.reason}", frame))
+        problems.append(Problem(str(path), f"unreadable {what} image: {e.reason}", frame))
         return False
     if size != want:
         problems.append(
@@ -607,7 +620,7 @@ def _check_gt_files(scene: Scene, problems: list[Problem]) -> None:
             try:
                 want = io.verify_image(p)
             except io.ImageError as e:
-                problems.append(Problem(str(p), f"GT panoptic image unreadable: {e.reason}", i))
+                problems.append(Problem(str(p), f"unreadable GT panoptic image: {e.reason}", i))
                 continue
         if _check_image(p, "GT panoptic", want, i, problems):
             try:
