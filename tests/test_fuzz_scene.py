@@ -201,6 +201,8 @@ def test_intrinsics_are_strictly_typed(scene: Path, key: str, value, text: str) 
         (lambda m: m["frames"][0]["segments_info"].__setitem__(0, 3), "segments_info[0] is malformed"),
         (lambda m: m["frames"][0].__setitem__("segments_info", {"id": 1}), "segments_info must be a list"),
         (lambda m: m["frames"][2].__setitem__("file_path", 7), "file_path must be a non-empty string"),
+        # found by bench/bench_fuzz.py: an object as file_path was hashed while matching split names
+        (lambda m: m["frames"][0].__setitem__("file_path", {"a": 1}), "file_path must be a non-empty string"),
     ],
 )
 def test_malformed_fields_are_problems_not_tracebacks(scene: Path, fn, text: str) -> None:

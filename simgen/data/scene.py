@@ -330,7 +330,9 @@ def _parse(root: Path, problems: list[Problem]) -> Scene | None:
         frames.append(frame)
 
     # Names of every frame entry, parsed or not: a malformed frame is reported once, not again here.
-    listed = {fr.get("file_path") for fr in frames_raw if isinstance(fr, dict)}
+    listed = {
+        fr["file_path"] for fr in frames_raw if isinstance(fr, dict) and isinstance(fr.get("file_path"), str)
+    }
     for name in sorted((train_set or set()) | test_names):
         if name not in listed:
             problems.append(Problem(str(tpath), f"train/test_filenames names unknown frame {name!r}"))
