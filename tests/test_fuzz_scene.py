@@ -249,3 +249,10 @@ def test_fuzz_cases_are_reproducible() -> None:
     a = [(c.kind, c.op, c.target, c.seed) for c in fuzz.generate_cases(40, seed=3)]
     b = [(c.kind, c.op, c.target, c.seed) for c in fuzz.generate_cases(40, seed=3)]
     assert a == b and len({x[1] for x in a}) > 8
+
+
+def test_a_symlinked_scene_folder_is_fine(scene: Path, tmp_path: Path) -> None:
+    """What docs/scene-format.md recommends for data on another disk: link the folder, not its files."""
+    link = tmp_path / "linked"
+    link.symlink_to(scene, target_is_directory=True)
+    assert problems(link) == []
