@@ -19,7 +19,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 # Modules exposing ``register(subparsers)``; one per pipeline stage.
@@ -63,6 +62,8 @@ class Terminated(KeyboardInterrupt):
 
 _cleanups: dict[int, Callable[[], None]] = {}
 _cleanups_lock = threading.Lock()
+# Set once main() has returned or raised: the watchdog then leaves the (slow but orderly) exit alone.
+_finished = threading.Event()
 
 
 @contextlib.contextmanager
@@ -95,7 +96,8 @@ def _watchdog(read_fd: int) -> None:
         hits = got & wanted
         if not hits:
             continue
-        time.sleep(FORCED_EXIT_S)
+        if _finished.wait(FORCED_EXIT_S):
+            return
         code = 143 if int(signal.SIGTERM) in hits else 130
         with _cleanups_lock:
             fns = list(_cleanups.values())
@@ -115,6 +117,16 @@ def _install_signal_handling() -> None:
     os.set_blocking(w, False)
     signal.set_wakeup_fd(w, warn_on_full_buffer=False)
     threading.Thread(target=_watchdog, args=(r,), name="simgen-watchdog", daemon=True).start()
+
+    def in_child() -> None:
+        # A forked child (simgen serve's workers) inherits the wakeup fd but not the watchdog: a signal to
+        # the child must not reach the parent's watchdog through the shared pipe.
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+            os.close(r)
+            os.close(w)
+
+    os.register_at_fork(after_in_child=in_child)
 
 
 def _exit_now(code: int) -> None:
@@ -148,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         if program:
             _exit_now(code)
         return code
+    finally:
+        if program:
+            _finished.set()
 
 
 if __name__ == "__main__":
