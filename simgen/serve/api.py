@@ -269,6 +269,13 @@ def json_depth(raw: bytes) -> int:
     return int(np.cumsum(delta, dtype=np.int32).max())
 
 
+def require_json(content_type: str | None) -> None:
+    """415 naming ``body`` unless the media type is ``application/json`` (parameters such as charset ignored)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media not in JSON_MEDIA_TYPES:
+        raise ApiError(415, "body", f"Content-Type must be application/json, got {media or 'none'!r}")
+
+
 def parse_json_body(raw: bytes, content_type: str | None) -> Any:
     """A request body -> the parsed JSON value, bounded before parsing (the size by the caller's
     ``max_body_bytes``, the nesting here).
@@ -277,9 +284,7 @@ def parse_json_body(raw: bytes, content_type: str | None) -> Any:
       ``text/plain`` (or a form) to this server without a CORS preflight, but not ``application/json``.
     * 400 naming ``body`` for nesting deeper than ``MAX_JSON_DEPTH``, undecodable or invalid JSON.
     """
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media not in JSON_MEDIA_TYPES:
-        raise ApiError(415, "body", f"Content-Type must be application/json, got {media or 'none'!r}")
+    require_json(content_type)
     # Fewer brackets than the limit cannot nest deeper: the common case skips the exact scan.
     depth = json_depth(raw) if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH else 0
     if depth > MAX_JSON_DEPTH:

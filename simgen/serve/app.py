@@ -158,9 +158,7 @@ def create_app(render_scene: RenderScene, cfg: ServeConfig | None = None) -> Fla
     def body_json():
         # Content-Type first (415 without reading the body), then the size (MAX_CONTENT_LENGTH: 413 while
         # reading, also for chunked bodies), then nesting depth and JSON (400 naming "body").
-        media = (request.content_type or "").split(";", 1)[0].strip().lower()
-        if media not in api.JSON_MEDIA_TYPES:
-            return api.parse_json_body(b"", request.content_type)  # raises the 415
+        api.require_json(request.content_type)
         return api.parse_json_body(request.get_data(cache=False), request.content_type)
 
     def respond(results: list[dict], params: api.RenderParams, batch: bool) -> Response:
