@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 # Modules exposing ``register(subparsers)``; one per pipeline stage.
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 # After SIGINT / SIGTERM the main thread gets this long to unwind before the watchdog ends the process
 # (the issue's bound for stopping any stage is 2 s).
 FORCED_EXIT_S = 1.5
+# Longest a postpone_forced_exit() block can hold the forced exit off.
+POSTPONE_MAX_S = 30.0
 
 
 class Terminated(KeyboardInterrupt):
@@ -64,6 +67,7 @@ _cleanups: dict[int, Callable[[], None]] = {}
 _cleanups_lock = threading.Lock()
 # Set once main() has returned or raised: the watchdog then leaves the (slow but orderly) exit alone.
 _finished = threading.Event()
+_postponed = 0  # open postpone_forced_exit() blocks
 
 
 @contextlib.contextmanager
@@ -80,8 +84,26 @@ def on_forced_exit(fn: Callable[[], None]) -> Iterator[None]:
             _cleanups.pop(key, None)
 
 
-def _on_sigterm(signum: int, frame) -> None:
-    raise Terminated()
+@contextlib.contextmanager
+def postpone_forced_exit() -> Iterator[None]:
+    """Hold the watchdog's forced exit off while the block runs (at most POSTPONE_MAX_S after the signal):
+    for saving what an interrupt is meant to keep, e.g. the neural builder's checkpoint on Ctrl-C."""
+    global _postponed
+    with _cleanups_lock:
+        _postponed += 1
+    try:
+        yield
+    finally:
+        with _cleanups_lock:
+            _postponed -= 1
+
+
+def _on_signal(signum: int, frame) -> None:
+    # Only the first signal interrupts: a second Ctrl-C must not abort the cleanup the first one started
+    # (the watchdog bounds how long that cleanup may take).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _watchdog(read_fd: int) -> None:
@@ -98,6 +120,10 @@ def _watchdog(read_fd: int) -> None:
             continue
         if _finished.wait(FORCED_EXIT_S):
             return
+        deadline = time.monotonic() + POSTPONE_MAX_S - FORCED_EXIT_S
+        while _postponed and time.monotonic() < deadline:
+            if _finished.wait(0.1):
+                return
         code = 143 if int(signal.SIGTERM) in hits else 130
         with _cleanups_lock:
             fns = list(_cleanups.values())
@@ -112,7 +138,9 @@ def _watchdog(read_fd: int) -> None:
 def _install_signal_handling() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background job of a script ignores it
+        signal.signal(signal.SIGINT, _on_signal)
     r, w = os.pipe()
     os.set_blocking(w, False)
     signal.set_wakeup_fd(w, warn_on_full_buffer=False)
@@ -150,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     program = argv is None
     if program:
         _install_signal_handling()
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        # Inside the try: building the parser imports every stage's module (seconds), Ctrl-C may come then.
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
         code = 143 if isinstance(e, Terminated) else 130
