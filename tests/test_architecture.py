@@ -12,7 +12,7 @@ ROOT = Path(simgen.__file__).parent
 
 # Lower layers never import higher ones (docs/architecture.md draws the same order).
 LAYERS = [
-    {"config", "data"},
+    {"config", "data", "interrupts"},
     {"folders"},
     {"render"},
     {"synth", "recon", "splat"},

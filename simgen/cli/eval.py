@@ -49,7 +49,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         result = evaluate(out, Path(args.scene), cfg)
-    except EvalError as e:
+    except (EvalError, io.ImageError) as e:  # ImageError: a scene image that cannot be decoded (file, frame)
         print(f"error: {e}", file=sys.stderr)
         return 1
     metrics = result["metrics"]

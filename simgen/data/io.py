@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,24 +110,119 @@ def write_panoptic(path: PathLike, ids: np.ndarray) -> None:
     write_image(path, id_to_rgb(ids))
 
 
+class ImageError(ValueError):
+    """An image file that cannot be opened or decoded (truncated, corrupt, not an image, wrong mode).
+
+    ``str(e)`` is ``"<path>: <reason>"`` (``"<path> (frame <i>): <reason>"`` when read as a scene frame);
+    ``reason`` alone is kept for callers that print the path
+    themselves (the validator's problems). A ValueError, so every stage that reports bad input as
+    ``error: ...`` reports this too instead of a traceback.
+    """
+
+    def __init__(self, path: PathLike, reason: str, frame: int | None = None):
+        self.path = Path(path)
+        self.reason = reason
+        self.frame = frame
+        where = str(path) if frame is None else f"{path} (frame {frame})"
+        super().__init__(f"{where}: {reason}")
+
+
+@contextlib.contextmanager
+def _decoded(path: PathLike) -> Iterator[Image.Image]:
+    """Open ``path`` and decode every pixel now, turning any decoder failure into :class:`ImageError`.
+
+    Pillow decodes lazily: a truncated PNG opens fine and fails later inside ``np.asarray`` with a bare
+    ``OSError: image file is truncated`` that names no file. Decoding inside this block ties the error to
+    the path. Pillow raises many types for corrupt data (OSError, SyntaxError, ValueError, zlib.error,
+    struct.error, EOFError, DecompressionBombError ...), so everything but MemoryError is converted.
+    """
+    try:
+        im = Image.open(path)
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ImageError(path, f"not a readable image ({_reason(e)})") from e
+    with im:
+        try:
+            im.load()
+        except MemoryError:
+            raise
+        except Exception as e:
+            raise ImageError(path, f"corrupt or truncated image ({_reason(e)})") from e
+        yield im
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip()
+    # Pillow's messages sometimes repeat the path ("cannot identify image file '/x/y.png'"): drop it.
+    text = re.sub(r"\s*'[^']*'$", "", text)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def verify_image(path: PathLike) -> tuple[int, int]:
+    """Check an image's integrity without keeping pixels: header, every PNG chunk's CRC (Pillow's
+    ``verify``), then a full decode. Returns ``(width, height)``; raises :class:`ImageError`.
+
+    The CRC pass catches flipped bytes that still decode (a PNG's pixels carry no checksum of their own
+    Pillow looks at); the decode catches truncation and broken compressed data.
+    """
+    try:
+        im = Image.open(path)
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ImageError(path, f"not a readable image ({_reason(e)})") from e
+    try:
+        with im:
+            fmt = im.format
+            im.verify()
+        # verify() stops at IEND without reading its CRC, and a PNG cut inside that last chunk decodes
+        # completely: only the fixed 12-byte IEND chunk at the end shows the file is whole.
+        if fmt == "PNG":
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 12))
+                if f.read() != _PNG_IEND:
+                    raise ImageError(path, "truncated or trailing data (the file does not end with IEND)")
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ImageError(path, f"corrupt or truncated image ({_reason(e)})") from e
+    with _decoded(path) as im:
+        return im.size
+
+
 def read_rgb(path: PathLike) -> np.ndarray:
-    with Image.open(path) as im:
+    """``(H, W, 3) uint8``; raises :class:`ImageError` naming the file if it cannot be decoded."""
+    with _decoded(path) as im:
         return np.asarray(im.convert("RGB"))
 
 
 def read_depth(path: PathLike, unit_scale: float = 0.001) -> np.ndarray:
-    """16-bit PNG -> ``(H, W) float32`` metres (0 = invalid). Raises ValueError if not 16-bit."""
-    with Image.open(path) as im:
+    """16-bit PNG -> ``(H, W) float32`` metres (0 = invalid). Raises :class:`ImageError` if not 16-bit
+    or not decodable."""
+    with _decoded(path) as im:
         if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise ValueError(f"depth must be a 16-bit PNG, got PIL mode {im.mode!r}")
+            raise ImageError(path, f"depth must be a 16-bit PNG, got PIL mode {im.mode!r}")
         arr = np.asarray(im)
     return arr.astype(np.float32) * np.float32(unit_scale)
 
 
 def read_panoptic(path: PathLike) -> np.ndarray:
-    with Image.open(path) as im:
+    """COCO panoptic RGB PNG -> ``(H, W) int32`` ids; raises :class:`ImageError` (not RGB, undecodable)."""
+    with _decoded(path) as im:
         if im.mode not in ("RGB", "RGBA"):
-            raise ValueError(f"panoptic PNG must be RGB (COCO id encoding), got PIL mode {im.mode!r}")
+            raise ImageError(path, f"panoptic PNG must be RGB (COCO id encoding), got PIL mode {im.mode!r}")
         return rgb_to_id(np.asarray(im))
 
 

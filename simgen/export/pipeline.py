@@ -12,11 +12,17 @@ Everything is written to a staging folder first and swapped in only when the exp
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import ctypes
 import json
 import multiprocessing as mp
 import os
+import select
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,9 +294,117 @@ def _write_obj(path: Path, v, f, uv, tex, mean_rgb) -> None:
     path.write_text("".join(text))
 
 
+# ----------------------------------------------------------------------------- temp folders and workers
+#
+# A run killed with SIGKILL runs no cleanup at all. So every temporary folder carries the pid of the process
+# that owns it, and each export first removes the folders whose owner is dead; worker processes watch the
+# exporting process and end themselves when it is gone.
+
+TEMP_PREFIX = "simgen-export-"  # system temp dir: simgen-export-<pid>-<random>
+MP_TEMP_PREFIX = "simgen-mp-"  # multiprocessing's per-process folder (the fork server's socket)
+STAGE_PREFIXES = (".export-new-", ".export-old-")  # inside OUT: .export-new-<pid>-<random>
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def owned_tempdir(prefix: str, parent: Path | None = None) -> Path:
+    """``mkdtemp`` named ``<prefix><pid>-<random>``: :func:`remove_stale_tempdirs` can tell whose it is."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def remove_stale_tempdirs(prefix: str, parent: Path | None = None) -> list[Path]:
+    """Remove ``<prefix><pid>-*`` folders under ``parent`` (default: the system temp dir) whose owning process
+    no longer exists (a run killed by SIGKILL, or a machine crash). Returns what was removed."""
+    parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    removed = []
+    with contextlib.suppress(OSError):
+        for d in parent.glob(f"{prefix}*-*"):
+            pid = d.name[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)) and d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+    return removed
+
+
+def _own_multiprocessing_tempdir() -> None:
+    """Make multiprocessing's per-process temp folder (normally ``pymp-<random>``, holding the fork server's
+    socket) one named with this pid, so that a later export removes it when this process was SIGKILLed.
+    Uses the same private slot and exit finalizer as ``multiprocessing.util.get_temp_dir``."""
+    from multiprocessing import process, util
+
+    config = process.current_process()._config
+    # The fork server listens on a unix socket in this folder: keep the path within the 107-byte limit
+    # (listener-<8 chars> inside), else leave multiprocessing's shorter default.
+    if (
+        len(os.path.join(tempfile.gettempdir(), f"{MP_TEMP_PREFIX}{os.getpid()}-12345678/listener-12345678"))
+        > 100
+    ):
+        return
+    if config.get("tempdir") is None:
+        remove_stale_tempdirs(MP_TEMP_PREFIX)
+        d = owned_tempdir(MP_TEMP_PREFIX)
+        util.Finalize(None, shutil.rmtree, args=[str(d)], exitpriority=-100)
+        config["tempdir"] = str(d)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_init(owner_pid: int) -> None:
+    """Initializer of each export worker process.
+
+    * Ctrl-C reaches the terminal's whole process group: workers ignore SIGINT and the exporting process
+      tears them down (no KeyboardInterrupt traceback from every worker, no worker finishing its part).
+    * The workers' parent is multiprocessing's fork server, not the exporting process, and they hold the
+      fork server's liveness pipe open: when the exporting process was killed with SIGKILL, workers, fork
+      server and resource tracker all kept running. A thread now waits on a pidfd of the exporting process
+      and kills this worker the moment it exits; the fork server and resource tracker then see their pipes
+      close and exit too. PR_SET_PDEATHSIG covers the fork server dying first.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    threading.Thread(target=_watch_owner, args=(owner_pid,), name="watch-owner", daemon=True).start()
+
+
+def _watch_owner(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)  # Linux >= 5.3: readable once the process has exited
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+    else:  # no pidfd: poll (ctypes calls such as CoACD release the GIL, so this thread gets to run)
+        while _pid_alive(pid):
+            time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop every worker now (shutdown(wait=True) would first let each finish its CoACD run: 50 s)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(2)
+
+
 def _swap_in(stage: Path, out_dir: Path) -> None:
     """Move the export entries of ``stage`` into ``out_dir``, replacing the previous export's entries."""
-    old = Path(tempfile.mkdtemp(prefix=".export-old-", dir=out_dir))
+    old = owned_tempdir(STAGE_PREFIXES[1], out_dir)
     try:
         for name in output.EXPORT_ENTRIES:
             if (out_dir / name).exists():
@@ -390,33 +504,40 @@ def run_export(
         origins[p.name] = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
 
     # 5 (first half). Gaussian appearance: render the views once here; workers memory-map them.
-    work_dir = Path(tempfile.mkdtemp(prefix="simgen-export-"))
-    try:
+    from simgen.interrupts import on_forced_exit
+
+    remove_stale_tempdirs(TEMP_PREFIX)
+    work_dir = owned_tempdir(TEMP_PREFIX)
+    with on_forced_exit(lambda: shutil.rmtree(work_dir, ignore_errors=True)):
         try:
-            appearance, texture, tex_warnings = prepare_appearance(
-                build_dir, cfg, alignment.scene_from_world, work_dir
-            )
-        except FileNotFoundError as e:
-            raise ExportError(str(e)) from e
-        warnings.extend(tex_warnings)
-        results = _process_parts(parts, origins, room_centre, cfg, appearance, warnings)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+            try:
+                appearance, texture, tex_warnings = prepare_appearance(
+                    build_dir, cfg, alignment.scene_from_world, work_dir
+                )
+            except FileNotFoundError as e:
+                raise ExportError(str(e)) from e
+            warnings.extend(tex_warnings)
+            results = _process_parts(parts, origins, room_centre, cfg, appearance, warnings)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
 
     # 6-8. write into a staging folder
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".export-new-", dir=out_dir))
-    try:
-        summary = _write_all(
-            stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings
-        )
-        summary["texture"] = texture
-        summary["seconds"] = round(time.perf_counter() - t_start, 2)
-        summary.update(output.export_record_fields(out_dir, build_dir))
-        io.write_json(stage / output.EXPORT_FILE, summary)
-        _swap_in(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    for prefix in STAGE_PREFIXES:
+        remove_stale_tempdirs(prefix, out_dir)
+    stage = owned_tempdir(STAGE_PREFIXES[0], out_dir)
+    with on_forced_exit(lambda: shutil.rmtree(stage, ignore_errors=True)):
+        try:
+            summary = _write_all(
+                stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings
+            )
+            summary["texture"] = texture
+            summary["seconds"] = round(time.perf_counter() - t_start, 2)
+            summary.update(output.export_record_fields(out_dir, build_dir))
+            io.write_json(stage / output.EXPORT_FILE, summary)
+            _swap_in(stage, out_dir)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     return summary
 
 
@@ -443,7 +564,14 @@ def _process_parts(
         # forkserver, not fork: the caller (simgen build) may hold OpenMP / torch thread pools, which a
         # forked child inherits in a broken state and can deadlock in (CoACD and pymeshlab use OpenMP).
         ctx = mp.get_context("forkserver")
-        with cf.ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=ctx) as pool:
+        _own_multiprocessing_tempdir()
+        pool = cf.ProcessPoolExecutor(
+            max_workers=min(cfg.workers, len(jobs)),
+            mp_context=ctx,
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+        )
+        try:
             futures = {pool.submit(_process_job, j): j for j in order}
             for fut in cf.as_completed(futures):
                 part = futures[fut][0]
@@ -456,6 +584,13 @@ def _process_parts(
                     )
                     results[part.name] = _fallback_part(part, origins[part.name], room_centre, cfg)
                 bar.update()
+        except BaseException:
+            # Ctrl-C, SIGTERM (simgen.cli raises it as an exception) or an error: no part result is wanted
+            # any more, so the workers are killed rather than waited for.
+            _kill_workers(pool)
+            raise
+        else:
+            pool.shutdown(wait=True)
     bar.close()
     return results
 

@@ -156,11 +156,10 @@ def create_app(render_scene: RenderScene, cfg: ServeConfig | None = None) -> Fla
             return [scene.render(K, c2w, params.outputs) for c2w in params.c2w_cv]
 
     def body_json():
-        raw = request.get_data(cache=False)
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise api.bad("body", f"not valid JSON ({e})") from None
+        # Content-Type first (415 without reading the body), then the size (MAX_CONTENT_LENGTH: 413 while
+        # reading, also for chunked bodies), then nesting depth and JSON (400 naming "body").
+        api.require_json(request.content_type)
+        return api.parse_json_body(request.get_data(cache=False), request.content_type)
 
     def respond(results: list[dict], params: api.RenderParams, batch: bool) -> Response:
         if params.encoding == "npz":

@@ -170,6 +170,8 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
         "413": _error_response("request body larger than the server's limit"),
         "503": _error_response("server busy (bounded queue full); retry after Retry-After seconds"),
     }
+    # JSON bodies only: no CORS-simple content type (text/plain, forms) can trigger a render.
+    body_errors = {"415": _error_response("Content-Type is not application/json")}
 
     def png_op(output: str, description: str) -> dict:
         return {
@@ -215,6 +217,7 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
                             "content": {"application/x-npz": {}, "multipart/mixed": {}},
                         },
                         **errors,
+                        **body_errors,
                     },
                 }
             },
@@ -234,6 +237,7 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
                             "content": {"application/x-npz": {}, "multipart/mixed": {}},
                         },
                         **errors,
+                        **body_errors,
                     },
                 }
             },

@@ -274,6 +274,8 @@ def read_depth_m(path: Path, units_per_metre: float) -> np.ndarray:
 
     try:
         return io.read_depth(path, 1.0 / units_per_metre)
+    except io.ImageError as e:  # already names the file
+        raise DatasetImportError(str(e)) from None
     except (ValueError, OSError) as e:
         raise DatasetImportError(f"{path}: {e}") from None
 

@@ -408,7 +408,10 @@ def run_neural(
         step = cfg.steps
     except KeyboardInterrupt:
         if ckpt_path is not None:
-            _save_checkpoint(ckpt_path, model, opt, sched, scaler, step, stats, history, data, cfg, rng)
+            from simgen.interrupts import postpone_forced_exit  # needed only on Ctrl-C
+
+            with postpone_forced_exit():
+                _save_checkpoint(ckpt_path, model, opt, sched, scaler, step, stats, history, data, cfg, rng)
             print(f"\ninterrupted: checkpoint at step {step} saved to {ckpt_path}; continue with --resume")
         raise
     finally:
