@@ -107,21 +107,15 @@ def ray_session(cfg: BatchConfig) -> Iterator[Any]:
         yield ray
         return
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-    # Workers import simgen from wherever the driver does (an editable checkout included).
-    env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if os.environ.get("PYTHONPATH") else None
     if cfg.address:
         try:
-            ray.init(address=cfg.address, runtime_env=env, **kw)
+            # Every node imports its own installed simgen (docs/cluster.md): nothing is shipped.
+            ray.init(address=cfg.address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise BatchError(f"cannot join the Ray cluster at {cfg.address!r}: {e}") from None
     else:
-        ray.init(
-            num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus,
-            object_store_memory=OBJECT_STORE_BYTES,
-            runtime_env=env,
-            **kw,
-        )
+        # The embedded instance's workers inherit this process's environment (PYTHONPATH included).
+        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, object_store_memory=OBJECT_STORE_BYTES, **kw)
     try:
         yield ray
     finally:
@@ -289,9 +283,14 @@ def _drive(ray, task, states: list[SceneState], out_dir: Path, cfg: BatchConfig,
     running: dict[Any, tuple[SceneState, str, str, dict]] = {}
     bar = tqdm(total=len(states), unit="scene", desc="batch", disable=not cfg.progress, dynamic_ncols=True)
 
+    shown = [""]
+
     def show() -> None:
         n = {k: sum(1 for s in states if s.status == k) for k in ("done", "running", "failed")}
-        bar.set_postfix_str(f"done {n['done']}, running {n['running']}, failed {n['failed']}", refresh=True)
+        text = f"done {n['done']}, running {n['running']}, failed {n['failed']}"
+        if text != shown[0]:  # redraw on change only (a log file gets one line per change)
+            shown[0] = text
+            bar.set_postfix_str(text, refresh=True)
 
     def submit(s: SceneState) -> None:
         """Skip the stages already done; submit the next one, or finish the scene."""

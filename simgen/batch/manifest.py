@@ -327,10 +327,11 @@ def plan_scene(
     """One scene entry (merged over ``defaults``) resolved into a :class:`ScenePlan`."""
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a mapping with 'name' and 'path', got {entry!r}")
+    name = entry.get("name")
     for key in entry:
         if _norm(key) not in SCENE_KEYS:
-            raise ManifestError(f"{where}.{key}: unknown key (known: {', '.join(sorted(SCENE_KEYS))})")
-    name = entry.get("name")
+            label = f"{where} ({name})" if isinstance(name, str) else where
+            raise ManifestError(f"{label}.{key}: unknown key (known: {', '.join(sorted(SCENE_KEYS))})")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ManifestError(
             f"{where}.name: {name!r} is not a usable folder name (letters, digits, '_', '.', '-'; up to 128)"
@@ -355,7 +356,10 @@ def plan_scene(
     # Batch writes metrics only (the picture report is opt-in) and never draws progress bars in workers.
     eval_defaults = dataclasses.replace(EvalConfig(), pictures=False, quiet=True)
     configs["eval"] = apply_overrides(eval_defaults, s.get("eval") or {}, f"{where}.eval")
-    configs["export"] = dataclasses.replace(configs["export"], quiet=True)
+    # The world is named after the scene (worlds/<name>.sdf), not after its build folder OUT/<name>/build.
+    configs["export"] = dataclasses.replace(
+        configs["export"], quiet=True, scene_name=configs["export"].scene_name or name
+    )
     importer = None
     if dataset:
         importer = apply_overrides(_importer_config(dataset), s.get("import") or {}, f"{where}.import")
@@ -364,7 +368,9 @@ def plan_scene(
     resources = _default_resources()
     raw_res = s.get("resources") or {}
     if not isinstance(raw_res, dict):
-        raise ManifestError(f"{where}.resources: expected a mapping stage -> {{num_cpus, num_gpus, memory_gb}}")
+        raise ManifestError(
+            f"{where}.resources: expected a mapping stage -> {{num_cpus, num_gpus, memory_gb}}"
+        )
     for stage, values in raw_res.items():
         if stage not in STAGES:
             raise ManifestError(f"{where}.resources.{stage}: unknown stage (known: {', '.join(STAGES)})")
@@ -430,7 +436,9 @@ def load_manifest(path: str | Path, stages: tuple[str, ...] | None = None) -> Ma
         raise ManifestError(f"{path}: 'defaults' must be a mapping")
     for key in defaults:
         if _norm(key) not in SETTING_KEYS:
-            raise ManifestError(f"{path}: defaults.{key}: unknown key (known: {', '.join(sorted(SETTING_KEYS))})")
+            raise ManifestError(
+                f"{path}: defaults.{key}: unknown key (known: {', '.join(sorted(SETTING_KEYS))})"
+            )
     scenes = data.get("scenes")
     if not isinstance(scenes, list) or not scenes:
         raise ManifestError(f"{path}: 'scenes' must be a non-empty list of {{name, path}} entries")

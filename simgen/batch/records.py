@@ -126,7 +126,9 @@ def outputs_present(stage: str, record: dict[str, Any], scene_dir: Path, build_d
     if stage == "export":
         return (build_dir / folders.EXPORT_FILE).is_file()
     if stage == "eval":
-        return not result.get("metrics_file") or (build_dir / folders.EVAL_DIR / folders.METRICS_JSON).is_file()
+        return (
+            not result.get("metrics_file") or (build_dir / folders.EVAL_DIR / folders.METRICS_JSON).is_file()
+        )
     return True
 
 

@@ -60,7 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--retries", type=int, default=1, help="tries again of a failed stage before its scene is failed"
     )
     p.add_argument(
-        "--stages", type=_stages, default=None, help="comma-separated stages for every scene (overrides the manifest)"
+        "--stages",
+        type=_stages,
+        default=None,
+        help="comma-separated stages for every scene (overrides the manifest)",
     )
     p.add_argument("--force", action="store_true", help="redo every stage, ignoring the completion records")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
@@ -72,7 +75,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from simgen.config import ConfigError
 
     if args.address is not None and (args.num_cpus is not None or args.num_gpus is not None):
-        raise ConfigError("--num-cpus / --num-gpus size the embedded Ray instance; a cluster (--address) has its own")
+        raise ConfigError(
+            "--num-cpus / --num-gpus size the embedded Ray instance; a cluster (--address) has its own"
+        )
     try:
         cfg = BatchConfig(
             address=args.address,
