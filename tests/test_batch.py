@@ -206,7 +206,9 @@ def test_batch_matches_sequential_build_and_reruns_nothing(ray_local, scenes, tm
         exp_b = json.loads((got / folders.EXPORT_FILE).read_text())
         exp_s = json.loads((seq / folders.EXPORT_FILE).read_text())
         assert [x["name"] for x in exp_b["models"]] == [x["name"] for x in exp_s["models"]]
-        assert row["models"] == len(exp_b["models"]) and row["hulls"] == sum(x["hulls"] for x in exp_b["models"])
+        assert row["models"] == len(exp_b["models"]) and row["hulls"] == sum(
+            x["hulls"] for x in exp_b["models"]
+        )
         assert row["check_problems"] is not None
         assert 0 < row["metrics"]["pq"] <= 1 and row["metrics"]["chamfer_l1_cm"] > 0
         assert (got / folders.EVAL_DIR / folders.METRICS_JSON).is_file()
@@ -276,8 +278,22 @@ def alive(pids: set[int]) -> set[int]:
 
 def start_batch(mpath: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "simgen", "batch", str(mpath), "-o", str(out), "--num-cpus", "1", "-q", *extra]
-    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "simgen",
+        "batch",
+        str(mpath),
+        "-o",
+        str(out),
+        "--num-cpus",
+        "1",
+        "-q",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def wait_for(cond, proc: subprocess.Popen, timeout: float) -> None:
