@@ -149,6 +149,19 @@ def test_output_folder_is_locked(ray_local, scenes, tmp_path):
             run_batch(m, out, BatchConfig(progress=False))
 
 
+def test_a_stage_no_node_can_run_is_refused_before_the_batch(ray_local, scenes, tmp_path):
+    from simgen.batch import BatchError
+
+    m = load_manifest(
+        manifest(
+            tmp_path / "m.json", scenes, ["a"], ["validate"], resources={"validate": {"memory_gb": 100000}}
+        )
+    )
+    with pytest.raises(BatchError, match="scene a, stage validate: asks for"):
+        run_batch(m, tmp_path / "out", BatchConfig(progress=False))
+    assert not (tmp_path / "out" / "a").exists()
+
+
 def test_cli_refuses_a_bad_manifest_with_exit_2(scenes, tmp_path, capsys):
     from simgen.cli import main
 

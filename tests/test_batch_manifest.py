@@ -176,3 +176,29 @@ def test_records_round_trip_and_error_cleared(tmp_path):
     assert not records.outputs_present("build", rec, tmp_path, tmp_path / "build")
     records.record_path(root, "build").write_text("{not json")
     assert records.read_record(root, "build") is None  # an unreadable record means redo
+
+
+def test_declared_resources_per_stage(tmp_path):
+    from simgen.batch.driver import stage_resources
+
+    p = write(
+        tmp_path,
+        {
+            "defaults": {"stages": ["validate", "build", "gaussians", "export"]},
+            "scenes": [
+                {"name": "f", "path": "f"},
+                {"name": "n", "path": "n", "method": "neural"},
+                {"name": "h", "path": "h", "method": "neural", "resources": {"build": {"num_gpus": 0.5}}},
+            ],
+        },
+    )
+    f, n, h = load_manifest(p).scenes
+    # CUDA stages get a GPU only when the cluster has one; the fusion build never does
+    assert stage_resources(n, "build", gpus=True)["num_gpus"] == 1
+    assert stage_resources(n, "build", gpus=False)["num_gpus"] == 0
+    assert stage_resources(f, "build", gpus=True)["num_gpus"] == 0
+    assert stage_resources(f, "gaussians", gpus=True)["num_gpus"] == 1
+    assert stage_resources(f, "export", gpus=True)["num_gpus"] == 0
+    assert stage_resources(h, "build", gpus=True)["num_gpus"] == 0.5  # the manifest's choice wins
+    assert stage_resources(f, "build", gpus=False)["memory"] == 2 * 2**30
+    assert stage_resources(f, "build", gpus=False)["num_cpus"] == 1

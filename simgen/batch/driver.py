@@ -112,7 +112,10 @@ def ray_session(cfg: BatchConfig) -> Iterator[Any]:
             # Every node imports its own installed simgen (docs/cluster.md): nothing is shipped.
             ray.init(address=cfg.address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise BatchError(f"cannot join the Ray cluster at {cfg.address!r}: {e}") from None
+            raise BatchError(
+                f"cannot join the Ray cluster at {cfg.address!r}: {e} (is it running, and does this machine "
+                "have its authentication token? docs/cluster.md, 'Joining a cluster')"
+            ) from None
     else:
         # The embedded instance's workers inherit this process's environment (PYTHONPATH included).
         ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, object_store_memory=OBJECT_STORE_BYTES, **kw)
@@ -258,7 +261,9 @@ def run_batch(manifest: Manifest, out_dir: str | Path, cfg: BatchConfig | None =
                 "memory_gb": round(resources.get("memory", 0) / 2**30, 1),
             }
             gpus = resources.get("GPU", 0) > 0
-            _check_feasible(ray, manifest.scenes, gpus)
+            if not cfg.address:
+                # A cluster may scale up to fit (KubeRay, cloud autoscaler); this machine will not.
+                _check_feasible(ray, manifest.scenes, gpus)
             task = ray.remote(run_stage)
             try:
                 _drive(ray, task, states, out_dir, cfg, gpus, info, started)
