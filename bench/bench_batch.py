@@ -8,12 +8,14 @@ For each run, on the same freshly synthesised scenes:
 * sequential: one Python subprocess that loops over the scenes calling what `simgen build` calls
   (``load_scene`` then ``simgen.pipeline.build`` with the stages asked for), one scene after another;
 * batch: one ``simgen batch MANIFEST -o OUT --num-cpus N`` subprocess (Ray start-up included);
-* rerun: the same ``simgen batch`` again on the finished output (every stage skipped): Ray start-up
-  and record checks, the fixed cost of a batch.
+* rerun: the same ``simgen batch`` again on the finished output (every stage skipped: the records are
+  read and Ray is not started);
+* Ray alone: ``ray.init`` + ``ray.shutdown`` of an embedded instance in a fresh interpreter, the fixed
+  cost a batch with work pays.
 
 Reported (medians over runs): wall seconds of each, throughput ratio (sequential wall / batch wall),
-fixed cost (the rerun), overhead per task (CPU-slot seconds of the batch not spent inside a stage
-function, over the tasks: (wall - rerun) * cpus - sum of stage seconds, divided by the tasks; it
+the rerun, Ray's fixed cost, overhead per task (CPU-slot seconds of the batch not spent inside a
+stage function, over the tasks: ((wall - Ray alone) * cpus - sum of stage seconds) / tasks; it
 includes the slots left idle at the end), and peak memory (the sum of the resident set sizes of the
 command's whole process tree, sampled every 0.1 s from /proc: Ray's GCS, raylet and workers included).
 """
@@ -43,6 +45,16 @@ for name, path in scenes:
     if "build" in stages:
         build(path, f"{out}/{name}", BuildConfig(gaussians="gaussians" in stages,
               worlds="export" in stages, overwrite=True, progress=False))
+"""
+
+
+RAY_START = """
+import sys, time
+t0 = time.perf_counter()
+import ray
+ray.init(num_cpus=int(sys.argv[1]), include_dashboard=False, log_to_driver=False,
+         object_store_memory=128 * 2**20)
+ray.shutdown()
 """
 
 
@@ -130,12 +142,14 @@ def main() -> int:
         rerun_wall, _ = run_measured(batch_cmd)
         rerun = json.loads((work / "batch" / "batch.json").read_text())
         assert rerun["totals"]["stages_run"] == 0, rerun["totals"]
-        overhead = ((batch_wall - rerun_wall) * args.num_cpus - stage_s) / tasks
+        ray_wall, _ = run_measured([sys.executable, "-c", RAY_START, str(args.num_cpus)])
+        overhead = ((batch_wall - ray_wall) * args.num_cpus - stage_s) / tasks
         row = {
             "seq_s": seq_wall,
             "batch_s": batch_wall,
             "ratio": seq_wall / batch_wall,
             "rerun_s": rerun_wall,
+            "ray_start_s": ray_wall,
             "overhead_per_task_s": overhead,
             "stage_s": stage_s,
             "tasks": tasks,
@@ -153,7 +167,8 @@ def main() -> int:
     print(f"| sequential loop, wall (s) | {med['seq_s']:.1f} |")
     print(f"| simgen batch, wall (s), Ray start-up included | {med['batch_s']:.1f} |")
     print(f"| throughput ratio (sequential / batch) | {med['ratio']:.2f} |")
-    print(f"| rerun, every stage skipped (s): the fixed cost | {med['rerun_s']:.1f} |")
+    print(f"| rerun, every stage skipped (s; Ray is not started) | {med['rerun_s']:.1f} |")
+    print(f"| Ray start + shutdown alone (s; python -c, import included) | {med['ray_start_s']:.1f} |")
     print(f"| overhead per task (CPU-slot s outside stage functions) | {med['overhead_per_task_s']:.2f} |")
     print(f"| tasks per run | {med['tasks']:.0f} |")
     print(f"| peak memory, sequential (MB, process tree RSS) | {med['seq_peak_mb']:.0f} |")

@@ -131,6 +131,43 @@ def test_a_changed_scene_is_validated_again(ray_local, scenes, tmp_path):
     assert row["status"] == "failed" and "gone.png" in " ".join(row["error"]["problems"])
 
 
+def test_importer_source_is_imported_then_validated(ray_local, tmp_path):
+    from test_importers import make_scannet  # the ScanNet-layout fixture of the importer tests
+
+    from simgen.data.importers.scannet import ScanNetConfig, import_scannet
+
+    src = tmp_path / "scene0000_00"
+    fx = make_scannet(src)
+    data = {
+        "defaults": {"stages": ["validate"]},
+        "scenes": [
+            {
+                "name": "s0",
+                "path": f"scannet:{src}",
+                "import": {"labels_from_gt": True, "label_map": str(fx["tsv"]), "test_every": 2},
+            }
+        ],
+    }
+    (tmp_path / "m.yaml").write_text(json.dumps(data))  # JSON is YAML
+    m = load_manifest(tmp_path / "m.yaml")
+    out = tmp_path / "out"
+    row = rows(run_batch(m, out, BatchConfig(retries=0, progress=False)).report)["s0"]
+    assert row["status"] == "done", row["error"]
+    assert list(row["stages"]) == ["import", "validate"]
+    rec = R.read_record(out / "s0", "import")["result"]
+    assert rec["frames"] == 4 and rec["skipped_frames"] == 1 and rec["ground_truth"]
+    # the same scene `simgen import scannet` writes
+    direct = tmp_path / "direct"
+    import_scannet(src, direct, ScanNetConfig(labels_from_gt=True, label_map=str(fx["tsv"]), test_every=2))
+    assert json.loads((out / "s0/scene/transforms.json").read_text()) == json.loads(
+        (direct / "transforms.json").read_text()
+    )
+    assert row["frames"] == 4
+    again = run_batch(m, out, BatchConfig(progress=False))
+    assert again.report["totals"]["stages_run"] == 0
+    assert again.report["batch"]["ray"]["address"].startswith("not started")  # nothing to run, no Ray
+
+
 def test_output_folder_is_locked(ray_local, scenes, tmp_path):
     import fcntl
 

@@ -251,43 +251,96 @@ def run_batch(manifest: Manifest, out_dir: str | Path, cfg: BatchConfig | None =
     }
     interrupted = False
     with output_lock(out_dir), sigterm_as_interrupt():
-        with ray_session(cfg) as ray:
-            resources = ray.cluster_resources()
-            info["ray"] = {
-                "address": cfg.address or "embedded",
-                "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
-                "cpus": resources.get("CPU", 0),
-                "gpus": resources.get("GPU", 0),
-                "memory_gb": round(resources.get("memory", 0) / 2**30, 1),
-            }
-            gpus = resources.get("GPU", 0) > 0
-            if not cfg.address:
-                # A cluster may scale up to fit (KubeRay, cloud autoscaler); this machine will not.
-                _check_feasible(ray, manifest.scenes, gpus)
-            task = ray.remote(run_stage)
-            try:
-                _drive(ray, task, states, out_dir, cfg, gpus, info, started)
-            except KeyboardInterrupt:
-                interrupted = True
-                for s in states:
-                    if s.status in ("running", "pending"):
-                        s.status = "interrupted"
-                        for st in s.stages.values():
-                            if st["status"] == "running":
-                                st["status"] = "interrupted"
+        # Skip what is done before starting Ray: a rerun of a finished batch costs seconds, not a cluster.
+        pending = {}
+        for s in states:
+            nxt = advance(s, out_dir, cfg)
+            if nxt is None:
+                s.status = "done"
+            else:
+                pending[s.plan.name] = nxt
+        if not pending:
+            info["ray"] = {"address": "not started: every stage was done"}
+        else:
+            with ray_session(cfg) as ray:
+                resources = ray.cluster_resources()
+                info["ray"] = {
+                    "address": cfg.address or "embedded",
+                    "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+                    "cpus": resources.get("CPU", 0),
+                    "gpus": resources.get("GPU", 0),
+                    "memory_gb": round(resources.get("memory", 0) / 2**30, 1),
+                }
+                gpus = resources.get("GPU", 0) > 0
+                if not cfg.address:
+                    # A cluster may scale up to fit (KubeRay, cloud autoscaler); this machine will not.
+                    _check_feasible(ray, manifest.scenes, gpus)
+                try:
+                    _drive(ray, states, pending, out_dir, cfg, gpus, info, started)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    for s in states:
+                        if s.status in ("running", "pending"):
+                            s.status = "interrupted"
+                            for st in s.stages.values():
+                                if st["status"] == "running":
+                                    st["status"] = "interrupted"
     info["seconds"] = round(time.time() - started, 2)
     info["interrupted"] = interrupted
     report = write_report(out_dir, states, info)
     return BatchResult(out_dir, report, interrupted)
 
 
-def _drive(ray, task, states: list[SceneState], out_dir: Path, cfg: BatchConfig, gpus: bool, info, started):
+def advance(s: SceneState, out_dir: Path, cfg: BatchConfig) -> tuple[str, str, dict[str, Any]] | None:
+    """Move ``s`` past the stages that are done (matching record, outputs present) or do not apply (eval
+    without GT); return ``(stage, fingerprint, inputs)`` of the next stage to run, None when none is left."""
+    scene_root = out_dir / s.plan.name
+    while s.index < len(s.plan.stages):
+        stage = s.plan.stages[s.index]
+        inputs = stage_inputs(s.plan, stage, out_dir, s.fingerprints)
+        fp = records.fingerprint(stage, s.plan.stage_config(stage), inputs.get("upstream", {}), inputs)
+        if stage == "eval" and not _has_gt(scene_root):
+            s.stages[stage] = {"status": "no-gt", "seconds": 0.0, "attempts": 0}
+            s.index += 1
+            continue
+        rec = None if (cfg.force or s.dirty) else records.read_record(scene_root, stage)
+        if (
+            rec is not None
+            and rec["fingerprint"] == fp
+            and records.outputs_present(stage, rec, s.plan.scene_dir(out_dir), s.plan.build_dir(out_dir))
+        ):
+            s.fingerprints[stage] = fp
+            s.stages[stage] = {"status": "skipped", "seconds": rec.get("seconds"), "attempts": 0}
+            s.index += 1
+            continue
+        return stage, fp, inputs
+    return None
+
+
+def _drive(
+    ray,
+    states: list[SceneState],
+    pending: dict[str, tuple[str, str, dict[str, Any]]],
+    out_dir: Path,
+    cfg: BatchConfig,
+    gpus: bool,
+    info: dict[str, Any],
+    started: float,
+) -> None:
     """Submit stages as scenes become ready, collect results, retry, until every scene is done or failed."""
     from tqdm import tqdm
 
+    task = ray.remote(run_stage)
     running: dict[Any, tuple[SceneState, str, str, dict]] = {}
-    bar = tqdm(total=len(states), unit="scene", desc="batch", disable=not cfg.progress, dynamic_ncols=True)
-
+    done_already = sum(1 for s in states if s.status == "done")
+    bar = tqdm(
+        total=len(states),
+        initial=done_already,
+        unit="scene",
+        desc="batch",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
     shown = [""]
 
     def show() -> None:
@@ -297,44 +350,33 @@ def _drive(ray, task, states: list[SceneState], out_dir: Path, cfg: BatchConfig,
             shown[0] = text
             bar.set_postfix_str(text, refresh=True)
 
-    def submit(s: SceneState) -> None:
-        """Skip the stages already done; submit the next one, or finish the scene."""
-        while s.index < len(s.plan.stages):
-            stage = s.plan.stages[s.index]
-            inputs = stage_inputs(s.plan, stage, out_dir, s.fingerprints)
-            fp = records.fingerprint(stage, s.plan.stage_config(stage), inputs.get("upstream", {}), inputs)
-            scene_root = out_dir / s.plan.name
-            if stage == "eval" and not _has_gt(scene_root):
-                s.stages[stage] = {"status": "no-gt", "seconds": 0.0, "attempts": 0}
-                s.index += 1
-                continue
-            rec = None if (cfg.force or s.dirty) else records.read_record(scene_root, stage)
-            if (
-                rec is not None
-                and rec["fingerprint"] == fp
-                and records.outputs_present(stage, rec, s.plan.scene_dir(out_dir), s.plan.build_dir(out_dir))
-            ):
-                s.fingerprints[stage] = fp
-                s.stages[stage] = {"status": "skipped", "seconds": rec.get("seconds"), "attempts": 0}
-                s.index += 1
-                continue
-            s.dirty = True
-            s.attempts += 1
-            s.status = "running"
-            s.stages[stage] = {"status": "running", "seconds": None, "attempts": s.attempts}
-            opts = stage_resources(s.plan, stage, gpus)
-            ref = task.options(name=f"{s.plan.name}:{stage}", max_retries=0, **opts).remote(
-                s.plan, stage, str(out_dir), fp, inputs, s.attempts
-            )
-            running[ref] = (s, stage, fp, inputs)
+    def report() -> None:
+        write_report(out_dir, states, {**info, "seconds": round(time.time() - started, 2)})
+
+    def launch(s: SceneState, stage: str, fp: str, inputs: dict[str, Any]) -> None:
+        s.dirty = True  # this stage runs: every later stage of the scene runs too
+        s.attempts += 1
+        s.status = "running"
+        s.stages[stage] = {"status": "running", "seconds": None, "attempts": s.attempts}
+        opts = stage_resources(s.plan, stage, gpus)
+        ref = task.options(name=f"{s.plan.name}:{stage}", max_retries=0, **opts).remote(
+            s.plan, stage, str(out_dir), fp, inputs, s.attempts
+        )
+        running[ref] = (s, stage, fp, inputs)
+
+    def next_stage(s: SceneState) -> None:
+        nxt = advance(s, out_dir, cfg)
+        if nxt is not None:
+            launch(s, *nxt)
             return
         s.status = "done"
         bar.update(1)
-        write_report(out_dir, states, {**info, "seconds": round(time.time() - started, 2)})
+        report()
 
     try:
         for s in states:
-            submit(s)
+            if s.plan.name in pending:
+                launch(s, *pending[s.plan.name])
         show()
         while running:
             ready, _ = ray.wait(list(running), num_returns=1, timeout=cfg.poll_seconds)
@@ -353,17 +395,17 @@ def _drive(ray, task, states: list[SceneState], out_dir: Path, cfg: BatchConfig,
                     s.fingerprints[stage] = fp
                     s.index += 1
                     s.attempts = 0
-                    submit(s)
+                    next_stage(s)
                 elif s.attempts <= cfg.retries:
                     st["status"] = "retrying"
-                    submit(s)
+                    launch(s, stage, fp, inputs)
                 else:
                     st["status"] = "failed"
                     s.status = "failed"
                     s.error = {k: out.get(k) for k in ("error", "message", "type", "problems") if k in out}
                     s.error["stage"] = stage
                     bar.update(1)
-                    write_report(out_dir, states, {**info, "seconds": round(time.time() - started, 2)})
+                    report()
             show()
     except KeyboardInterrupt:
         # Stop the work now: force-cancel kills the workers running these tasks (their stages have
