@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--address",
         default=None,
-        help="Ray cluster to join: auto, ray://HOST:10001 or HOST:6379 (default: start an embedded one)",
+        help="Ray cluster to join: auto, ray://HOST:10001 or HOST:6379; None starts an embedded instance",
     )
     p.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs of the embedded Ray instance")
     p.add_argument("--num-gpus", type=int, default=None, help="GPUs of the embedded Ray instance")
