@@ -166,6 +166,13 @@ def test_importer_source_is_imported_then_validated(ray_local, tmp_path):
     again = run_batch(m, out, BatchConfig(progress=False))
     assert again.report["totals"]["stages_run"] == 0
     assert again.report["batch"]["ray"]["address"].startswith("not started")  # nothing to run, no Ray
+    # the source changed (its label map rewritten): imported and validated again
+    tsv = Path(fx["tsv"])
+    tsv.write_text(tsv.read_text())
+    os.utime(tsv, ns=(0, time.time_ns() + 10**9))
+    third = run_batch(m, out, BatchConfig(retries=0, progress=False))
+    assert rows(third.report)["s0"]["status"] == "done"
+    assert third.report["totals"]["stages_run"] == 2
 
 
 def test_output_folder_is_locked(ray_local, scenes, tmp_path):

@@ -57,14 +57,21 @@ def _stat(path: Path) -> list[Any] | None:
     return [st.st_mtime_ns, st.st_size]
 
 
-def folder_state(folder: Path, files: tuple[str, ...] = ()) -> dict[str, Any]:
+def folder_state(folder: Path, files: tuple[str, ...] | None = None) -> dict[str, Any]:
     """What identifies a source folder's contents cheaply: its absolute path and the modification time and
-    size of the named index files (a scene's ``transforms.json`` and ``gt/gt.json``).
+    size of the named index files (a scene's ``transforms.json`` and ``gt/gt.json``; by default every
+    entry at the top of the folder, for importer sources).
 
     Image files are not hashed: rewriting an image in place without touching its index is not detected
     (``simgen batch --force`` redoes everything); hashing every image of hundreds of scans on a shared
     file system on each rerun would cost more than it saves."""
     folder = Path(folder).resolve()
+    if files is None:  # an importer's source: every entry at its top (a sub-folder's mtime changes when
+        # a file is added to or removed from it)
+        try:
+            files = tuple(sorted(p.name for p in folder.iterdir()))
+        except OSError:
+            files = ()
     # Not the folder's own mtime: builds written into the scene folder (simgen_out/) change it.
     return {"path": str(folder), **{f: _stat(folder / f) for f in files}}
 
