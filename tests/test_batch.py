@@ -132,7 +132,7 @@ def test_a_changed_scene_is_validated_again(ray_local, scenes, tmp_path):
 
 
 def test_importer_source_is_imported_then_validated(ray_local, tmp_path):
-    from test_importers import make_scannet  # the ScanNet-layout fixture of the importer tests
+    from helpers.datasets import make_scannet  # the ScanNet-layout fixture of the importer tests
 
     from simgen.data.importers.scannet import ScanNetConfig, import_scannet
 
