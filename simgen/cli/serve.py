@@ -37,6 +37,7 @@ then (Gazebo Harmonic; see docs/serve.md):
 """
 
 DRIVE_EXAMPLES = """examples:
+  simgen drive out/export                                            # planned loop past every object
   simgen drive out/export --waypoints 1 0  1 1.5  -0.5 1.5          # in-process renders, out/export/drive/
   simgen serve out/export & simgen drive out/export --server http://127.0.0.1:8000 --waypoints 2 0
   simgen drive out/export --spawn 0 0 0 --waypoints 3 0 -o /tmp/crash   # into an obstacle: stops, says which
@@ -261,8 +262,12 @@ def cmd_drive(args: argparse.Namespace) -> int:
     if not Path(args.out_dir).is_dir():
         print(f"error: {args.out_dir}: not a folder", file=sys.stderr)
         return 1
-    if cfg.rate_hz <= 0 or cfg.speed <= 0 or cfg.max_time <= 0 or cfg.width < 1 or cfg.height < 1:
-        print("error: --rate-hz, --speed, --max-time must be > 0 and --width/--height >= 1", file=sys.stderr)
+    bad_time = cfg.max_time is not None and cfg.max_time <= 0
+    if cfg.rate_hz <= 0 or cfg.speed <= 0 or bad_time or cfg.width < 1 or cfg.height < 1 or cfg.clearance < 0:
+        print(
+            "error: --rate-hz, --speed, --max-time must be > 0, --width/--height >= 1, --clearance >= 0",
+            file=sys.stderr,
+        )
         return 2
     try:
         summary = drive(args.out_dir, cfg, args.out)
@@ -271,6 +276,8 @@ def cmd_drive(args: argparse.Namespace) -> int:
         return 1
     f = summary["final"]
     what = f"blocked by {summary['blocked_by']}" if summary["status"] == "blocked" else summary["status"]
+    if summary["route"] == "default":
+        what += f" (default route: a loop past {len(summary['goals'])} stops)"
     print(
         f"{what}: {summary['waypoints_reached']}/{len(summary['waypoints'])} waypoints, "
         f"{len(summary['frames'])} frames, {f['time']:.1f} s simulated, robot at x={f['x']:.2f} y={f['y']:.2f} "

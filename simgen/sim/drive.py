@@ -28,7 +28,16 @@ from lxml import etree
 from simgen import folders
 from simgen.data import io
 from simgen.sim.gazebo import camera_pose
-from simgen.sim.world import CAMERA_XYZ, CHASSIS, CHASSIS_Z, TRACK, WHEEL_BASE, WHEEL_RADIUS, WHEEL_WIDTH
+from simgen.sim.world import (
+    CAMERA_XYZ,
+    CHASSIS,
+    CHASSIS_Z,
+    FOOTPRINT_RADIUS,
+    TRACK,
+    WHEEL_BASE,
+    WHEEL_RADIUS,
+    WHEEL_WIDTH,
+)
 
 HOVER = 0.01  # m above the floor, as `simgen world` spawns it in Gazebo
 ROBOT = "simgen_robot"
@@ -41,7 +50,11 @@ class DriveError(ValueError):
 @dataclass
 class DriveConfig:
     waypoints: tuple[float, ...] = field(
-        default=(), metadata={"help": "x y pairs (m, world frame) to drive through in order"}
+        default=(),
+        metadata={
+            "help": "x y pairs (m, world frame) to drive through in order; none: a planned loop through the "
+            "free floor that passes every object and returns to the start"
+        },
     )
     spawn: tuple[float, ...] | None = field(
         default=None,
@@ -55,7 +68,17 @@ class DriveConfig:
     height: int = field(default=240, metadata={"help": "image height (pixels)"})
     hfov_rad: float = field(default=1.047, metadata={"help": "horizontal field of view (rad)"})
     speed: float = field(default=0.5, metadata={"help": "cruise speed (m/s)"})
-    max_time: float = field(default=60.0, metadata={"help": "simulated seconds before giving up"})
+    max_time: float | None = field(
+        default=None,
+        metadata={
+            "help": "simulated seconds before giving up; default: 30 s + 3 x the route length at --speed "
+            "+ 3 s per waypoint"
+        },
+    )
+    clearance: float = field(
+        default=0.1,
+        metadata={"help": "free space kept around the robot's footprint on the planned default route (m)"},
+    )
     reach: float = field(
         default=0.15, metadata={"help": "distance at which a waypoint counts as reached (m)"}
     )
@@ -170,11 +193,12 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
 
     out_dir = Path(out_dir)
     dest = Path(dest) if dest else out_dir / "drive"
-    if len(cfg.waypoints) < 2 or len(cfg.waypoints) % 2:
+    if len(cfg.waypoints) % 2:
         raise DriveError(f"--waypoints needs x y pairs, got {len(cfg.waypoints)} numbers")
     if not all(math.isfinite(v) for v in cfg.waypoints):
         raise DriveError("--waypoints must be finite numbers")
-    waypoints = np.asarray(cfg.waypoints, dtype=np.float64).reshape(-1, 2)
+    if cfg.max_time is not None and not cfg.max_time > 0:
+        raise DriveError(f"--max-time must be > 0, got {cfg.max_time}")
     export_mjcf(out_dir)  # fail on a folder that is no export before any slow work
     scene = None
     if cfg.spawn is not None:
@@ -198,6 +222,16 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
     robot_body = model.body(ROBOT).id
     robot_geoms = {g for g in range(model.ngeom) if model.geom_bodyid[g] == robot_body}
     base = np.array([model.body(ROBOT).pos[0], model.body(ROBOT).pos[1]])  # slide joints are offsets from it
+    goals = None
+    if cfg.waypoints:
+        waypoints = np.asarray(cfg.waypoints, dtype=np.float64).reshape(-1, 2)
+    else:
+        from simgen.serve.scene import load_render_scene
+
+        scene = scene or load_render_scene(out_dir, rgb="mesh")
+        waypoints, goals = default_route(scene.mesh, model, data, {robot_body}, spawn[:2], cfg.clearance)
+    lengths = np.linalg.norm(np.diff(np.vstack([spawn[:2], waypoints]), axis=0), axis=1)
+    max_time = cfg.max_time or 30.0 + 3.0 * float(lengths.sum()) / cfg.speed + 3.0 * len(waypoints)
 
     frames_dir = dest / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
@@ -206,13 +240,14 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
     target, frames, gif_frames = 0, [], []
     stalled_since: float | None = None
     outcome = {"status": "timeout", "blocked_by": None}
+    touched: set[str] = set()
     bar = tqdm(total=len(waypoints), desc="drive", unit="waypoint", disable=cfg.quiet)
 
     def pose_now() -> tuple[float, float, float]:
         x, y = base + [data.qpos[jx], data.qpos[jy]]
         return float(x), float(y), float(data.qpos[jyaw])
 
-    while data.time < cfg.max_time:
+    while data.time < max_time:
         x, y, yaw = pose_now()
         if data.time + 1e-9 >= next_frame:  # frames on the simulation-time grid k / rate_hz
             frames.append(_frame(render, frames_dir, len(frames), data.time, x, y, yaw, gif_frames, cfg))
@@ -231,6 +266,11 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
         w = float(np.clip(2.5 * err, -1.5, 1.5))
         data.ctrl[:] = [v * math.cos(yaw), v * math.sin(yaw), w]
         mujoco.mj_step(model, data)
+        for i in range(data.ncon):
+            g1, g2 = int(data.contact[i].geom1), int(data.contact[i].geom2)
+            if (g1 in robot_geoms) != (g2 in robot_geoms):
+                other = g2 if g1 in robot_geoms else g1
+                touched.add(model.geom(other).name or f"geom {other}")
         speed = math.hypot(data.qvel[vx], data.qvel[vy])
         if v > 0.1 and speed < 0.2 * v:  # commanded forward but hardly moving: pushing against something?
             stalled_since = data.time if stalled_since is None else stalled_since
@@ -250,7 +290,9 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
         "export": str(out_dir),
         "mjcf": str(mjcf_path),
         "spawn": list(spawn),
+        "route": "given" if goals is None else "default",
         "waypoints": waypoints.tolist(),
+        "goals": None if goals is None else goals.tolist(),
         "waypoints_reached": int(target),
         "final": {"x": float(x), "y": float(y), "yaw": float(data.qpos[jyaw]), "time": float(data.time)},
         "camera": {
@@ -259,6 +301,8 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
             "hfov_rad": cfg.hfov_rad,
             "convention": "gazebo",
         },
+        "max_time": max_time,
+        "touched": sorted(touched),
         **outcome,
         "frames": frames,
     }
@@ -277,6 +321,33 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
                 loop=0,
             )
     return summary
+
+
+def default_route(
+    mesh, model, data, exclude_bodies: set[int], start_xy, clearance: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The planned loop of :mod:`simgen.sim.route` on the drive's MuJoCo colliders (robot excluded).
+
+    Args:
+        mesh: the export's panoptic mesh in the world frame (floor and objects).
+        model, data: the drive's MuJoCo model and forwarded data.
+        start_xy: ``(2,)`` spawn point (m).
+        clearance: free space kept around the footprint (m).
+    Returns:
+        ``waypoints (N, 2)`` and the stops near objects ``goals (G, 2)`` (m, world frame).
+    Raises:
+        DriveError: no route (says to give --waypoints).
+    """
+    from simgen.sim.route import RouteError, collider_sections, object_centroids, plan_loop, route_grid
+
+    # The slab the robot's body sweeps: wheels touch the floor (+ 1 cm hover), the camera box tops at 0.25 m.
+    z_lo, z_hi = HOVER + 0.02, HOVER + CAMERA_XYZ[2] + 0.05
+    sections = collider_sections(model, data, exclude_bodies, z_lo, z_hi)
+    grid = route_grid(mesh, sections, radius=FOOTPRINT_RADIUS + clearance)
+    try:
+        return plan_loop(grid, np.asarray(start_xy, np.float64), list(object_centroids(mesh).values()))
+    except RouteError as e:
+        raise DriveError(str(e)) from None
 
 
 def _blocking_geom(model, data, robot_geoms: set[int]) -> str | None:

@@ -239,6 +239,36 @@ def write_robot_model(models_dir: str | Path, cfg: WorldConfig | None = None) ->
 # -- where to put it -------------------------------------------------------------------------------------------
 
 
+def floor_grid(
+    mesh: PanopticMesh, floor_z: float = 0.0, body_height: float = 0.3, cell: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Free floor of ``mesh`` on a ``cell`` grid in the xy plane of the world frame.
+
+    Surface samples of the mesh are binned on the grid: samples within 5 cm of ``floor_z`` mark floor,
+    samples between 4 cm above the floor and ``body_height`` + 10 cm mark obstacles (a table top higher
+    than the robot is no obstacle, its legs are).
+
+    Returns:
+        ``free (I, J) bool`` (floor and no obstacle; cell ``(i, j)`` covers
+        ``lo + [i, j] * cell`` to ``lo + [i + 1, j + 1] * cell``) and ``lo (2,)`` (m, world x y).
+    """
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    count = int(np.clip(tm.area / (cell / 3) ** 2, 20_000, 2_000_000))
+    pts, _ = trimesh.sample.sample_surface(tm, count, seed=0)
+    lo, hi = pts[:, :2].min(0), pts[:, :2].max(0)
+    shape = np.ceil((hi - lo) / cell).astype(int) + 1
+    ij = np.floor((pts[:, :2] - lo) / cell).astype(int)
+    z = pts[:, 2] - floor_z
+    floor = np.zeros(shape, bool)
+    occupied = np.zeros(shape, bool)
+    on_floor = np.abs(z) < 0.05
+    floor[ij[on_floor, 0], ij[on_floor, 1]] = True
+    block = (z > 0.04) & (z < body_height + 0.1)
+    occupied[ij[block, 0], ij[block, 1]] = True
+    floor = ndimage.binary_closing(floor, iterations=2)  # sampling gaps, not holes in the floor
+    return floor & ~occupied, lo
+
+
 def free_spawn_pose(
     mesh: PanopticMesh,
     floor_z: float = 0.0,
@@ -266,21 +296,7 @@ def free_spawn_pose(
     Raises:
         WorldError: no floor point has ``radius`` of free space.
     """
-    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
-    count = int(np.clip(tm.area / (cell / 3) ** 2, 20_000, 2_000_000))
-    pts, _ = trimesh.sample.sample_surface(tm, count, seed=0)
-    lo, hi = pts[:, :2].min(0), pts[:, :2].max(0)
-    shape = np.ceil((hi - lo) / cell).astype(int) + 1
-    ij = np.floor((pts[:, :2] - lo) / cell).astype(int)
-    z = pts[:, 2] - floor_z
-    floor = np.zeros(shape, bool)
-    occupied = np.zeros(shape, bool)
-    on_floor = np.abs(z) < 0.05
-    floor[ij[on_floor, 0], ij[on_floor, 1]] = True
-    block = (z > 0.04) & (z < body_height + 0.1)
-    occupied[ij[block, 0], ij[block, 1]] = True
-    floor = ndimage.binary_closing(floor, iterations=2)  # sampling gaps, not holes in the floor
-    free = floor & ~occupied
+    free, lo = floor_grid(mesh, floor_z, body_height, cell)
     clearance = ndimage.distance_transform_edt(np.pad(free, 1))[1:-1, 1:-1] * cell
     best = np.unravel_index(int(np.argmax(clearance)), clearance.shape)
     if clearance[best] < radius:
