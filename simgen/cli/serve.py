@@ -28,6 +28,7 @@ RENDER_EXAMPLES = """examples:
 
 WORLD_EXAMPLES = """examples:
   simgen world out/export --robot jackal                      # out/export/worlds/<scene>_jackal.sdf
+  simgen world out/export --robot jackal --ros2               # + _bridge.yaml and .launch.py (docs/ros2.md)
   simgen world out/export --spawn 1.0 -0.5 1.57 --server http://10.0.0.5:8000 --rate-hz 15
 
 then (Gazebo Harmonic; see docs/serve.md):
@@ -248,6 +249,13 @@ def cmd_world(args: argparse.Namespace) -> int:
         f"run: simgen serve {args.out_dir} &  GZ_SIM_RESOURCE_PATH={Path(args.out_dir) / 'models'} "
         f"GZ_SIM_SYSTEM_PLUGIN_PATH=<simgen checkout>/sensor_plugin gz sim {result['world']}"
     )
+    if cfg.ros2:
+        from simgen.sim.ros2 import clearpath_command
+
+        print(f"wrote {result['bridge']} (ros_gz_bridge) and {result['launch']}")
+        print(f"ROS 2 + Gazebo: ros2 launch {result['launch']}")
+        print("clearpath_simulator (its own Jackal, the export's world without this robot):")
+        print(clearpath_command(result["scene"], result["spawn"], Path(args.out_dir)))
     return 0
 
 

@@ -45,6 +45,9 @@ TRACK = 0.37  # left-right wheel centre distance: TRACK + WHEEL_WIDTH = 0.43 m o
 CAMERA_BOX = 0.03
 CAMERA_XYZ = (0.21, 0.0, 0.235)  # camera_link origin, model frame; box top at 0.25 m
 FOOTPRINT_RADIUS = math.hypot(CHASSIS[0] / 2, (TRACK + WHEEL_WIDTH) / 2)  # ~0.333 m
+ODOM_RATE_HZ = 20.0  # DiffDrive odometry / TF rate (and simgen drive's bag odometry)
+# REP 105 / 103 frame ids the robot publishes under (simgen.sim.ros2 builds its TF tree on them).
+ODOM_FRAME_ID, BASE_FRAME_ID, OPTICAL_FRAME_ID = "odom", "base_link", "camera_optical_frame"
 
 
 class WorldError(ValueError):
@@ -70,6 +73,12 @@ class WorldConfig:
         default=None, metadata={"help": "spawn pose 'x y yaw' (m, m, rad); default: the freest floor point"}
     )
     clearance: float = field(default=0.1, metadata={"help": "free space kept around the robot at spawn (m)"})
+    ros2: bool = field(
+        default=False,
+        metadata={
+            "help": "also write a ros_gz_bridge YAML and a ROS 2 launch file beside the world (docs/ros2.md)"
+        },
+    )
 
 
 # -- the robot -------------------------------------------------------------------------------------------------
@@ -183,7 +192,10 @@ def jackal_model_sdf(cfg: WorldConfig | None = None, version: str = "1.9") -> et
     _sub(dd, "max_linear_velocity", "2.0")  # Jackal's top speed, m/s
     _sub(dd, "topic", f"{cfg.topic}/cmd_vel")
     _sub(dd, "odom_topic", f"{cfg.topic}/odometry")
-    _sub(dd, "odom_publish_frequency", "20")
+    _sub(dd, "odom_publish_frequency", _num(ODOM_RATE_HZ))
+    _sub(dd, "frame_id", ODOM_FRAME_ID)
+    _sub(dd, "child_frame_id", BASE_FRAME_ID)  # the model frame: ground level under the chassis centre
+    _sub(dd, "tf_topic", f"{cfg.topic}/tf")
     py = _sub(
         model,
         "plugin",
@@ -198,6 +210,7 @@ def jackal_model_sdf(cfg: WorldConfig | None = None, version: str = "1.9") -> et
     _sub(py, "height", cfg.height)
     _sub(py, "hfov_rad", _num(cfg.hfov_rad))
     _sub(py, "topic", f"{cfg.topic}/simgen")
+    _sub(py, "frame_id", OPTICAL_FRAME_ID)  # the images' axes: z forward, x right, y down (REP 103)
     return etree.ElementTree(root)
 
 
@@ -328,7 +341,8 @@ def _export_world(out_dir: Path) -> tuple[str, Path]:
 
 
 def compose_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict:
-    """Add the robot to an export's world; returns ``{"world", "model", "spawn"}`` (paths, ``(x, y, yaw)``).
+    """Add the robot to an export's world; returns ``{"world", "model", "spawn"}`` (paths, ``(x, y, yaw)``),
+    with ``cfg.ros2`` also ``{"bridge", "launch"}`` (:func:`simgen.sim.ros2.write_ros2_files`).
 
     Raises:
         WorldError / SceneLoadError: naming the missing or unreadable file.
@@ -365,4 +379,13 @@ def compose_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict:
     model_dir = write_robot_model(out_dir / "models", cfg)
     out_world = world_path.with_name(f"{scene_name}_{cfg.name}.sdf")
     _write(out_world, xml_bytes(tree))
-    return {"world": out_world, "model": model_dir, "spawn": spawn}
+    result = {"world": out_world, "model": model_dir, "spawn": spawn, "scene": scene_name}
+    if cfg.ros2:
+        from simgen.sim.ros2 import write_ros2_files
+
+        result.update(
+            write_ros2_files(
+                out_world, jackal_model_sdf(cfg), cfg.server, CAMERA_XYZ, cfg.camera_pitch, spawn
+            )
+        )
+    return result
