@@ -42,6 +42,7 @@ DRIVE_EXAMPLES = """examples:
   simgen drive out/export --waypoints 1 0  1 1.5  -0.5 1.5          # in-process renders, out/export/drive/
   simgen serve out/export & simgen drive out/export --server http://127.0.0.1:8000 --waypoints 2 0
   simgen drive out/export --spawn 0 0 0 --waypoints 3 0 -o /tmp/crash   # into an obstacle: stops, says which
+  simgen drive out/export --bag run.mcap                             # + a ROS 2 bag (MCAP) of the drive
 """
 
 
@@ -263,6 +264,7 @@ def cmd_drive(args: argparse.Namespace) -> int:
     from simgen.config import dataclass_from_args
     from simgen.serve.client import RenderError
     from simgen.serve.scene import SceneLoadError
+    from simgen.sim.bag import BagError
     from simgen.sim.drive import DriveConfig, DriveError, drive
     from simgen.sim.world import WorldError
 
@@ -279,7 +281,7 @@ def cmd_drive(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = drive(args.out_dir, cfg, args.out)
-    except (DriveError, WorldError, SceneLoadError, RenderError, OSError) as e:
+    except (DriveError, WorldError, SceneLoadError, RenderError, BagError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     f = summary["final"]
@@ -291,4 +293,7 @@ def cmd_drive(args: argparse.Namespace) -> int:
         f"{len(summary['frames'])} frames, {f['time']:.1f} s simulated, robot at x={f['x']:.2f} y={f['y']:.2f} "
         f"-> {Path(args.out) if args.out else Path(args.out_dir) / 'drive'}"
     )
+    if summary["bag"]:
+        n = sum(summary["bag"]["messages"].values())
+        print(f"bag: {summary['bag']['path']} ({n} messages; topics and frames: docs/ros2.md)")
     return 0

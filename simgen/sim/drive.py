@@ -33,6 +33,7 @@ from simgen.sim.world import (
     CHASSIS,
     CHASSIS_Z,
     FOOTPRINT_RADIUS,
+    ODOM_RATE_HZ,
     TRACK,
     WHEEL_BASE,
     WHEEL_RADIUS,
@@ -83,6 +84,17 @@ class DriveConfig:
         default=0.15, metadata={"help": "distance at which a waypoint counts as reached (m)"}
     )
     gif: bool = field(default=True, metadata={"help": "write drive.gif (RGB | depth | panoptic)"})
+    bag: str | None = field(
+        default=None,
+        metadata={
+            "help": "also write a ROS 2 bag of the drive (images, CameraInfo, TF, odometry, clock): FILE.mcap "
+            "for one MCAP file, any other name for a rosbag2 folder (docs/ros2.md)"
+        },
+    )
+    topic: str = field(
+        default="/jackal",
+        metadata={"help": "topic prefix in the bag, as simgen world --topic: <topic>/simgen/image, ..."},
+    )
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
 
 
@@ -186,11 +198,9 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
     """Run the drive; returns the trajectory summary written to ``dest/trajectory.json``.
 
     Raises:
-        DriveError / SceneLoadError / simgen.serve.client.RenderError: naming what is wrong.
+        DriveError / SceneLoadError / simgen.serve.client.RenderError / simgen.sim.bag.BagError: naming
+        what is wrong. A failed drive leaves no bag behind.
     """
-    import mujoco
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     dest = Path(dest) if dest else out_dir / "drive"
     if len(cfg.waypoints) % 2:
@@ -213,10 +223,39 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
         spawn = free_spawn_pose(scene.mesh, raycaster=scene.raycaster)
     render = _renderer(out_dir, cfg, None if cfg.server else scene)
     mjcf_path = scene_with_robot(out_dir, spawn)
+    bag = _open_bag(cfg, spawn) if cfg.bag else None
+    try:
+        return _run(out_dir, cfg, dest, spawn, scene, render, mjcf_path, bag)
+    except BaseException:
+        if bag is not None:
+            bag.abort()
+        raise
+
+
+def _open_bag(cfg: DriveConfig, spawn: tuple[float, float, float]):
+    from simgen.serve import api
+    from simgen.serve.config import ServeConfig
+    from simgen.sim.bag import DriveBag
+    from simgen.sim.ros2 import ros_camera_matrix, ros_names
+    from simgen.sim.world import WorldConfig, jackal_model_sdf
+
+    body = {"pose": {"x": 0, "y": 0, "z": 0, "qx": 0, "qy": 0, "qz": 0, "qw": 1}, "width": cfg.width}
+    body.update(height=cfg.height, hfov_rad=cfg.hfov_rad, convention="gazebo")
+    # The intrinsics the renderer uses for these settings (the server parses the same body).
+    params = api.parse_render_body(body, ServeConfig(max_width=8192, max_height=8192))
+    K = ros_camera_matrix(params.camera.intrinsics().matrix())
+    names = ros_names(jackal_model_sdf(WorldConfig(topic=cfg.topic)))
+    return DriveBag(cfg.bag, names, spawn, CAMERA_XYZ, K, cfg.width, cfg.height)
+
+
+def _run(out_dir: Path, cfg: DriveConfig, dest: Path, spawn, scene, render, mjcf_path: Path, bag) -> dict:
+    import mujoco
+    from tqdm.auto import tqdm
+
     model = mujoco.MjModel.from_xml_path(str(mjcf_path))
     data = mujoco.MjData(model)
     jx, jy, jyaw = (model.joint(f"{ROBOT}_{n}").qposadr[0] for n in ("x", "y", "yaw"))
-    vx, vy = (model.joint(f"{ROBOT}_{n}").dofadr[0] for n in ("x", "y"))
+    vx, vy, vyaw = (model.joint(f"{ROBOT}_{n}").dofadr[0] for n in ("x", "y", "yaw"))
     data.qpos[jyaw] = spawn[2]
     mujoco.mj_forward(model, data)
     robot_body = model.body(ROBOT).id
@@ -236,7 +275,7 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
     frames_dir = dest / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     period = 1.0 / cfg.rate_hz
-    next_frame = 0.0
+    next_frame = next_odom = 0.0
     target, frames, gif_frames = 0, [], []
     stalled_since: float | None = None
     outcome = {"status": "timeout", "blocked_by": None}
@@ -247,10 +286,21 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
         x, y = base + [data.qpos[jx], data.qpos[jy]]
         return float(x), float(y), float(data.qpos[jyaw])
 
+    def odometry() -> None:
+        x, y, yaw = pose_now()
+        c, s = math.cos(yaw), math.sin(yaw)
+        v = data.qvel[vx], data.qvel[vy]
+        bag.odometry(
+            data.time, x, y, HOVER, yaw, (c * v[0] + s * v[1], -s * v[0] + c * v[1]), data.qvel[vyaw]
+        )
+
     while data.time < max_time:
         x, y, yaw = pose_now()
+        if bag is not None and data.time + 1e-9 >= next_odom:  # odometry on the grid k / ODOM_RATE_HZ
+            odometry()
+            next_odom += 1.0 / ODOM_RATE_HZ
         if data.time + 1e-9 >= next_frame:  # frames on the simulation-time grid k / rate_hz
-            frames.append(_frame(render, frames_dir, len(frames), data.time, x, y, yaw, gif_frames, cfg))
+            frames.append(_frame(render, frames_dir, len(frames), data.time, x, y, yaw, gif_frames, cfg, bag))
             next_frame += period
         while target < len(waypoints) and math.hypot(*(waypoints[target] - [x, y])) < cfg.reach:
             target += 1
@@ -278,8 +328,10 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
                 hit = _blocking_geom(model, data, robot_geoms)
                 if hit is not None:
                     outcome = {"status": "blocked", "blocked_by": hit}
+                    if bag is not None:
+                        odometry()
                     frames.append(
-                        _frame(render, frames_dir, len(frames), data.time, *pose_now(), gif_frames, cfg)
+                        _frame(render, frames_dir, len(frames), data.time, *pose_now(), gif_frames, cfg, bag)
                     )
                     break
         else:
@@ -304,8 +356,11 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
         "max_time": max_time,
         "touched": sorted(touched),
         **outcome,
+        "bag": None,
         "frames": frames,
     }
+    if bag is not None:
+        summary["bag"] = {"path": str(bag.close()), "messages": dict(sorted(bag.counts.items()))}
     io.write_json(dest / "trajectory.json", summary)
     if cfg.gif and gif_frames:
         from PIL import Image
@@ -378,12 +433,15 @@ def _frame(
     yaw: float,
     gif_frames: list,
     cfg: DriveConfig,
+    bag=None,
 ) -> dict:
     from simgen.serve import api
 
     quat = (0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
     pose = camera_pose((x, y, HOVER), quat, (*CAMERA_XYZ, 0.0, 0.0, 0.0))
     out = render(pose)
+    if bag is not None:
+        bag.frame(t, out)
     stem = frames_dir / f"{k:06d}"
     io.write_image(f"{stem}_rgb.png", out["rgb"])
     io.write_image(f"{stem}_depth.png", api.depth_to_mm(out["depth"]))
