@@ -7,12 +7,14 @@ with the Jackal's box chassis and four wheel cylinders as colliders. (Driving th
 would add tuning, not fidelity, to a stand-in; the robot is still non-holonomic because the controller
 only commands forward speed and yaw rate.) It floats 1 cm above the floor, as it is spawned in Gazebo, so
 only obstacles touch it. When it pushes against one and stops making progress, the run ends and says
-which collider blocked it.
+which collider blocked it. Without waypoints it drives a planned loop past every object
+(:mod:`simgen.sim.route`, :func:`default_route`).
 
 Outputs in ``-o DIR`` (default ``OUT/drive``): ``frames/NNNNNN_{rgb,depth,panoptic}.png`` (depth 16-bit
 millimetres, panoptic in the COCO id encoding), ``trajectory.json`` (per frame: sim time, camera pose in
 the gazebo convention, robot x, y, yaw, segments in view; the run's outcome), ``mjcf`` with the robot
-(``OUT/mjcf/<scene>_drive.xml``), and ``drive.gif`` (RGB | depth | panoptic side by side).
+(``OUT/mjcf/<scene>_drive.xml``), ``drive.gif`` (RGB | depth | panoptic side by side) and, with ``--bag``,
+a ROS 2 bag of the images, camera info, odometry, TF and clock (:mod:`simgen.sim.bag`).
 """
 
 from __future__ import annotations
