@@ -211,3 +211,27 @@ def test_simgen_drive_bag_cli(export, tmp_path, capsys):  # noqa: F811
     assert main([*args, "--width", "16", "--height", "12", "--no-gif", "--bag", str(bag)]) == 0
     out = capsys.readouterr().out
     assert f"bag: {bag}" in out and bag.is_file()
+
+
+def test_terminated_drive_leaves_no_bag(export, tmp_path):  # noqa: F811
+    """SIGTERM in the middle of `simgen drive --bag` (a job scheduler's stop): no bag, no temporary folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bag = tmp_path / "stop.mcap"
+    cmd = [sys.executable, "-m", "simgen", "drive", str(export), "--spawn", "-1", "-1", "0"]
+    cmd += ["--waypoints", "2.5", "-1.5", "--width", "64", "--height", "48", "--quiet", "--no-gif"]
+    cmd += ["--bag", str(bag), "-o", str(tmp_path / "d")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "d" / "frames" / "000003_rgb.png").exists():  # a few frames into the bag
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not bag.exists() and not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

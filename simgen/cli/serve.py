@@ -279,6 +279,12 @@ def cmd_drive(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if cfg.bag:
+        import signal
+
+        # A terminated drive raises SystemExit like Ctrl-C raises KeyboardInterrupt, so the half-written
+        # bag is removed on the way out instead of lingering as a hidden temporary folder.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         summary = drive(args.out_dir, cfg, args.out)
     except (DriveError, WorldError, SceneLoadError, RenderError, BagError, OSError) as e:

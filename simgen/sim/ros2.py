@@ -318,6 +318,7 @@ def launch_source(
 
 def clearpath_command(scene: str, spawn: tuple[float, float, float], out_dir: Path) -> str:
     """Shell lines that start clearpath_simulator (its own Jackal) in the export's plain world."""
+    out_dir = Path(out_dir).resolve()  # the lines may be run from anywhere
     worlds, models = out_dir / folders.WORLDS_DIR, out_dir / folders.MODELS_DIR
     x, y, yaw = spawn
     return (
