@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from machine import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from machine import machine
 
 SEQUENTIAL = """
 import sys, json

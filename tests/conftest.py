@@ -29,3 +29,33 @@ def tiny_scene(tiny_scene_dir):
     from simgen.data.scene import load_scene
 
     return load_scene(tiny_scene_dir)
+
+
+@pytest.fixture(scope="module")
+def app_render(tmp_path_factory):
+    """``render(body) -> result`` through the real Flask app (no sockets) of the box scene
+    (tests/helpers/serve_scenes.py)."""
+    from helpers.serve_scenes import make_build
+
+    from simgen.serve.app import create_app
+    from simgen.serve.client import decode_npz
+    from simgen.serve.scene import load_render_scene
+
+    scene = load_render_scene(make_build(tmp_path_factory.mktemp("gz") / "build"))
+    client = create_app(scene).test_client()
+
+    def render(body: dict) -> dict:
+        r = client.post("/render", json=body)
+        assert r.status_code == 200, r.data
+        return decode_npz(r.data)
+
+    return render
+
+
+@pytest.fixture
+def plugin_module(monkeypatch, app_render):
+    """sensor_plugin/simgen_camera_system.py imported against fake gz modules, its HTTP client replaced by
+    the in-process app: ``(module, world, msg_types)`` (tests/helpers/gazebo.py)."""
+    from helpers.gazebo import load_plugin
+
+    return load_plugin(monkeypatch, app_render)

@@ -20,9 +20,9 @@ import pytest
 
 pytest.importorskip("ray")
 
-from simgen import folders  # noqa: E402
-from simgen.batch import BatchConfig, load_manifest, run_batch  # noqa: E402
-from simgen.batch import records as R  # noqa: E402
+from simgen import folders
+from simgen.batch import BatchConfig, load_manifest, run_batch
+from simgen.batch import records as R
 
 GOOD = ("a", "b", "c")
 # Cheap export settings: the tests are about batch, not collider quality.

@@ -4,24 +4,19 @@ against the real Flask app, and the plugin file itself driven through fake ``gz`
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
-import sys
 import threading
 import time
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.serve_scenes import BOX1, make_build
+from helpers.gazebo import FakeSdf
+from helpers.serve_scenes import BOX1
 from scipy.spatial.transform import Rotation
 
 from simgen.data.io import rgb_to_id
 from simgen.data.poses import parse_pose
-from simgen.serve.app import create_app
-from simgen.serve.client import decode_npz
-from simgen.serve.scene import load_render_scene
 from simgen.sim.gazebo import (
     PIXEL_FORMAT,
     BridgeConfig,
@@ -34,23 +29,6 @@ from simgen.sim.gazebo import (
     render_request,
     stamp,
 )
-
-PLUGIN = Path(__file__).resolve().parents[1] / "sensor_plugin" / "simgen_camera_system.py"
-
-
-@pytest.fixture(scope="module")
-def app_render(tmp_path_factory):
-    """``render(body) -> result`` through the real Flask app (no sockets) of the box scene."""
-    scene = load_render_scene(make_build(tmp_path_factory.mktemp("gz") / "build"))
-    client = create_app(scene).test_client()
-
-    def render(body: dict) -> dict:
-        r = client.post("/render", json=body)
-        assert r.status_code == 200, r.data
-        return decode_npz(r.data)
-
-    return render
-
 
 # -- settings --------------------------------------------------------------------------------------------
 
@@ -225,117 +203,6 @@ def test_bridge_asynchronous_keeps_latest_pose_and_survives_errors(app_render):
 
 
 # -- the plugin file with fake gz modules ------------------------------------------------------------------
-
-
-class FakeMsg:
-    """Enough of a protobuf message: nested fields spring into existence, repeated fields are lists."""
-
-    def __init__(self):
-        object.__setattr__(self, "_items", [])
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        child = FakeMsg()
-        object.__setattr__(self, name, child)
-        return child
-
-    def add(self):
-        m = FakeMsg()
-        self._items.append(m)
-        return m
-
-    def append(self, v):
-        self._items.append(v)
-
-    def extend(self, vs):
-        self._items.extend(vs)
-
-
-class FakePose:
-    def __init__(self, p, q):
-        self._p, self._q = p, q
-
-    def pos(self):
-        return types.SimpleNamespace(x=lambda: self._p[0], y=lambda: self._p[1], z=lambda: self._p[2])
-
-    def rot(self):
-        q = self._q
-        return types.SimpleNamespace(x=lambda: q[0], y=lambda: q[1], z=lambda: q[2], w=lambda: q[3])
-
-
-@pytest.fixture
-def plugin_module(monkeypatch, app_render):
-    """Import sensor_plugin/simgen_camera_system.py against fake gz.sim8 / gz.transport13 / gz.msgs10."""
-    world = {"link_pose": FakePose((-1.0, 0.0, 0.5), (0.0, 0.0, 0.0, 1.0)), "published": []}
-
-    class Model:
-        def __init__(self, entity):
-            self.entity = entity
-
-        def link_by_name(self, ecm, name):
-            return 42 if name == "camera_link" else 0
-
-        def name(self, ecm):
-            return "jackal"
-
-    class Link:
-        def __init__(self, entity):
-            self.entity = entity
-
-        def valid(self, ecm):
-            return self.entity == 42
-
-        def world_pose(self, ecm):
-            return world["link_pose"]
-
-    class Node:
-        def advertise(self, topic, msg_type):
-            return types.SimpleNamespace(
-                publish=lambda msg: world["published"].append((topic, msg_type, msg))
-            )
-
-    msg_types = {}
-    mods = {"gz": types.ModuleType("gz")}
-    for name in ("gz.sim8", "gz.transport13", "gz.msgs10"):
-        mods[name] = types.ModuleType(name)
-    mods["gz.sim8"].Model, mods["gz.sim8"].Link = Model, Link
-    mods["gz.transport13"].Node = Node
-    for mod, cls in (
-        ("camera_info_pb2", "CameraInfo"),
-        ("image_pb2", "Image"),
-        ("stringmsg_pb2", "StringMsg"),
-    ):
-        m = types.ModuleType(f"gz.msgs10.{mod}")
-        msg_types[cls] = type(cls, (FakeMsg,), {})
-        setattr(m, cls, msg_types[cls])
-        mods[f"gz.msgs10.{mod}"] = m
-    for name, m in mods.items():
-        monkeypatch.setitem(sys.modules, name, m)
-    spec = importlib.util.spec_from_file_location("simgen_camera_system", PLUGIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    class FakeClient:  # the HTTP client, replaced by the in-process app
-        def __init__(self, url, timeout, retries):
-            self.url = url
-
-        def post_render(self, body):
-            return app_render(body)
-
-    monkeypatch.setattr(module, "RenderClient", FakeClient)
-    return module, world, msg_types
-
-
-class FakeSdf:
-    def __init__(self, values):
-        self.values = values
-
-    def has_element(self, key):
-        return key in self.values
-
-    def get_string(self, key):
-        return self.values[key]
 
 
 def test_plugin_publishes_gz_messages(plugin_module):

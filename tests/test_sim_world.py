@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from helpers.serve_scenes import BOX1, BOX2, K, gazebo_pose, make_build
+from helpers.serve_scenes import BOX1, BOX2, K, gazebo_pose
+from helpers.sim import box_export, synthetic_export
 from lxml import etree
 from scipy.spatial.transform import Rotation
 
 from simgen.data.poses import parse_pose
-from simgen.export.pipeline import run_export
 from simgen.folders import PanopticMesh
 from simgen.serve.scene import load_render_scene
 from simgen.sim.gazebo import config_from_sdf
@@ -38,10 +38,7 @@ IGN = shutil.which("ign")
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     """The box scene built and exported by the real pipeline, export folder apart from the build."""
-    root = tmp_path_factory.mktemp("world")
-    build = make_build(root / "build")
-    run_export(build, root / "export")
-    return root / "export"
+    return box_export(tmp_path_factory.mktemp("world"))
 
 
 def validate(sdf_file: Path, models: Path) -> subprocess.CompletedProcess:
@@ -252,5 +249,130 @@ def test_simgen_drive_cli(export, tmp_path, capsys):
     assert "reached: 1/1 waypoints" in capsys.readouterr().out
     assert main([*args, "--waypoints", "1"]) == 1
     assert "x y pairs" in capsys.readouterr().err
+    # No --waypoints (the README's `simgen drive OUT`): the planned loop from the default spawn.
+    quick = ["--width", "32", "--height", "24", "--quiet", "--no-gif", "--rate-hz", "2"]
+    assert main(["drive", str(export), *quick, "-o", str(tmp_path / "loop")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("reached (default route: a loop past") and "waypoints" in out
+    assert main([*args, "--max-time", "0"]) == 2
+    assert "--max-time must be > 0" in capsys.readouterr().err
     assert main(["drive", str(tmp_path), "--waypoints", "0", "0"]) == 1
     assert "export.json: missing" in capsys.readouterr().err
+
+
+# -- simgen drive's default route ----------------------------------------------------------------------------
+
+
+def _robot_clearance(model, data, robot_geoms, scene_geoms, x0, y0, x, y, yaw) -> float:
+    """Smallest distance (m) between the robot's colliders at world pose (x, y, yaw) and the scene's."""
+    import mujoco
+
+    jx, jy, jyaw = (model.joint(f"simgen_robot_{n}").qposadr[0] for n in ("x", "y", "yaw"))
+    data.qpos[[jx, jy, jyaw]] = x - x0, y - y0, yaw
+    mujoco.mj_forward(model, data)
+    best = np.inf
+    for a in robot_geoms:
+        for b in scene_geoms:
+            best = min(best, mujoco.mj_geomDistance(model, data, a, b, 1.0, None))
+    return best
+
+
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("room", marks=pytest.mark.slow)])
+def test_default_route_is_a_collision_free_loop_past_every_object(preset, tmp_path):
+    """No --waypoints: the planned loop's waypoints and the straight segments between them keep the robot
+    clear of the MuJoCo colliders at any heading, the drive reaches every waypoint without touching
+    anything, ends where it started, and passes every object of the scene."""
+    import mujoco
+
+    from simgen.sim.drive import ROBOT, DriveConfig, drive, scene_with_robot
+
+    export = synthetic_export(tmp_path, preset)
+    cfg = DriveConfig(width=32, height=24, rate_hz=5, quiet=True, gif=False)
+    summary = drive(export, cfg, tmp_path / "d")
+    assert summary["route"] == "default"
+    assert summary["status"] == "reached", summary["status"]
+    assert summary["waypoints_reached"] == len(summary["waypoints"]) >= 3
+    assert summary["touched"] == []
+    x0, y0, _ = summary["spawn"]
+    np.testing.assert_allclose(summary["waypoints"][-1], [x0, y0], atol=1e-9)  # a loop
+    # Independent check on the real colliders: the robot, at 8 headings, at every 5 cm of the route.
+    model = mujoco.MjModel.from_xml_path(str(scene_with_robot(export, tuple(summary["spawn"]))))
+    data = mujoco.MjData(model)
+    robot = model.body(ROBOT).id
+    collide = [g for g in range(model.ngeom) if model.geom_contype[g] or model.geom_conaffinity[g]]
+    robot_geoms = [g for g in collide if model.geom_bodyid[g] == robot]
+    scene_geoms = [g for g in collide if model.geom_bodyid[g] != robot]
+    route = np.vstack([[x0, y0], summary["waypoints"]])
+    points = [
+        a + t * (b - a)
+        for a, b in zip(route[:-1], route[1:], strict=True)
+        for t in np.linspace(0, 1, max(2, int(np.linalg.norm(b - a) / 0.05)))
+    ]
+    for x, y in points[::3] if preset == "room" else points:
+        for yaw in np.linspace(0, np.pi, 4, endpoint=False):
+            d = _robot_clearance(model, data, robot_geoms, scene_geoms, x0, y0, x, y, yaw)
+            assert d > 0.03, f"robot at ({x:.2f}, {y:.2f}, yaw {yaw:.2f}) is {d:.3f} m from a collider"
+    # Every object is passed: some frame has the robot within its footprint + 1 m of the object.
+    scene = load_render_scene(export, rgb="mesh")
+    robot_xy = np.array([[f["x"], f["y"]] for f in summary["frames"]])
+    inst = np.asarray(scene.mesh.instance)
+    for k in np.unique(inst[inst > 0]):
+        xy = np.asarray(scene.mesh.vertices)[inst == k, :2]
+        c = xy.mean(0)
+        size = np.linalg.norm(xy - c, axis=1).max()
+        assert np.linalg.norm(robot_xy - c, axis=1).min() < size + FOOTPRINT_RADIUS + 1.0, f"object {k}"
+
+
+def test_slab_section_of_a_pyramid_is_its_widest_cut():
+    """A square pyramid (base 2 x 2 m at z = 0, apex at z = 1) cut by the slab 0.5 <= z <= 0.75: the xy
+    projection is the cut at z = 0.5, a 1 x 1 m square, whatever extra points lie inside the hull."""
+    from scipy.spatial import ConvexHull
+
+    from simgen.sim.route import slab_section
+
+    base = np.array([[x, y, 0.0] for x in (-1, 1) for y in (-1, 1)])
+    pts = np.vstack([base, [[0, 0, 1.0]], np.random.default_rng(0).uniform(-0.2, 0.2, (20, 3)) + [0, 0, 0.3]])
+    sec = slab_section(pts, 0.5, 0.75)
+    hull = ConvexHull(sec)
+    assert hull.volume == pytest.approx(1.0, abs=1e-9)  # 2-D hull "volume" is its area
+    np.testing.assert_allclose(sec.min(0), [-0.5, -0.5], atol=1e-12)
+    assert len(slab_section(pts, 1.5, 2.0)) == 0  # above the apex: nothing
+
+
+def test_plan_loop_on_a_grid_with_a_pillar():
+    """A 4 x 4 m free floor with a 0.6 m pillar in the middle and no objects: the loop goes round the
+    pillar (every segment clear of it by the robot's radius) and returns to the start; a start walled in
+    is refused with advice."""
+    from scipy import ndimage
+
+    from simgen.sim.route import RouteError, RouteGrid, plan_loop
+
+    cell = 0.05
+    n = 80
+    centres = (np.indices((n, n)).transpose(1, 2, 0) + 0.5) * cell
+    free = np.ones((n, n), bool)
+    free[[0, -1], :] = free[:, [0, -1]] = False  # walls
+    pillar = np.abs(centres - 2.0).max(-1) < 0.3
+    free &= ~pillar
+    clearance = ndimage.distance_transform_edt(free) * cell
+    grid = RouteGrid(free, clearance, np.zeros(2), cell, FOOTPRINT_RADIUS + 0.1)
+    waypoints, goals = plan_loop(grid, np.array([0.6, 0.6]), [])
+    assert len(goals) >= 3 and np.allclose(waypoints[-1], [0.6, 0.6])
+    route = np.vstack([[0.6, 0.6], waypoints])
+    for a, b in zip(route[:-1], route[1:], strict=True):
+        assert grid.segment_clear(a, b)
+        for t in np.linspace(0, 1, 50):  # centre never within the radius of the pillar's square
+            p = a + t * (b - a)
+            d = np.hypot(*np.maximum(np.abs(p - 2.0) - 0.3, 0.0))
+            assert d >= FOOTPRINT_RADIUS + 0.1 - cell
+    # The loop goes round the pillar: the route's winding angle about the pillar centre is 2 pi.
+    dense = []
+    for a, b in zip(route, np.vstack([route[1:], route[:1]]), strict=True):
+        dense.extend(a + t * (b - a) for t in np.linspace(0, 1, 20))
+    ang = np.unwrap(np.arctan2(*(np.asarray(dense) - 2.0).T[::-1]))
+    assert abs(abs(ang[-1] - ang[0]) - 2 * np.pi) < 1e-6
+    small = np.zeros((16, 16), bool)
+    small[1:-1, 1:-1] = True  # 0.7 m square of floor: no room for a 0.43 m radius anywhere
+    tight = RouteGrid(small, ndimage.distance_transform_edt(small) * cell, np.zeros(2), cell, grid.radius)
+    with pytest.raises(RouteError, match="give --waypoints"):
+        plan_loop(tight, np.array([0.4, 0.4]), [])

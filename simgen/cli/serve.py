@@ -31,6 +31,7 @@ RENDER_EXAMPLES = """examples:
 
 WORLD_EXAMPLES = """examples:
   simgen world out/export --robot jackal                      # out/export/worlds/<scene>_jackal.sdf
+  simgen world out/export --robot jackal --ros2               # + _bridge.yaml and .launch.py (docs/ros2.md)
   simgen world out/export --spawn 1.0 -0.5 1.57 --server http://10.0.0.5:8000 --rate-hz 15
 
 then (Gazebo Harmonic; see docs/serve.md):
@@ -40,9 +41,11 @@ then (Gazebo Harmonic; see docs/serve.md):
 """
 
 DRIVE_EXAMPLES = """examples:
+  simgen drive out/export                                            # planned loop past every object
   simgen drive out/export --waypoints 1 0  1 1.5  -0.5 1.5          # in-process renders, out/export/drive/
   simgen serve out/export & simgen drive out/export --server http://127.0.0.1:8000 --waypoints 2 0
   simgen drive out/export --spawn 0 0 0 --waypoints 3 0 -o /tmp/crash   # into an obstacle: stops, says which
+  simgen drive out/export --bag run.mcap                             # + a ROS 2 bag (MCAP) of the drive
 """
 
 
@@ -250,6 +253,13 @@ def cmd_world(args: argparse.Namespace) -> int:
         f"run: simgen serve {args.out_dir} &  GZ_SIM_RESOURCE_PATH={Path(args.out_dir) / 'models'} "
         f"GZ_SIM_SYSTEM_PLUGIN_PATH=<simgen checkout>/sensor_plugin gz sim {result['world']}"
     )
+    if cfg.ros2:
+        from simgen.sim.ros2 import clearpath_command
+
+        print(f"wrote {result['bridge']} (ros_gz_bridge) and {result['launch']}")
+        print(f"ROS 2 + Gazebo: ros2 launch {result['launch']}")
+        print("clearpath_simulator (its own Jackal, the export's world without this robot):")
+        print(clearpath_command(result["scene"], result["spawn"], Path(args.out_dir)))
     return 0
 
 
@@ -257,6 +267,7 @@ def cmd_drive(args: argparse.Namespace) -> int:
     from simgen.config import dataclass_from_args
     from simgen.serve.client import RenderError
     from simgen.serve.scene import SceneLoadError
+    from simgen.sim.bag import BagError
     from simgen.sim.drive import DriveConfig, DriveError, drive
     from simgen.sim.world import WorldError
 
@@ -264,19 +275,34 @@ def cmd_drive(args: argparse.Namespace) -> int:
     if not Path(args.out_dir).is_dir():
         print(f"error: {args.out_dir}: not a folder", file=sys.stderr)
         return 1
-    if cfg.rate_hz <= 0 or cfg.speed <= 0 or cfg.max_time <= 0 or cfg.width < 1 or cfg.height < 1:
-        print("error: --rate-hz, --speed, --max-time must be > 0 and --width/--height >= 1", file=sys.stderr)
+    bad_time = cfg.max_time is not None and cfg.max_time <= 0
+    if cfg.rate_hz <= 0 or cfg.speed <= 0 or bad_time or cfg.width < 1 or cfg.height < 1 or cfg.clearance < 0:
+        print(
+            "error: --rate-hz, --speed, --max-time must be > 0, --width/--height >= 1, --clearance >= 0",
+            file=sys.stderr,
+        )
         return 2
+    if cfg.bag:
+        import signal
+
+        # A terminated drive raises SystemExit like Ctrl-C raises KeyboardInterrupt, so the half-written
+        # bag is removed on the way out instead of lingering as a hidden temporary folder.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         summary = drive(args.out_dir, cfg, args.out)
-    except (DriveError, WorldError, SceneLoadError, RenderError, OSError) as e:
+    except (DriveError, WorldError, SceneLoadError, RenderError, BagError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     f = summary["final"]
     what = f"blocked by {summary['blocked_by']}" if summary["status"] == "blocked" else summary["status"]
+    if summary["route"] == "default":
+        what += f" (default route: a loop past {len(summary['goals'])} stops)"
     print(
         f"{what}: {summary['waypoints_reached']}/{len(summary['waypoints'])} waypoints, "
         f"{len(summary['frames'])} frames, {f['time']:.1f} s simulated, robot at x={f['x']:.2f} y={f['y']:.2f} "
         f"-> {Path(args.out) if args.out else Path(args.out_dir) / 'drive'}"
     )
+    if summary["bag"]:
+        n = sum(summary["bag"]["messages"].values())
+        print(f"bag: {summary['bag']['path']} ({n} messages; topics and frames: docs/ros2.md)")
     return 0

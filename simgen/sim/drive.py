@@ -7,12 +7,14 @@ with the Jackal's box chassis and four wheel cylinders as colliders. (Driving th
 would add tuning, not fidelity, to a stand-in; the robot is still non-holonomic because the controller
 only commands forward speed and yaw rate.) It floats 1 cm above the floor, as it is spawned in Gazebo, so
 only obstacles touch it. When it pushes against one and stops making progress, the run ends and says
-which collider blocked it.
+which collider blocked it. Without waypoints it drives a planned loop past every object
+(:mod:`simgen.sim.route`, :func:`default_route`).
 
 Outputs in ``-o DIR`` (default ``OUT/drive``): ``frames/NNNNNN_{rgb,depth,panoptic}.png`` (depth 16-bit
 millimetres, panoptic in the COCO id encoding), ``trajectory.json`` (per frame: sim time, camera pose in
 the gazebo convention, robot x, y, yaw, segments in view; the run's outcome), ``mjcf`` with the robot
-(``OUT/mjcf/<scene>_drive.xml``), and ``drive.gif`` (RGB | depth | panoptic side by side).
+(``OUT/mjcf/<scene>_drive.xml``), ``drive.gif`` (RGB | depth | panoptic side by side) and, with ``--bag``,
+a ROS 2 bag of the images, camera info, odometry, TF and clock (:mod:`simgen.sim.bag`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,17 @@ from lxml import etree
 from simgen import folders
 from simgen.data import io
 from simgen.sim.gazebo import camera_pose
-from simgen.sim.world import CAMERA_XYZ, CHASSIS, CHASSIS_Z, TRACK, WHEEL_BASE, WHEEL_RADIUS, WHEEL_WIDTH
+from simgen.sim.world import (
+    CAMERA_XYZ,
+    CHASSIS,
+    CHASSIS_Z,
+    FOOTPRINT_RADIUS,
+    ODOM_RATE_HZ,
+    TRACK,
+    WHEEL_BASE,
+    WHEEL_RADIUS,
+    WHEEL_WIDTH,
+)
 
 HOVER = 0.01  # m above the floor, as `simgen world` spawns it in Gazebo
 ROBOT = "simgen_robot"
@@ -41,7 +53,11 @@ class DriveError(ValueError):
 @dataclass
 class DriveConfig:
     waypoints: tuple[float, ...] = field(
-        default=(), metadata={"help": "x y pairs (m, world frame) to drive through in order"}
+        default=(),
+        metadata={
+            "help": "x y pairs (m, world frame) to drive through in order; none: a planned loop through the "
+            "free floor that passes every object and returns to the start"
+        },
     )
     spawn: tuple[float, ...] | None = field(
         default=None,
@@ -55,11 +71,32 @@ class DriveConfig:
     height: int = field(default=240, metadata={"help": "image height (pixels)"})
     hfov_rad: float = field(default=1.047, metadata={"help": "horizontal field of view (rad)"})
     speed: float = field(default=0.5, metadata={"help": "cruise speed (m/s)"})
-    max_time: float = field(default=60.0, metadata={"help": "simulated seconds before giving up"})
+    max_time: float | None = field(
+        default=None,
+        metadata={
+            "help": "simulated seconds before giving up; default: 30 s + 3 x the route length at --speed "
+            "+ 3 s per waypoint"
+        },
+    )
+    clearance: float = field(
+        default=0.1,
+        metadata={"help": "free space kept around the robot's footprint on the planned default route (m)"},
+    )
     reach: float = field(
         default=0.15, metadata={"help": "distance at which a waypoint counts as reached (m)"}
     )
     gif: bool = field(default=True, metadata={"help": "write drive.gif (RGB | depth | panoptic)"})
+    bag: str | None = field(
+        default=None,
+        metadata={
+            "help": "also write a ROS 2 bag of the drive (images, CameraInfo, TF, odometry, clock): FILE.mcap "
+            "for one MCAP file, any other name for a rosbag2 folder (docs/ros2.md)"
+        },
+    )
+    topic: str = field(
+        default="/jackal",
+        metadata={"help": "topic prefix in the bag, as simgen world --topic: <topic>/simgen/image, ..."},
+    )
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
 
 
@@ -163,18 +200,17 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
     """Run the drive; returns the trajectory summary written to ``dest/trajectory.json``.
 
     Raises:
-        DriveError / SceneLoadError / simgen.serve.client.RenderError: naming what is wrong.
+        DriveError / SceneLoadError / simgen.serve.client.RenderError / simgen.sim.bag.BagError: naming
+        what is wrong. A failed drive leaves no bag behind.
     """
-    import mujoco
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     dest = Path(dest) if dest else out_dir / "drive"
-    if len(cfg.waypoints) < 2 or len(cfg.waypoints) % 2:
+    if len(cfg.waypoints) % 2:
         raise DriveError(f"--waypoints needs x y pairs, got {len(cfg.waypoints)} numbers")
     if not all(math.isfinite(v) for v in cfg.waypoints):
         raise DriveError("--waypoints must be finite numbers")
-    waypoints = np.asarray(cfg.waypoints, dtype=np.float64).reshape(-1, 2)
+    if cfg.max_time is not None and not cfg.max_time > 0:
+        raise DriveError(f"--max-time must be > 0, got {cfg.max_time}")
     export_mjcf(out_dir)  # fail on a folder that is no export before any slow work
     scene = None
     if cfg.spawn is not None:
@@ -189,33 +225,84 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
         spawn = free_spawn_pose(scene.mesh, raycaster=scene.raycaster)
     render = _renderer(out_dir, cfg, None if cfg.server else scene)
     mjcf_path = scene_with_robot(out_dir, spawn)
+    bag = _open_bag(cfg, spawn) if cfg.bag else None
+    try:
+        return _run(out_dir, cfg, dest, spawn, scene, render, mjcf_path, bag)
+    except BaseException:
+        if bag is not None:
+            bag.abort()
+        raise
+
+
+def _open_bag(cfg: DriveConfig, spawn: tuple[float, float, float]):
+    from simgen.serve import api
+    from simgen.serve.config import ServeConfig
+    from simgen.sim.bag import DriveBag
+    from simgen.sim.ros2 import ros_camera_matrix, ros_names
+    from simgen.sim.world import WorldConfig, jackal_model_sdf
+
+    body = {"pose": {"x": 0, "y": 0, "z": 0, "qx": 0, "qy": 0, "qz": 0, "qw": 1}, "width": cfg.width}
+    body.update(height=cfg.height, hfov_rad=cfg.hfov_rad, convention="gazebo")
+    # The intrinsics the renderer uses for these settings (the server parses the same body).
+    params = api.parse_render_body(body, ServeConfig(max_width=8192, max_height=8192))
+    K = ros_camera_matrix(params.camera.intrinsics().matrix())
+    names = ros_names(jackal_model_sdf(WorldConfig(topic=cfg.topic)))
+    return DriveBag(cfg.bag, names, spawn, CAMERA_XYZ, K, cfg.width, cfg.height)
+
+
+def _run(out_dir: Path, cfg: DriveConfig, dest: Path, spawn, scene, render, mjcf_path: Path, bag) -> dict:
+    import mujoco
+    from tqdm.auto import tqdm
+
     model = mujoco.MjModel.from_xml_path(str(mjcf_path))
     data = mujoco.MjData(model)
     jx, jy, jyaw = (model.joint(f"{ROBOT}_{n}").qposadr[0] for n in ("x", "y", "yaw"))
-    vx, vy = (model.joint(f"{ROBOT}_{n}").dofadr[0] for n in ("x", "y"))
+    vx, vy, vyaw = (model.joint(f"{ROBOT}_{n}").dofadr[0] for n in ("x", "y", "yaw"))
     data.qpos[jyaw] = spawn[2]
     mujoco.mj_forward(model, data)
     robot_body = model.body(ROBOT).id
     robot_geoms = {g for g in range(model.ngeom) if model.geom_bodyid[g] == robot_body}
     base = np.array([model.body(ROBOT).pos[0], model.body(ROBOT).pos[1]])  # slide joints are offsets from it
+    goals = None
+    if cfg.waypoints:
+        waypoints = np.asarray(cfg.waypoints, dtype=np.float64).reshape(-1, 2)
+    else:
+        from simgen.serve.scene import load_render_scene
+
+        scene = scene or load_render_scene(out_dir, rgb="mesh")
+        waypoints, goals = default_route(scene.mesh, model, data, {robot_body}, spawn[:2], cfg.clearance)
+    lengths = np.linalg.norm(np.diff(np.vstack([spawn[:2], waypoints]), axis=0), axis=1)
+    max_time = cfg.max_time or 30.0 + 3.0 * float(lengths.sum()) / cfg.speed + 3.0 * len(waypoints)
 
     frames_dir = dest / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     period = 1.0 / cfg.rate_hz
-    next_frame = 0.0
+    next_frame = next_odom = 0.0
     target, frames, gif_frames = 0, [], []
     stalled_since: float | None = None
     outcome = {"status": "timeout", "blocked_by": None}
+    touched: set[str] = set()
     bar = tqdm(total=len(waypoints), desc="drive", unit="waypoint", disable=cfg.quiet)
 
     def pose_now() -> tuple[float, float, float]:
         x, y = base + [data.qpos[jx], data.qpos[jy]]
         return float(x), float(y), float(data.qpos[jyaw])
 
-    while data.time < cfg.max_time:
+    def odometry() -> None:
         x, y, yaw = pose_now()
+        c, s = math.cos(yaw), math.sin(yaw)
+        v = data.qvel[vx], data.qvel[vy]
+        bag.odometry(
+            data.time, x, y, HOVER, yaw, (c * v[0] + s * v[1], -s * v[0] + c * v[1]), data.qvel[vyaw]
+        )
+
+    while data.time < max_time:
+        x, y, yaw = pose_now()
+        if bag is not None and data.time + 1e-9 >= next_odom:  # odometry on the grid k / ODOM_RATE_HZ
+            odometry()
+            next_odom += 1.0 / ODOM_RATE_HZ
         if data.time + 1e-9 >= next_frame:  # frames on the simulation-time grid k / rate_hz
-            frames.append(_frame(render, frames_dir, len(frames), data.time, x, y, yaw, gif_frames, cfg))
+            frames.append(_frame(render, frames_dir, len(frames), data.time, x, y, yaw, gif_frames, cfg, bag))
             next_frame += period
         while target < len(waypoints) and math.hypot(*(waypoints[target] - [x, y])) < cfg.reach:
             target += 1
@@ -231,6 +318,11 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
         w = float(np.clip(2.5 * err, -1.5, 1.5))
         data.ctrl[:] = [v * math.cos(yaw), v * math.sin(yaw), w]
         mujoco.mj_step(model, data)
+        for i in range(data.ncon):
+            g1, g2 = int(data.contact[i].geom1), int(data.contact[i].geom2)
+            if (g1 in robot_geoms) != (g2 in robot_geoms):
+                other = g2 if g1 in robot_geoms else g1
+                touched.add(model.geom(other).name or f"geom {other}")
         speed = math.hypot(data.qvel[vx], data.qvel[vy])
         if v > 0.1 and speed < 0.2 * v:  # commanded forward but hardly moving: pushing against something?
             stalled_since = data.time if stalled_since is None else stalled_since
@@ -238,8 +330,10 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
                 hit = _blocking_geom(model, data, robot_geoms)
                 if hit is not None:
                     outcome = {"status": "blocked", "blocked_by": hit}
+                    if bag is not None:
+                        odometry()
                     frames.append(
-                        _frame(render, frames_dir, len(frames), data.time, *pose_now(), gif_frames, cfg)
+                        _frame(render, frames_dir, len(frames), data.time, *pose_now(), gif_frames, cfg, bag)
                     )
                     break
         else:
@@ -250,7 +344,9 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
         "export": str(out_dir),
         "mjcf": str(mjcf_path),
         "spawn": list(spawn),
+        "route": "given" if goals is None else "default",
         "waypoints": waypoints.tolist(),
+        "goals": None if goals is None else goals.tolist(),
         "waypoints_reached": int(target),
         "final": {"x": float(x), "y": float(y), "yaw": float(data.qpos[jyaw]), "time": float(data.time)},
         "camera": {
@@ -259,9 +355,14 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
             "hfov_rad": cfg.hfov_rad,
             "convention": "gazebo",
         },
+        "max_time": max_time,
+        "touched": sorted(touched),
         **outcome,
+        "bag": None,
         "frames": frames,
     }
+    if bag is not None:
+        summary["bag"] = {"path": str(bag.close()), "messages": dict(sorted(bag.counts.items()))}
     io.write_json(dest / "trajectory.json", summary)
     if cfg.gif and gif_frames:
         from PIL import Image
@@ -277,6 +378,33 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
                 loop=0,
             )
     return summary
+
+
+def default_route(
+    mesh, model, data, exclude_bodies: set[int], start_xy, clearance: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The planned loop of :mod:`simgen.sim.route` on the drive's MuJoCo colliders (robot excluded).
+
+    Args:
+        mesh: the export's panoptic mesh in the world frame (floor and objects).
+        model, data: the drive's MuJoCo model and forwarded data.
+        start_xy: ``(2,)`` spawn point (m).
+        clearance: free space kept around the footprint (m).
+    Returns:
+        ``waypoints (N, 2)`` and the stops near objects ``goals (G, 2)`` (m, world frame).
+    Raises:
+        DriveError: no route (says to give --waypoints).
+    """
+    from simgen.sim.route import RouteError, collider_sections, object_centroids, plan_loop, route_grid
+
+    # The slab the robot's body sweeps: wheels touch the floor (+ 1 cm hover), the camera box tops at 0.25 m.
+    z_lo, z_hi = HOVER + 0.02, HOVER + CAMERA_XYZ[2] + 0.05
+    sections = collider_sections(model, data, exclude_bodies, z_lo, z_hi)
+    grid = route_grid(mesh, sections, radius=FOOTPRINT_RADIUS + clearance)
+    try:
+        return plan_loop(grid, np.asarray(start_xy, np.float64), list(object_centroids(mesh).values()))
+    except RouteError as e:
+        raise DriveError(str(e)) from None
 
 
 def _blocking_geom(model, data, robot_geoms: set[int]) -> str | None:
@@ -307,12 +435,15 @@ def _frame(
     yaw: float,
     gif_frames: list,
     cfg: DriveConfig,
+    bag=None,
 ) -> dict:
     from simgen.serve import api
 
     quat = (0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
     pose = camera_pose((x, y, HOVER), quat, (*CAMERA_XYZ, 0.0, 0.0, 0.0))
     out = render(pose)
+    if bag is not None:
+        bag.frame(t, out)
     stem = frames_dir / f"{k:06d}"
     io.write_image(f"{stem}_rgb.png", out["rgb"])
     io.write_image(f"{stem}_depth.png", api.depth_to_mm(out["depth"]))

@@ -45,6 +45,9 @@ TRACK = 0.37  # left-right wheel centre distance: TRACK + WHEEL_WIDTH = 0.43 m o
 CAMERA_BOX = 0.03
 CAMERA_XYZ = (0.21, 0.0, 0.235)  # camera_link origin, model frame; box top at 0.25 m
 FOOTPRINT_RADIUS = math.hypot(CHASSIS[0] / 2, (TRACK + WHEEL_WIDTH) / 2)  # ~0.333 m
+ODOM_RATE_HZ = 20.0  # DiffDrive odometry / TF rate (and simgen drive's bag odometry)
+# REP 105 / 103 frame ids the robot publishes under (simgen.sim.ros2 builds its TF tree on them).
+ODOM_FRAME_ID, BASE_FRAME_ID, OPTICAL_FRAME_ID = "odom", "base_link", "camera_optical_frame"
 
 
 class WorldError(ValueError):
@@ -70,6 +73,12 @@ class WorldConfig:
         default=None, metadata={"help": "spawn pose 'x y yaw' (m, m, rad); default: the freest floor point"}
     )
     clearance: float = field(default=0.1, metadata={"help": "free space kept around the robot at spawn (m)"})
+    ros2: bool = field(
+        default=False,
+        metadata={
+            "help": "also write a ros_gz_bridge YAML and a ROS 2 launch file beside the world (docs/ros2.md)"
+        },
+    )
 
 
 # -- the robot -------------------------------------------------------------------------------------------------
@@ -183,7 +192,10 @@ def jackal_model_sdf(cfg: WorldConfig | None = None, version: str = "1.9") -> et
     _sub(dd, "max_linear_velocity", "2.0")  # Jackal's top speed, m/s
     _sub(dd, "topic", f"{cfg.topic}/cmd_vel")
     _sub(dd, "odom_topic", f"{cfg.topic}/odometry")
-    _sub(dd, "odom_publish_frequency", "20")
+    _sub(dd, "odom_publish_frequency", _num(ODOM_RATE_HZ))
+    _sub(dd, "frame_id", ODOM_FRAME_ID)
+    _sub(dd, "child_frame_id", BASE_FRAME_ID)  # the model frame: ground level under the chassis centre
+    _sub(dd, "tf_topic", f"{cfg.topic}/tf")
     py = _sub(
         model,
         "plugin",
@@ -198,6 +210,7 @@ def jackal_model_sdf(cfg: WorldConfig | None = None, version: str = "1.9") -> et
     _sub(py, "height", cfg.height)
     _sub(py, "hfov_rad", _num(cfg.hfov_rad))
     _sub(py, "topic", f"{cfg.topic}/simgen")
+    _sub(py, "frame_id", OPTICAL_FRAME_ID)  # the images' axes: z forward, x right, y down (REP 103)
     return etree.ElementTree(root)
 
 
@@ -239,6 +252,36 @@ def write_robot_model(models_dir: str | Path, cfg: WorldConfig | None = None) ->
 # -- where to put it -------------------------------------------------------------------------------------------
 
 
+def floor_grid(
+    mesh: PanopticMesh, floor_z: float = 0.0, body_height: float = 0.3, cell: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Free floor of ``mesh`` on a ``cell`` grid in the xy plane of the world frame.
+
+    Surface samples of the mesh are binned on the grid: samples within 5 cm of ``floor_z`` mark floor,
+    samples between 4 cm above the floor and ``body_height`` + 10 cm mark obstacles (a table top higher
+    than the robot is no obstacle, its legs are).
+
+    Returns:
+        ``free (I, J) bool`` (floor and no obstacle; cell ``(i, j)`` covers
+        ``lo + [i, j] * cell`` to ``lo + [i + 1, j + 1] * cell``) and ``lo (2,)`` (m, world x y).
+    """
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    count = int(np.clip(tm.area / (cell / 3) ** 2, 20_000, 2_000_000))
+    pts, _ = trimesh.sample.sample_surface(tm, count, seed=0)
+    lo, hi = pts[:, :2].min(0), pts[:, :2].max(0)
+    shape = np.ceil((hi - lo) / cell).astype(int) + 1
+    ij = np.floor((pts[:, :2] - lo) / cell).astype(int)
+    z = pts[:, 2] - floor_z
+    floor = np.zeros(shape, bool)
+    occupied = np.zeros(shape, bool)
+    on_floor = np.abs(z) < 0.05
+    floor[ij[on_floor, 0], ij[on_floor, 1]] = True
+    block = (z > 0.04) & (z < body_height + 0.1)
+    occupied[ij[block, 0], ij[block, 1]] = True
+    floor = ndimage.binary_closing(floor, iterations=2)  # sampling gaps, not holes in the floor
+    return floor & ~occupied, lo
+
+
 def free_spawn_pose(
     mesh: PanopticMesh,
     floor_z: float = 0.0,
@@ -266,21 +309,7 @@ def free_spawn_pose(
     Raises:
         WorldError: no floor point has ``radius`` of free space.
     """
-    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
-    count = int(np.clip(tm.area / (cell / 3) ** 2, 20_000, 2_000_000))
-    pts, _ = trimesh.sample.sample_surface(tm, count, seed=0)
-    lo, hi = pts[:, :2].min(0), pts[:, :2].max(0)
-    shape = np.ceil((hi - lo) / cell).astype(int) + 1
-    ij = np.floor((pts[:, :2] - lo) / cell).astype(int)
-    z = pts[:, 2] - floor_z
-    floor = np.zeros(shape, bool)
-    occupied = np.zeros(shape, bool)
-    on_floor = np.abs(z) < 0.05
-    floor[ij[on_floor, 0], ij[on_floor, 1]] = True
-    block = (z > 0.04) & (z < body_height + 0.1)
-    occupied[ij[block, 0], ij[block, 1]] = True
-    floor = ndimage.binary_closing(floor, iterations=2)  # sampling gaps, not holes in the floor
-    free = floor & ~occupied
+    free, lo = floor_grid(mesh, floor_z, body_height, cell)
     clearance = ndimage.distance_transform_edt(np.pad(free, 1))[1:-1, 1:-1] * cell
     best = np.unravel_index(int(np.argmax(clearance)), clearance.shape)
     if clearance[best] < radius:
@@ -312,7 +341,8 @@ def _export_world(out_dir: Path) -> tuple[str, Path]:
 
 
 def compose_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict:
-    """Add the robot to an export's world; returns ``{"world", "model", "spawn"}`` (paths, ``(x, y, yaw)``).
+    """Add the robot to an export's world; returns ``{"world", "model", "spawn"}`` (paths, ``(x, y, yaw)``),
+    with ``cfg.ros2`` also ``{"bridge", "launch"}`` (:func:`simgen.sim.ros2.write_ros2_files`).
 
     Raises:
         WorldError / SceneLoadError: naming the missing or unreadable file.
@@ -349,4 +379,13 @@ def compose_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict:
     model_dir = write_robot_model(out_dir / "models", cfg)
     out_world = world_path.with_name(f"{scene_name}_{cfg.name}.sdf")
     _write(out_world, xml_bytes(tree))
-    return {"world": out_world, "model": model_dir, "spawn": spawn}
+    result = {"world": out_world, "model": model_dir, "spawn": spawn, "scene": scene_name}
+    if cfg.ros2:
+        from simgen.sim.ros2 import write_ros2_files
+
+        result.update(
+            write_ros2_files(
+                out_world, jackal_model_sdf(cfg), cfg.server, CAMERA_XYZ, cfg.camera_pitch, spawn
+            )
+        )
+    return result
