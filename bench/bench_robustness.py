@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_line  # noqa: E402
-from run import git_commit, run_build, run_eval  # noqa: E402
+from machine import machine_info, machine_line  # noqa: E402
+from run import git_commit, run_build  # noqa: E402
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "depth": (
@@ -93,6 +93,34 @@ def ensure_scene(root: Path, variant: str, preset: str, seed: int, extra: dict[s
     return scene
 
 
+def run_eval(build: Path, scene_dir: Path, samples: int) -> dict[str, Any]:
+    """``simgen eval`` on the test split (numbers only); writes BUILD/eval/metrics.json like the command."""
+    from simgen.data import io
+    from simgen.eval.config import EvalConfig
+    from simgen.eval.evaluate import evaluate
+    from simgen.folders import EVAL_DIR, METRICS_JSON
+
+    cfg = EvalConfig(split="test", samples=samples, pictures=False, quiet=True)
+    metrics = evaluate(build, scene_dir, cfg)["metrics"]
+    io.write_json(build / EVAL_DIR / METRICS_JSON, metrics)
+    return metrics
+
+
+def build_reused(method: str, scene: Path, build: Path) -> dict[str, Any]:
+    """:func:`run.run_build`, unless ``build`` already holds this scene's finished build (its report kept)."""
+    from simgen.data import io
+
+    report_path = build / "bench_report.json"
+    if report_path.is_file():
+        rep = json.loads(report_path.read_text())
+        if rep.get("ok") and rep.get("scene") == str(scene):
+            return rep
+    rep = run_build(method, scene, build, None, quiet=True)
+    if rep.get("ok"):
+        io.write_json(report_path, {**rep, "scene": str(scene)})
+    return rep
+
+
 def twins_apart(build: Path, scene_dir: Path) -> bool | None:
     """Whether the two GT twins are covered mostly by two different predicted instances."""
     from simgen.data.scene import load_scene
@@ -132,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "robustness.json"
     results = json.loads(res_path.read_text()) if res_path.is_file() else {}
-    print(machine_line(), flush=True)
+    print(machine_line(machine_info()), flush=True)
     for variant in args.variants:
         scene = ensure_scene(out, variant, args.preset, args.seed, extra)
         for method in args.methods:
@@ -140,14 +168,14 @@ def main(argv: list[str] | None = None) -> int:
             times, rep = [], {}
             for r in range(args.runs):
                 build = out / "builds" / f"{method}-{variant}{args.tag}-{r}"
-                rep = run_build(method, scene, build, None, quiet=True)
+                rep = build_reused(method, scene, build)
                 if not rep.get("ok"):
                     print(f"[robust] {key}: build failed: {rep.get('error')}", flush=True)
                     break
                 times.append(rep["build_s"])
             if not rep.get("ok"):
                 continue
-            metrics = run_eval(build, scene, args.samples, pictures=False, quiet=True)
+            metrics = run_eval(build, scene, args.samples)
             results[key] = {
                 **row(metrics),
                 "twins_apart": twins_apart(build, scene),
@@ -155,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 "runs": len(times),
                 "noise": {**noise_of(variant), **extra},
                 "commit": git_commit(),
-                "machine": machine_line(),
+                "machine": machine_line(machine_info()),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             }
             res_path.write_text(json.dumps(results, indent=1))
