@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "simgen.cli.serve",
     "simgen.cli.synth",
     "simgen.cli.splat",
+    "simgen.cli.label",
 ]
 
 
