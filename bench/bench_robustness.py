@@ -2,6 +2,7 @@
 
 Usage:
     python bench/bench_robustness.py                                  # fusion, every variant
+    python bench/bench_robustness.py --variants realistic pose --tag +align --flags=--fusion.align-to-model
     python bench/bench_robustness.py --variants clean realistic --methods fusion neural
     python bench/bench_robustness.py --out /tmp/robust --runs 3      # 3 builds per row, median time
 
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +35,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, machine_line  # noqa: E402
-from run import git_commit, run_build  # noqa: E402
+from run import git_commit  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "depth": (
@@ -106,18 +111,26 @@ def run_eval(build: Path, scene_dir: Path, samples: int) -> dict[str, Any]:
     return metrics
 
 
-def build_reused(method: str, scene: Path, build: Path) -> dict[str, Any]:
-    """:func:`run.run_build`, unless ``build`` already holds this scene's finished build (its report kept)."""
+def build_reused(method: str, scene: Path, build: Path, flags: list[str]) -> dict[str, Any]:
+    """``simgen build`` (no Gaussians, no export) in a fresh process, unless ``build`` already holds
+    this scene's finished build with these flags (its report is kept in the build folder)."""
     from simgen.data import io
 
     report_path = build / "bench_report.json"
     if report_path.is_file():
         rep = json.loads(report_path.read_text())
-        if rep.get("ok") and rep.get("scene") == str(scene):
+        if rep.get("ok") and rep.get("scene") == str(scene) and rep.get("flags") == flags:
             return rep
-    rep = run_build(method, scene, build, None, quiet=True)
-    if rep.get("ok"):
-        io.write_json(report_path, {**rep, "scene": str(scene)})
+    cmd = [sys.executable, "-m", "simgen", "build", str(scene), "-o", str(build), "--method", method,
+           "--no-gaussians", "--no-export", "--overwrite", "-q", *flags]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    rep = {"ok": proc.returncode == 0, "build_s": time.perf_counter() - t0, "scene": str(scene), "flags": flags,
+           "command": " ".join(cmd[1:])}  # fmt: skip
+    if rep["ok"]:
+        io.write_json(report_path, rep)
+    else:
+        rep["error"] = f"simgen build exited with {proc.returncode}"
     return rep
 
 
@@ -153,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=200_000, help="eval surface samples")
     ap.add_argument("--noise", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="extra NoiseConfig fields for every variant (e.g. drift_rot_deg=0)")  # fmt: skip
-    ap.add_argument("--tag", default="", help="suffix of the result rows (for --noise experiments)")
+    ap.add_argument("--tag", default="", help="suffix of the result rows (for --noise / --flags experiments)")
+    ap.add_argument("--flags", nargs="*", default=[], metavar="FLAG",
+                    help="extra 'simgen build' flags, e.g. --flags=--fusion.align-to-model")  # fmt: skip
     args = ap.parse_args(argv)
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.noise)}
     out = Path(args.out)
@@ -168,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             times, rep = [], {}
             for r in range(args.runs):
                 build = out / "builds" / f"{method}-{variant}{args.tag}-{r}"
-                rep = build_reused(method, scene, build)
+                rep = build_reused(method, scene, build, args.flags)
                 if not rep.get("ok"):
                     print(f"[robust] {key}: build failed: {rep.get('error')}", flush=True)
                     break
@@ -182,10 +197,13 @@ def main(argv: list[str] | None = None) -> int:
                 "build_s": statistics.median(times),
                 "runs": len(times),
                 "noise": {**noise_of(variant), **extra},
+                "flags": args.flags,
                 "commit": git_commit(),
                 "machine": machine_line(machine_info()),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             }
+            # Re-read first: another run may have added rows meanwhile (runs share OUT's scenes).
+            results = {**(json.loads(res_path.read_text()) if res_path.is_file() else {}), key: results[key]}
             res_path.write_text(json.dumps(results, indent=1))
             print(f"[robust] {key}: {json.dumps(results[key])}", flush=True)
     print(table(results))
