@@ -81,6 +81,8 @@ def align_to_model(
     huber_m: float = 0.02,
     min_points: int = 300,
     max_step: tuple[float, float] = (0.10, np.deg2rad(5.0)),
+    damping: float = 0.05,
+    min_gain: float = 0.9,
 ) -> AlignResult:
     """Refine ``c2w_cv`` so that ``depth`` lies on the model's surface (see the module docstring).
 
@@ -91,6 +93,9 @@ def align_to_model(
         huber_m: Huber threshold of the residuals, metres.
         min_points: fewer usable points (inside the observed truncation band) keep the initial pose.
         max_step: a total correction beyond (metres, radians) is rejected as a failure.
+        damping: Levenberg damping, as a fraction of the mean diagonal of the normal equations.
+        min_gain: the result is kept only if it lowers the residual RMS below ``min_gain`` times
+            the initial one (otherwise the initial pose is as good).
     """
     d = depth[::stride, ::stride]
     m = d > 0
@@ -103,7 +108,10 @@ def align_to_model(
     for it in range(iterations):
         q = pc @ R.T  # world offsets from the camera centre
         sdf, g, ok = tsdf_at(vol, q + t)
-        use = ok & (np.abs(sdf) < band)
+        gn = np.linalg.norm(g, axis=1)
+        # Near a well-observed surface the TSDF gradient has unit length; elsewhere (holes, edges,
+        # flying pixels) it carries no distance information.
+        use = ok & (np.abs(sdf) < band) & (gn > 0.5) & (gn < 1.5)
         n = int(use.sum())
         if n < min_points:
             break
@@ -113,7 +121,10 @@ def align_to_model(
             rmse0 = rmse
         J = np.concatenate([np.cross(q, g), g], axis=1)  # d r / d(omega, v), perturbation about the centre
         wgt = np.where(np.abs(r) <= huber_m, 1.0, huber_m / np.maximum(np.abs(r), 1e-12))
-        A = (J * wgt[:, None]).T @ J + 1e-6 * np.eye(6)
+        A = (J * wgt[:, None]).T @ J
+        # Damping towards the current pose: a view of one wall leaves sliding along it unconstrained,
+        # and undamped steps there follow the noise and accumulate from keyframe to keyframe.
+        A += damping * np.trace(A) / 6.0 * np.eye(6) + 1e-9 * np.eye(6)
         b = -(J * wgt[:, None]).T @ r
         delta = np.linalg.solve(A, b)
         R = _rotation(delta[:3]) @ R
@@ -121,7 +132,17 @@ def align_to_model(
         if np.linalg.norm(delta[:3]) < 1e-5 and np.linalg.norm(delta[3:]) < 1e-5:
             break
     ang = np.arccos(np.clip((np.trace(R @ R0.T) - 1) / 2, -1, 1))
-    accepted = n >= min_points and np.linalg.norm(t - t0) <= max_step[0] and ang <= max_step[1]
+    if n >= min_points:  # the final pose's residual
+        sdf, g, ok = tsdf_at(vol, pc @ R.T + t)
+        gn = np.linalg.norm(g, axis=1)
+        use = ok & (np.abs(sdf) < band) & (gn > 0.5) & (gn < 1.5)
+        rmse = float(np.sqrt(np.mean(sdf[use] ** 2))) if use.sum() >= min_points else float("inf")
+    accepted = (
+        n >= min_points
+        and np.linalg.norm(t - t0) <= max_step[0]
+        and ang <= max_step[1]
+        and rmse < min_gain * rmse0
+    )
     out = np.array(c2w_cv, dtype=np.float64)
     if accepted:
         out[:3, :3], out[:3, 3] = R, t
