@@ -79,8 +79,8 @@ class FusionConfig:
     align_to_model: bool = field(
         default=False,
         metadata={
-            "help": "refine each keyframe's pose against the TSDF fused so far (frame-to-model alignment, "
-            "corrects tracking drift; see docs/synth.md, realistic profile)"
+            "help": "experimental: refine each keyframe's pose against the TSDF fused so far (frame-to-model "
+            "alignment against tracking drift); measured not to improve two-rooms builds yet (docs/benchmarks.md)"
         },
     )
     prefetch: bool = field(
