@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "simgen.cli.synth",
     "simgen.cli.splat",
     "simgen.cli.batch",
+    "simgen.cli.label",
 ]
 
 

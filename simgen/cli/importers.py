@@ -1,4 +1,4 @@
-"""``simgen import {replica,scannet} SRC OUT``."""
+"""``simgen import {replica,scannet,record3d,nerfstudio} SRC OUT``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 
 from simgen.config import add_dataclass_args, dataclass_from_args
 from simgen.data.importers.common import DatasetImportError
+from simgen.data.importers.nerfstudio import NerfstudioConfig
+from simgen.data.importers.record3d import Record3DConfig
 from simgen.data.importers.replica import ReplicaConfig
 from simgen.data.importers.scannet import ScanNetConfig
 
@@ -23,6 +25,16 @@ See docs/importers.md for the layouts, conventions and every option.
 REPLICA_EXAMPLES = """examples:
   simgen import replica room_0/Sequence_1 scenes/room0 --labels-from-gt --classes info_semantic.json
   simgen import replica room_0/Sequence_1 scenes/room0 --labels preds/room0 --every 2 --quiet
+"""
+
+RECORD3D_EXAMPLES = """examples:
+  simgen import record3d capture.r3d scenes/phone && simgen label scenes/phone --model ./mask2former
+  simgen import record3d capture_unzipped/ scenes/phone --every 2 --min-confidence 2 --max-depth-m 4
+"""
+
+NERFSTUDIO_EXAMPLES = """examples:
+  ns-process-data polycam --data capture.zip --output-dir ns/ --use-depth
+  simgen import nerfstudio ns/ scenes/polycam --test-every 10 && simgen label scenes/polycam --model ./mask2former
 """
 
 SCANNET_EXAMPLES = """examples:
@@ -62,6 +74,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("out", metavar="OUT", help="scene folder to write")
         add_dataclass_args(q, cls)
         q.set_defaults(func=cmd_import, config_cls=cls)
+    for name, cls, what, examples in (
+        ("record3d", Record3DConfig, "a Record3D iPhone/iPad LiDAR capture (.r3d, or the unzipped folder)",
+         RECORD3D_EXAMPLES),
+        ("nerfstudio", NerfstudioConfig, "an ns-process-data folder with depth (transforms.json with "
+         "depth_file_path; Polycam / Record3D processed)", NERFSTUDIO_EXAMPLES),
+    ):  # fmt: skip
+        q = datasets.add_parser(
+            name,
+            help=f"import {what}, without labels (then run simgen label)",
+            description=f"Import {what} as a scene without pseudo-labels; 'simgen label' adds them.",
+            epilog=examples,
+            formatter_class=Formatter,
+        )
+        q.add_argument("src", metavar="SRC", help="source file or folder")
+        q.add_argument("out", metavar="OUT", help="scene folder to write")
+        add_dataclass_args(q, cls)
+        q.set_defaults(func=cmd_import_phone, config_cls=cls)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -69,6 +98,19 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(args.config_cls, args)
     run = replica.import_replica if args.dataset == "replica" else scannet.import_scannet
+    try:
+        run(args.src, args.out, cfg)
+    except DatasetImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_import_phone(args: argparse.Namespace) -> int:
+    from simgen.data.importers import nerfstudio, record3d
+
+    cfg = dataclass_from_args(args.config_cls, args)
+    run = record3d.import_record3d if args.dataset == "record3d" else nerfstudio.import_nerfstudio
     try:
         run(args.src, args.out, cfg)
     except DatasetImportError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import get_args
 
 from simgen.config import add_dataclass_args, dataclass_from_args
 
@@ -16,12 +17,15 @@ EXAMPLES = """examples:
   simgen synth scenes/hard --preset room --noise.miss-prob 0.3 --noise.depth-sigma-m 0.005 \\
       --noise.depth-sigma-quad 0.002
   simgen synth scenes/room --preset room --overwrite --preview docs/images/synth_room.png
+  simgen synth scenes/real --preset two-rooms --noise-profile realistic  # sensor depth, drift, segmenter errors
+  simgen synth scenes/drift --preset two-rooms --noise-profile realistic --noise.drift-rot-deg 0
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from simgen.cli.common import Formatter
     from simgen.synth.generate import SynthConfig
+    from simgen.synth.noise import NoiseProfile
 
     p = sub.add_parser(
         "synth",
@@ -42,6 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--preview-frame", type=int, default=None, help="frame for --preview (default: the middle one)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--noise-profile",
+        dest="noise__profile",
+        choices=get_args(NoiseProfile),
+        default=argparse.SUPPRESS,
+        help="noise profile (same as --noise.profile): clean (default) or realistic; single "
+        "--noise.<field> flags override the profile's values (docs/synth.md)",
+    )
     add_dataclass_args(p, SynthConfig)
     p.set_defaults(func=cmd_synth)
 

@@ -38,7 +38,18 @@ from simgen.synth.layout import (
     make_stuff,
     populate,
 )
-from simgen.synth.noise import NoiseConfig, noisy_depth, noisy_pose, noisy_rgb, pseudo_labels
+from simgen.synth.noise import (
+    NoiseConfig,
+    drift_poses,
+    miss_runs,
+    motion_blur,
+    noisy_depth,
+    noisy_pose,
+    noisy_rgb,
+    pseudo_labels,
+    sensor_depth,
+    similar_lookup,
+)
 from simgen.synth.shading import albedo, lambert
 from simgen.synth.trajectory import frame_poses, plan_walk
 
@@ -149,11 +160,13 @@ def make_scene(cfg: SynthConfig) -> tuple[SceneGeometry, np.ndarray]:
 @dataclass
 class FrameRender:
     """Exact render of one frame: rgb ``(H, W, 3) uint8``, depth ``(H, W) float32`` metres (0 = no hit),
-    gt_panoptic ``(H, W) int32`` GT segment ids (0 = void)."""
+    gt_panoptic ``(H, W) int32`` GT segment ids (0 = void), cos_incidence ``(H, W) float32`` cosine
+    of the angle between the viewing ray and the surface normal (0 = no hit)."""
 
     rgb: np.ndarray
     depth: np.ndarray
     gt_panoptic: np.ndarray
+    cos_incidence: np.ndarray | None = None
 
 
 def render_frame(
@@ -172,10 +185,13 @@ def render_frame(
     base = albedo(local, geom.face_material[face], geom.materials)
     dirs = pts - c2w_cv[:3, 3]
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    light = lambert(pts, geom.mesh.face_normals[face], dirs, geom.lights)
+    normals = geom.mesh.face_normals[face]
+    light = lambert(pts, normals, dirs, geom.lights)
     rgb = np.zeros((K.height, K.width, 3), dtype=np.uint8)
     rgb[valid] = np.clip(np.round(base * light[:, None] * 255.0), 0, 255).astype(np.uint8)
-    return FrameRender(rgb=rgb, depth=hits.depth, gt_panoptic=gt)
+    cos_inc = np.zeros((K.height, K.width), dtype=np.float32)
+    cos_inc[valid] = np.abs(np.einsum("ij,ij->i", normals, dirs))
+    return FrameRender(rgb=rgb, depth=hits.depth, gt_panoptic=gt, cos_incidence=cos_inc)
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -212,15 +228,40 @@ def generate(cfg: SynthConfig, out_dir: str | Path, overwrite: bool = False, qui
     )
     stored, sources, events = [], [], []
     names: list[str] = []
+    nz = cfg.noise
+    # Realistic-profile noise draws from streams of its own, so the clean profile's files stay
+    # byte-identical and turning one realistic family on or off leaves the others' draws alone.
+    drifted, drift_err = drift_poses(poses, nz, _rng(cfg.seed, 5))
+    things = sorted(k for k, c in geom.segments.items() if c in THING_IDS)
+    missed = miss_runs(len(poses), len(things), nz.miss_run_rate if nz.enabled else 0.0,
+                       nz.miss_run_frames, _rng(cfg.seed, 6))  # fmt: skip
+    similar = similar_lookup(nz.similar_groups, seg_names)
+    glossy_ids = [c.id for c in CATEGORIES if c.name in set(nz.glossy_categories)]
+    seg_lut = np.zeros(max(geom.segments, default=0) + 1, dtype=np.int64)
+    for k, c in geom.segments.items():
+        seg_lut[k] = c
     for i in tqdm(
         range(len(poses)), desc=f"synth {cfg.preset}", unit="frame", disable=quiet or None, leave=False
     ):
         fr = render_frame(geom, caster, K, poses[i])
         noise_rng = _rng(cfg.seed, 100, i)
-        pl = pseudo_labels(fr.gt_panoptic, geom.segments, THING_IDS, STUFF_IDS, cfg.noise, noise_rng)
-        depth = noisy_depth(fr.depth, cfg.noise, noise_rng)
-        rgb = noisy_rgb(fr.rgb, cfg.noise, noise_rng)
-        c2w = noisy_pose(poses[i], cfg.noise, noise_rng)
+        real_rng = _rng(cfg.seed, 101, i)
+        forced = {t for t, m in zip(things, missed[i], strict=True) if m}
+        pl = pseudo_labels(
+            fr.gt_panoptic, geom.segments, THING_IDS, STUFF_IDS, nz, noise_rng, forced, similar
+        )
+        depth = noisy_depth(fr.depth, nz, noise_rng)
+        rgb = noisy_rgb(fr.rgb, nz, noise_rng)
+        c2w = noisy_pose(drifted[i], nz, noise_rng)
+        if nz.sensor_artifacts:
+            lum = (fr.rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
+            glossy = np.isin(seg_lut[fr.gt_panoptic], glossy_ids) & (fr.gt_panoptic > 0)
+            depth, art = sensor_depth(depth, fr.depth, nz, real_rng, lum, fr.cos_incidence, glossy)
+            pl.events["depth"] = art.as_dict()
+        if nz.enabled and nz.blur_prob > 0 and real_rng.random() < nz.blur_prob:
+            length = float(real_rng.uniform(*nz.blur_px)) * K.width / 320.0
+            rgb = motion_blur(rgb, length, float(real_rng.uniform(0, np.pi)))
+            pl.events["blur_px"] = round(length, 2)
         names.append(writer.add_frame(rgb, depth, pl.panoptic, pl.segments, c2w, gt_panoptic=fr.gt_panoptic))
         stored.append(c2w)
         sources.append({str(k): v for k, v in pl.source.items()})
@@ -245,6 +286,8 @@ def generate(cfg: SynthConfig, out_dir: str | Path, overwrite: bool = False, qui
             for o in geom.objects
         ],
         "true_c2w": [np.round(p, 8).tolist() for p in poses],  # OpenGL axes, before pose noise
+        # Accumulated drift per frame (rotation vector rad, translation m; world axes), before jitter.
+        "pose_drift": np.round(drift_err, 8).tolist(),
         "pseudo_label_sources": sources,  # per frame: pseudo-label id -> GT segment id (-1: spurious)
         "noise_events": events,
     }
@@ -261,10 +304,13 @@ def generate(cfg: SynthConfig, out_dir: str | Path, overwrite: bool = False, qui
 
 def preset_config(preset: str = "tiny", seed: int = 0, **overrides: Any) -> SynthConfig:
     """A :class:`SynthConfig` for ``preset``; ``overrides`` set its fields. ``noise`` may be a
-    :class:`NoiseConfig`, a dict of NoiseConfig fields, or False / None for no noise at all."""
+    :class:`NoiseConfig`, a dict of NoiseConfig fields, a profile name ("clean", "realistic"), or
+    False / None for no noise at all."""
     noise = overrides.pop("noise", NoiseConfig())
     if noise is False or noise is None:
         noise = NoiseConfig.off()
+    elif isinstance(noise, str):
+        noise = NoiseConfig(profile=noise)  # type: ignore[arg-type]
     elif isinstance(noise, dict):
         noise = NoiseConfig(**noise)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(SynthConfig)}

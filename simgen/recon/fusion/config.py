@@ -76,6 +76,13 @@ class FusionConfig:
         default=2, metadata={"help": "pixel stride of the global-instance lookup used for association"}
     )
 
+    align_to_model: bool = field(
+        default=False,
+        metadata={
+            "help": "experimental: refine each keyframe's pose against the TSDF fused so far (frame-to-model "
+            "alignment against tracking drift); measured not to improve two-rooms builds yet (docs/benchmarks.md)"
+        },
+    )
     prefetch: bool = field(
         default=True,
         metadata={

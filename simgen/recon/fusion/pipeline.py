@@ -26,6 +26,7 @@ from simgen import folders as output
 from simgen.config import to_dict
 from simgen.data import io
 from simgen.data.scene import Scene
+from simgen.recon.fusion.align import align_to_model
 from simgen.recon.fusion.association import (
     InstanceTable,
     associate,
@@ -61,12 +62,13 @@ class FusionState:
         self.timings[key] += t1 - t0
         return t1
 
-    def add_keyframe(self, scene: Scene, i: int, frame: FrameData) -> None:
-        """Associate and integrate scene frame ``i`` (its depth already range-filtered)."""
+    def add_keyframe(self, scene: Scene, i: int, frame: FrameData, c2w_cv: np.ndarray | None = None) -> None:
+        """Associate and integrate scene frame ``i`` (its depth already range-filtered) at its stored
+        pose, or at ``c2w_cv`` (OpenCV axes) when given (a pose refined by frame-to-model alignment)."""
         cfg, f = self.cfg, scene.frames[i]
         t = time.perf_counter()
         depth, rgb, pan = frame.depth, frame.rgb, frame.panoptic
-        c2w, K = f.c2w_cv, f.intrinsics
+        c2w, K = (f.c2w_cv if c2w_cv is None else c2w_cv), f.intrinsics
         seg = frame_segments(pan, f.segments, self.column_of, self.thing_columns)
 
         s = cfg.lookup_stride
@@ -164,6 +166,7 @@ def run_fusion(
     fragment: list[int] = []
 
     poses = [scene.frames[i].c2w_cv for i in frames]
+    correction = np.eye(4)  # refined @ inv(stored) of the last aligned keyframe (align_to_model)
     with (
         tqdm(total=len(frames), desc="fusion", unit="frame", disable=not progress, dynamic_ncols=True) as bar,
         FrameReader(scene, cfg.min_depth, cfg.max_depth, background=cfg.prefetch) as reader,
@@ -186,7 +189,17 @@ def run_fusion(
             nxt = selector.next_candidate(poses, pos + 1)
             reader.prefetch(None if nxt is None else frames[nxt])
             if usable:
-                state.add_keyframe(scene, i, frame)
+                pose = None
+                if cfg.align_to_model and counters["keyframes"] > 0:
+                    # Drift changes slowly: start from the last correction, refine against the model.
+                    t = time.perf_counter()
+                    res = align_to_model(state.vol, frame.depth, scene.frames[i].intrinsics,
+                                         correction @ poses[pos])  # fmt: skip
+                    pose = res.c2w
+                    correction = pose @ np.linalg.inv(poses[pos])
+                    counters["aligned"] = counters.get("aligned", 0) + int(res.accepted)
+                    state._tick("align", t)
+                state.add_keyframe(scene, i, frame, pose)
                 counters["keyframes"] += 1
                 fragment.append(i)
                 if len(fragment) == cfg.fragment_size:
