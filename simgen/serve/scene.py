@@ -184,9 +184,9 @@ class RenderScene:
         mesh_outputs = self._mesh_outputs(outputs)
         out = fast.render(K, c2w_cv, mesh_outputs) if mesh_outputs else {}
         if "panoptic" in out:
-            out["segments"] = [
-                self.segments[i] for i in np.unique(out["panoptic"]).tolist() if i in self.segments
-            ]
+            ids = out.pop("segment_ids", None)  # the compiled caster lists them; else sort the image
+            ids = np.unique(out["panoptic"]) if ids is None else ids
+            out["segments"] = [self.segments[i] for i in ids.tolist() if i in self.segments]
         if "rgb" in outputs and "rgb" not in mesh_outputs:
             out["rgb"] = self.render_gaussian_rgb(K, c2w_cv)
         return out
