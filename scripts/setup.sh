@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v ign >/dev/null 2>&1 || need+=(ignition-tools libsdformat-dev)
 [ -e /usr/lib/x86_64-linux-gnu/libusb-1.0.so.0 ] || [ -e /usr/lib/aarch64-linux-gnu/libusb-1.0.so.0 ] || need+=(libusb-1.0-0)
+ls /usr/lib/*-linux-gnu/libEGL_mesa.so.0 >/dev/null 2>&1 || need+=(libegl1 libegl-mesa0 libgl1-mesa-dri)  # GL raster backend, headless
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing Debian packages: ${need[*]}"

@@ -120,6 +120,7 @@ def scene_description(scene: RenderScene, cfg: ServeConfig) -> dict:
             "hfov_deg": cam["hfov_deg"],
         },
         "mesh": {"vertices": int(len(scene.mesh.vertices)), "faces": int(len(scene.mesh.faces))},
+        "mesh_backend": scene.mesh_backend,
         "rgb_mode": cfg.rgb,
         "rgb_source": scene.rgb_source,
         "gaussians": None

@@ -45,6 +45,14 @@ class ServeConfig:
             "when the file exists, else mesh. Depth and panoptic always come from the mesh"
         },
     )
+    backend: Literal["raycast", "raster", "auto"] = field(
+        default="raycast",
+        metadata={
+            "help": "what renders depth, panoptic and mesh RGB: raycast = embree on the CPU; raster = OpenGL "
+            "(moderngl, headless EGL; a GPU, or Mesa's software rasterizer); auto = raster only where a "
+            "hardware GL device answers"
+        },
+    )
     quiet: bool = field(default=False, metadata={"help": "no per-process start-up messages"})
 
     def threads(self) -> int:

@@ -428,6 +428,12 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
                         "segments": {"type": "array", "items": {"type": "object"}},
                         "default_camera": {"type": "object"},
                         "stuff_id_offset": {"type": "integer"},
+                        "mesh_backend": {
+                            "type": "string",
+                            "enum": ["raycast", "raster"],
+                            "description": "what renders depth, panoptic and mesh rgb: embree ray casting or "
+                            "OpenGL rasterization (--backend)",
+                        },
                         "rgb_mode": {
                             "type": "string",
                             "enum": ["auto", "gaussians", "mesh"],

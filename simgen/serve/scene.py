@@ -90,6 +90,9 @@ class RenderScene:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _default_camera: dict | None = field(default=None, repr=False)
     _fast: Any = field(default=None, repr=False)
+    backend: str = "raycast"  # mesh outputs: raycast | raster | auto (simgen.render.raster.BACKENDS)
+    _raster: Any = field(default=None, repr=False)
+    _backend_used: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         m = self.mesh
@@ -111,6 +114,8 @@ class RenderScene:
         """Build the ray-casting BVH now (call in the process that serves; it is not fork-safe)."""
         self.raycaster  # noqa: B018 -- property access builds it
         self.fast  # noqa: B018
+        if self.mesh_backend == "raster":
+            self.raster  # noqa: B018
         self.default_camera()
         return self
 
@@ -165,6 +170,30 @@ class RenderScene:
                         self._fast = False
         return self._fast or None
 
+    @property
+    def mesh_backend(self) -> str:
+        """``"raycast"`` (embree) or ``"raster"`` (OpenGL): what renders depth, panoptic and mesh RGB here.
+        ``backend="auto"`` is resolved on first use, in the process that renders (a GL context does not
+        survive ``fork``): raster only where a hardware GL device answers."""
+        if self._backend_used is None:
+            with self._lock:
+                if self._backend_used is None:
+                    from simgen.render.raster import resolve_backend
+
+                    self._backend_used = resolve_backend(self.backend)
+        return self._backend_used
+
+    @property
+    def raster(self):
+        """The OpenGL rasterizer (:class:`simgen.render.raster.GLRasterizer`), built on first use."""
+        if self._raster is None:
+            with self._lock:
+                if self._raster is None:
+                    from simgen.render.raster import GLRasterizer
+
+                    self._raster = GLRasterizer(self.mesh)
+        return self._raster
+
     def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
         """Render the requested outputs for one camera.
 
@@ -178,7 +207,7 @@ class RenderScene:
             "segments": [segment dicts in view, by id]}`` -- only the keys requested (segments with
             panoptic).
         """
-        fast = self.fast
+        fast = self.raster if self.mesh_backend == "raster" else self.fast
         if fast is None:
             return self.render_reference(K, c2w_cv, outputs)
         mesh_outputs = self._mesh_outputs(outputs)
@@ -367,7 +396,9 @@ def gaussians_file(out_dir: str | Path, rgb: str = "auto") -> Path | None:
     return None
 
 
-def load_render_scene(out_dir: str | Path, warm: bool = True, rgb: str = "auto") -> RenderScene:
+def load_render_scene(
+    out_dir: str | Path, warm: bool = True, rgb: str = "auto", backend: str = "raycast"
+) -> RenderScene:
     """Load a build or export folder for serving.
 
     Reads ``panoptic_mesh.ply`` (+ ``instances.json`` for category names) from ``out_dir`` -- or, for an
@@ -382,6 +413,8 @@ def load_render_scene(out_dir: str | Path, warm: bool = True, rgb: str = "auto")
         rgb: RGB source, one of :data:`RGB_MODES`: ``"auto"`` renders ``gaussians.ply`` (next to the
             panoptic mesh) when it exists, else mesh colours; ``"gaussians"`` requires the file;
             ``"mesh"`` never reads it.
+        backend: what renders the mesh outputs: ``"raycast"`` (embree), ``"raster"`` (OpenGL through
+            moderngl; headless EGL), ``"auto"`` (raster where a hardware GL device answers).
 
     Raises:
         SceneLoadError: naming the missing or unreadable file.
@@ -416,7 +449,12 @@ def load_render_scene(out_dir: str | Path, warm: bool = True, rgb: str = "auto")
             raise SceneLoadError(f"{gauss_path}: cannot read Gaussians ({e})") from e
         if len(gaussians) == 0:
             raise SceneLoadError(f"{gauss_path}: holds no Gaussians")
+    from simgen.render.raster import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     scene = RenderScene(
         mesh, _read_categories(mesh_dir, mesh), T, frame, folder.resolve(), gaussians, gauss_path
     )
+    scene.backend = backend
     return scene.warm() if warm else scene
