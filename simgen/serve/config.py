@@ -53,6 +53,13 @@ class ServeConfig:
             "hardware GL device answers"
         },
     )
+    gaussians_device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto",
+        metadata={
+            "help": "where Gaussian RGB renders: cuda = gsplat on the GPU; cpu = the compiled CPU rasterizer; "
+            "auto = cuda when torch sees a GPU and gsplat imports"
+        },
+    )
     quiet: bool = field(default=False, metadata={"help": "no per-process start-up messages"})
 
     def threads(self) -> int:

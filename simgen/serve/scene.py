@@ -91,6 +91,7 @@ class RenderScene:
     _default_camera: dict | None = field(default=None, repr=False)
     _fast: Any = field(default=None, repr=False)
     backend: str = "raycast"  # mesh outputs: raycast | raster | auto (simgen.render.raster.BACKENDS)
+    gaussians_device: str = "auto"  # where the Gaussians render: cpu | cuda | auto (cuda with gsplat)
     _raster: Any = field(default=None, repr=False)
     _backend_used: str | None = field(default=None, repr=False)
 
@@ -116,7 +117,10 @@ class RenderScene:
         self.fast  # noqa: B018
         if self.mesh_backend == "raster":
             self.raster  # noqa: B018
-        self.default_camera()
+        self._place_gaussians()
+        cam = self.default_camera()  # also loads the compiled caster kernels (numba cache) before requests
+        if self.gaussians is not None:  # and the rasterizer's: a tiny render
+            self.render_gaussian_rgb(Intrinsics(8.0, 8.0, 4.0, 3.0, 8, 6), cam["c2w_cv"])
         return self
 
     @property
@@ -169,6 +173,20 @@ class RenderScene:
                     except ImportError:
                         self._fast = False
         return self._fast or None
+
+    def _place_gaussians(self) -> None:
+        """Move the Gaussians to the GPU when asked (``cuda``) or when ``auto`` finds CUDA and gsplat: the
+        rasterizer then runs gsplat's kernels. Called in the serving process (CUDA does not survive fork)."""
+        if self.gaussians is None or self.gaussians_device == "cpu" or self.gaussians.means.is_cuda:
+            return
+        import torch
+
+        from simgen.render.rasterize import gsplat_available
+
+        if self.gaussians_device == "cuda" and not torch.cuda.is_available():
+            raise SceneLoadError("gaussians_device='cuda' but torch sees no CUDA device")
+        if self.gaussians_device == "cuda" or (torch.cuda.is_available() and gsplat_available()):
+            self.gaussians = self.gaussians.to("cuda")
 
     @property
     def mesh_backend(self) -> str:
