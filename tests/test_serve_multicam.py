@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_serve_gazebo import app_render, plugin_module  # noqa: F401
 from test_serve_server import FRAMES, WORLD_FROM_SCENE, Server, expected_panoptic, gt, post  # noqa: F401
 
 from simgen.data.poses import from_c2w_cv, pose_from_c2w_cv
@@ -191,3 +192,75 @@ def test_rig_configs_reject_per_camera_link_settings_and_shared_topics():
         CameraBridge([BridgeConfig(topic="/a/b"), BridgeConfig(topic="/a_b")], dict, print)
     assert rig_camera_name(BridgeConfig(topic="/simgen/cam-1"), 0) == "simgen_cam-1"
     assert len(rig_configs({"topic": "/x"}, [])) == 1  # no <camera> blocks: the plugin's single camera
+
+
+class _FakeSdf:
+    """The plugin's ``sdf`` element with ``<camera>`` children (sdformat's find_element / get_next_element)."""
+
+    def __init__(self, values: dict, cameras: list[dict] | None = None, siblings: list | None = None):
+        self.values = values
+        self.children = [_FakeSdf(c, None, []) for c in cameras or []]
+        for i, c in enumerate(self.children):
+            c.siblings = self.children[i + 1 :]
+        self.siblings = siblings or []
+
+    def has_element(self, key):
+        return key in self.values or (key == "camera" and bool(self.children))
+
+    def get_string(self, key):
+        return self.values[key]
+
+    def find_element(self, key):
+        return self.children[0] if key == "camera" and self.children else None
+
+    def get_next_element(self, key):
+        return self.siblings[0] if self.siblings else None
+
+
+def test_gazebo_plugin_rig_from_camera_blocks(plugin_module, tmp_path):  # noqa: F811
+    import datetime
+    import types
+
+    from test_serve_scene import make_build
+
+    from simgen.serve.app import create_app
+    from simgen.serve.client import decode_rig_npz
+    from simgen.serve.scene import load_render_scene
+
+    module, world, _ = plugin_module
+    app = create_app(load_render_scene(make_build(tmp_path / "build"))).test_client()
+
+    class RigClient:
+        def __init__(self, url, timeout, retries):
+            pass
+
+        def post_rig(self, body):
+            r = app.post("/render/rig", json=body)
+            assert r.status_code == 200, r.data
+            return decode_rig_npz(r.data)
+
+    module.RenderClient = RigClient
+    system = module.get_system()
+    shared = {"rate_hz": "5", "asynchronous": "false", "outputs": "depth"}
+    cams = [
+        {"topic": "/jackal/front", "width": "32", "height": "24"},
+        {"topic": "/jackal/back", "width": "16", "height": "12", "camera_offset": "0 0 0 0 0 3.14159"},
+    ]
+    system.configure(7, _FakeSdf(shared, cams), object(), None)
+    assert system.bridge is not None and system.bridge.rig
+    for k in range(400):  # 0.4 s at 1 kHz, 5 Hz: ticks at 0 and 0.2 s
+        system.pre_update(
+            types.SimpleNamespace(paused=False, sim_time=datetime.timedelta(milliseconds=k)), object()
+        )
+    system.shutdown()
+    counts: dict[str, int] = {}
+    for topic, _, _ in world["published"]:
+        counts[topic] = counts.get(topic, 0) + 1
+    assert counts == {
+        f"/jackal/{c}/{t}": 2 for c in ("front", "back") for t in ("depth_image", "camera_info")
+    }
+    front = next(m for t, _, m in world["published"] if t == "/jackal/front/depth_image")
+    back = next(m for t, _, m in world["published"] if t == "/jackal/back/depth_image")
+    assert (front.width, back.width) == (32, 16)
+    # The two cameras look in opposite directions from the same link pose: different images.
+    assert np.frombuffer(front.data, "<f4").mean() != pytest.approx(np.frombuffer(back.data, "<f4").mean())
