@@ -41,11 +41,16 @@ try:  # numba is a dependency, but an environment without it still renders throu
     import numba
 
     _njit = numba.njit(cache=True, nogil=True)
+    # The blending loop may contract and reassociate float operations (FMA): measured ~20 % faster on 50 k
+    # trained Gaussians, images equal to 1e-14. NaN / inf semantics are kept (no 'nnan' / 'ninf').
+    _njit_blend = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc", "arcp", "nsz"})
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
     def _njit(f):
         return f
+
+    _njit_blend = _njit
 
 
 def numba_available() -> bool:
@@ -193,7 +198,7 @@ def _bin(u, v, conic, cov, cut, ts, n_tx, n_ty):
     return start, items
 
 
-@_njit
+@_njit_blend
 def _blend(start, items, u, v, conic, half_h, log_o, cut, vals, width, height, ts, n_tx, alpha_max, t_min):
     """Front-to-back compositing of each tile's list into the pixels of the tile.
 
