@@ -2,6 +2,8 @@
 
 Usage: python bench/bench_serve.py [--scene BUILD_OR_EXPORT] [--workers 1 2] [--requests 60]
                                    [--clients 8] [--duration 20] [--sizes 320x240 640x480] [--json FILE]
+                                   [--backend raycast|raster|auto] [--outputs depth+panoptic ...]
+                                   [--baseline SIMGEN_SRC --repeats 3] [--tick-rates 10 30]
 
 Without ``--scene`` it makes one: ``simgen synth --preset tiny`` then ``simgen build --no-export`` (a
 fused ~190 k-face panoptic mesh, what a server holds in practice) in a temporary folder.
@@ -13,6 +15,12 @@ For each worker count it starts a real ``simgen serve`` process on 127.0.0.1 (ep
 * throughput: ``--clients`` threads, each with its own keep-alive connection, rendering as fast as they can
   for ``--duration`` seconds; requests/s, errors (any non-200, 503 included) and the server processes'
   total resident memory at the start and the end of the run.
+
+With ``--baseline SRC`` (a simgen source tree, e.g. ``git archive abca176 | tar -x -C /tmp/base``) it
+instead starts that tree's server and this checkout's side by side and measures them alternately,
+``--repeats`` rounds of the throughput run per case, and prints medians and the ratio; ``--tick-rates``
+then adds what a Gazebo camera bridge sees at those rates (one client asking once per tick): p50 / p99
+latency and the share of ticks answered within the period.
 
 Counts and durations are bounded; nothing leaves the machine. The machine line (CPU, usable cores, load
 average before and after) is printed because on a shared machine other processes take CPU too.
@@ -55,10 +63,14 @@ def make_scene(root: Path) -> Path:
 
 
 class Server:
-    def __init__(self, folder: Path, workers: int):
+    def __init__(self, folder: Path, workers: int, src: str | None = None, flags: tuple[str, ...] = ()):
+        """``simgen serve`` of this checkout, or of the simgen source tree ``src`` (a baseline)."""
         cmd = [sys.executable, "-m", "simgen", "serve", str(folder), "--port", "0", "--workers", str(workers)]
-        cmd += ["--quiet", "--queue-depth", "16"]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        cmd += ["--quiet", "--queue-depth", "16", *flags]
+        env = dict(os.environ)
+        if src:
+            env["PYTHONPATH"] = str(Path(src).resolve())
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
         self.url = None
         for line in self.proc.stderr:
             if " on http://" in line:
@@ -193,6 +205,106 @@ def throughput(server: Server, pose_list: list[dict], size, outputs, clients: in
     }
 
 
+def tick_latency(url: str, pose_list: list[dict], size, outputs, rate_hz: float, seconds: float) -> dict:
+    """What a Gazebo camera bridge sees: one client asking at ``rate_hz`` of wall time (the next request goes
+    out at the next tick, or at once when the previous answer came late, as the asynchronous bridge does).
+    Returns p50 / p99 latency (ms), the share of ticks answered within one period and the achieved rate."""
+    from simgen.serve.client import RenderClient
+
+    period = 1.0 / rate_hz
+    ms, late = [], 0
+    with RenderClient(url, retries=0, timeout=30) as c:
+        c.render(pose_list[0], width=size[0], height=size[1], outputs=outputs, hfov_deg=90)
+        t_start = time.perf_counter()
+        nxt = t_start
+        i = 0
+        while time.perf_counter() - t_start < seconds:
+            wait = nxt - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            t0 = time.perf_counter()
+            c.render(
+                pose_list[i % len(pose_list)], width=size[0], height=size[1], outputs=outputs, hfov_deg=90
+            )
+            dt = time.perf_counter() - t0
+            ms.append(1000 * dt)
+            late += dt > period
+            nxt = max(nxt + period, time.perf_counter())
+            i += 1
+        wall = time.perf_counter() - t_start
+    return {
+        "rate_hz": rate_hz,
+        **percentiles(ms),
+        "on_time": 1 - late / len(ms),
+        "achieved_hz": len(ms) / wall,
+    }
+
+
+def compare(args, folder: Path, results: dict) -> None:
+    """``--baseline``: this checkout's server and the baseline's, started together and measured alternately
+    (``--repeats`` rounds per case), so both see the same load on a shared machine; medians and ratios."""
+    from simgen.serve.client import RenderClient
+
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+    duration = min(max(args.duration, 1.0), 120.0)
+    for workers in args.workers:
+        servers = {
+            "baseline": Server(folder, workers, src=args.baseline),
+            "this": Server(folder, workers, flags=("--backend", args.backend)),
+        }
+        try:
+            default = RenderClient(servers["this"].url).scene()["default_camera"]["pose"]
+            pose_list = poses(default, 60)
+            for size in sizes:
+                for name in args.outputs:
+                    outputs = OUTPUT_SETS[name]
+                    rps: dict[str, list[float]] = {k: [] for k in servers}
+                    p99: dict[str, list[float]] = {k: [] for k in servers}
+                    for _ in range(args.repeats):
+                        for k, srv in servers.items():
+                            thr = throughput(srv, pose_list, size, outputs, args.clients, duration)
+                            rps[k].append(thr["rps"])
+                            p99[k].append(thr.get("p99_ms", math.nan))
+                    row = {
+                        "workers": workers,
+                        "size": f"{size[0]}x{size[1]}",
+                        "outputs": name,
+                        **{f"{k}_rps": rps[k] for k in servers},
+                        **{f"{k}_rps_median": float(np.median(rps[k])) for k in servers},
+                        **{f"{k}_p99_ms_median": float(np.median(p99[k])) for k in servers},
+                        "load": load(),
+                    }
+                    row["ratio"] = row["this_rps_median"] / row["baseline_rps_median"]
+                    results["compare"].append(row)
+                    print(
+                        f"workers {workers} {row['size']} {name:>18}: baseline {row['baseline_rps_median']:.1f} "
+                        f"req/s {[round(x, 1) for x in rps['baseline']]}, this {row['this_rps_median']:.1f} req/s "
+                        f"{[round(x, 1) for x in rps['this']]}, x{row['ratio']:.2f} ({load()})",
+                        flush=True,
+                    )
+            for rate in args.tick_rates:
+                for size in sizes:
+                    for name in args.outputs:
+                        for k, srv in servers.items():
+                            tl = tick_latency(srv.url, pose_list, size, OUTPUT_SETS[name], rate, duration)
+                            row = {
+                                "impl": k,
+                                "workers": workers,
+                                "size": f"{size[0]}x{size[1]}",
+                                "outputs": name,
+                            }
+                            results["ticks"].append(row | tl)
+                            print(
+                                f"tick {rate:g} Hz {k:>8} workers {workers} {row['size']} {name:>18}: "
+                                f"p50 {tl['p50_ms']:.0f} p99 {tl['p99_ms']:.0f} ms, on time "
+                                f"{100 * tl['on_time']:.0f} %, {tl['achieved_hz']:.1f} Hz",
+                                flush=True,
+                            )
+        finally:
+            for srv in servers.values():
+                srv.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scene", help="build or export folder to serve (default: synth tiny + build)")
@@ -202,6 +314,14 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per throughput run (max 120)")
     ap.add_argument("--sizes", nargs="+", default=["320x240", "640x480"], help="image sizes WxH")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument(
+        "--baseline",
+        help="a simgen source tree to compare with in the same run (e.g. `git archive abca176 | tar -x -C DIR`)",
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds per case with --baseline")
+    ap.add_argument("--outputs", nargs="+", default=list(OUTPUT_SETS), choices=list(OUTPUT_SETS))
+    ap.add_argument("--backend", default="raycast", help="this checkout's --backend (raycast, raster, auto)")
+    ap.add_argument("--tick-rates", type=float, nargs="*", default=[], help="Gazebo tick latency runs (Hz)")
     args = ap.parse_args()
     duration = min(max(args.duration, 1.0), 120.0)
     requests = int(min(max(args.requests, 5), 2000))
@@ -217,15 +337,19 @@ def main() -> int:
         scene = load_render_scene(folder, warm=False)
         print(f"scene: {folder} ({len(scene.mesh.faces)} faces)")
         results["faces"] = int(len(scene.mesh.faces))
-        for workers in args.workers:
-            server = Server(folder, workers)
+        if args.baseline:
+            results |= {"baseline": args.baseline, "compare": [], "ticks": []}
+            compare(args, folder, results)
+        for workers in [] if args.baseline else args.workers:
+            server = Server(folder, workers, flags=("--backend", args.backend))
             try:
                 from simgen.serve.client import RenderClient
 
                 default = RenderClient(server.url).scene()["default_camera"]["pose"]
                 pose_list = poses(default, requests)
                 for size in sizes:
-                    for name, outputs in OUTPUT_SETS.items():
+                    for name in args.outputs:
+                        outputs = OUTPUT_SETS[name]
                         lat = latency(server.url, pose_list, size, outputs)
                         thr = throughput(server, pose_list, size, outputs, args.clients, duration)
                         row = {

@@ -33,6 +33,8 @@ VENV=${VENV:-.venv}
 need=()
 command -v ign >/dev/null 2>&1 || command -v gz >/dev/null 2>&1 || need+=(ignition-tools libsdformat-dev)
 [ -x "$VENV/bin/python" ] || "$PY" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# Mesa's EGL for the OpenGL raster backend (simgen serve --backend raster; headless, software on a CPU)
+ls /usr/lib/*-linux-gnu/libEGL_mesa.so.0 >/dev/null 2>&1 || need+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""

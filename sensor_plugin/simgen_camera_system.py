@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - depends on the Gazebo release
     from gz.transport import Node
 
 from simgen.serve.client import RenderClient
-from simgen.sim.gazebo import SDF_KEYS, BridgeConfigError, CameraBridge, config_from_sdf
+from simgen.sim.gazebo import SDF_KEYS, BridgeConfigError, CameraBridge, rig_configs
 
 log = logging.getLogger("simgen.gazebo")
 MESSAGE_TYPES = {"image": Image, "camera_info": CameraInfo, "string": StringMsg}
@@ -78,11 +78,18 @@ class SimgenCameraSystem:
 
     def configure(self, entity, sdf, ecm, event_mgr):
         values = {k: sdf.get_string(k) for k in SDF_KEYS if sdf.has_element(k)}
+        # A rig: one <camera> block per camera (its own offset, size, topic...), one request per tick.
+        cameras = []
+        cam = sdf.find_element("camera") if sdf.has_element("camera") else None
+        while cam is not None:
+            cameras.append({k: cam.get_string(k) for k in SDF_KEYS if cam.has_element(k)})
+            cam = cam.get_next_element("camera")
         try:
-            cfg = config_from_sdf(values)
+            cfgs = rig_configs(values, cameras)
         except BridgeConfigError as e:
             log.error("simgen camera plugin disabled: %s", e)
             return
+        cfg = cfgs[0]
         model = Model(entity)
         link = Link(model.link_by_name(ecm, cfg.camera_link))
         if not link.valid(ecm):
@@ -94,12 +101,12 @@ class SimgenCameraSystem:
         self.node = Node()
         self.publishers = {
             topic: self.node.advertise(topic, MESSAGE_TYPES[kind])
-            for topic, kind in cfg.topic_kinds().items()
+            for c in cfgs
+            for topic, kind in c.topic_kinds().items()
         }
         client = RenderClient(cfg.server, timeout=cfg.timeout_s, retries=0)
-        self.bridge = CameraBridge(
-            cfg, client.post_render, self._publish, f"{model.name(ecm)}::{cfg.camera_link}"
-        )
+        render = client.post_rig if len(cfgs) > 1 else client.post_render
+        self.bridge = CameraBridge(cfgs, render, self._publish, f"{model.name(ecm)}::{cfg.camera_link}")
 
     def _publish(self, topic: str, kind: str, fields: dict) -> None:
         self.publishers[topic].publish(to_message(kind, fields))

@@ -138,8 +138,9 @@ def test_messages_from_a_render(app_render):
     assert {s["id"] for s in json.loads(segs["data"])["segments"]} == set(np.unique(ids).tolist()) - {0}
     kind, info = msgs["/cam/camera_info"]
     f = 32 / np.tan(0.6)
-    np.testing.assert_allclose(info["intrinsics"]["k"], [f, 0, 32, 0, f, 24, 0, 0, 1])
-    np.testing.assert_allclose(info["projection"]["p"], [f, 0, 32, 0, 0, f, 24, 0, 0, 0, 1, 0])
+    # ROS convention (first pixel centre at 0): half a pixel off simgen's centred (32, 24)
+    np.testing.assert_allclose(info["intrinsics"]["k"], [f, 0, 31.5, 0, f, 23.5, 0, 0, 1])
+    np.testing.assert_allclose(info["projection"]["p"], [f, 0, 31.5, 0, 0, f, 23.5, 0, 0, 0, 1, 0])
     assert kind == "camera_info" and (info["width"], info["height"]) == (64, 48)
 
 

@@ -101,3 +101,16 @@ def is_rigid(T: np.ndarray, tol: float = 1e-3) -> bool:
         and abs(np.linalg.det(R) - 1.0) < tol
         and np.allclose(T[3], [0, 0, 0, 1], atol=tol)
     )
+
+
+def ros_camera_matrix(K) -> np.ndarray:
+    """simgen intrinsics ``(3, 3)`` -> the ``K`` of a ROS ``sensor_msgs/CameraInfo``.
+
+    simgen measures ``(cx, cy)`` from the top-left corner of the top-left pixel (pixel centres at
+    ``i + 0.5``); ROS and OpenCV put the first pixel's centre at 0, so the principal point moves by half a
+    pixel: a centred 320 x 240 camera has ``cx, cy = 160, 120`` in simgen and ``159.5, 119.5`` in ROS.
+    """
+    K = np.array(K, dtype=np.float64)
+    K[0, 2] -= 0.5
+    K[1, 2] -= 0.5
+    return K

@@ -13,6 +13,14 @@ import numpy as np
 from simgen.data.camera import Intrinsics
 from simgen.folders import PanopticMesh
 
+try:  # the compiled kernels below are optional: numpy does the same work without numba, slower
+    import numba
+
+    _njit = numba.njit(cache=True, nogil=True)
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    numba = None
+    _njit = None
+
 OUTPUTS = ("rgb", "depth", "panoptic")  # what a mesh render can give, in this order
 
 STUFF_ID_OFFSET = 1_000_000  # segment id of a category-only region = STUFF_ID_OFFSET + category_id
@@ -68,6 +76,10 @@ class FastCaster:
         ).astype(np.float32)  # (F, 9)
         self.colors = np.asarray(mesh.colors, dtype=np.float32)[faces]  # (F, 3, 3) corner colours
         self.segment = segment_ids(mesh.semantic, mesh.instance)[faces]  # (F, 3) corner segment ids
+        # The same as indices into the sorted distinct ids, so the compiled pass can list the ids in view
+        # with a flag per segment instead of a sort of every pixel (np.unique).
+        self.segment_values, code = np.unique(self.segment, return_inverse=True)
+        self.segment_code = code.reshape(self.segment.shape).astype(np.int32)
         self._dirs: tuple[Intrinsics, np.ndarray, np.ndarray] | None = None
 
     def _camera_dirs(self, K: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +95,40 @@ class FastCaster:
         return cached[1], cached[2]
 
     def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
-        """Like :meth:`RenderScene.render` without ``segments``: ``rgb``, ``depth``, ``panoptic`` arrays."""
+        """Like :meth:`RenderScene.render` without ``segments``: ``rgb``, ``depth``, ``panoptic`` arrays.
+
+        With numba, ray generation and everything after embree's traversal run as two compiled passes
+        (:func:`_rays`, :func:`_shade`); profiling 640x480 depth + panoptic on a 418 k-face mesh, the numpy
+        version spent as long on those (temporaries of (H*W, 9) gathers, stacks and argmins) as embree
+        spent traversing. Both give the same images (tests hold them equal).
+        """
+        if _KERNELS is not None:
+            return self._render_compiled(K, c2w_cv, outputs)
+        return self._render_numpy(K, c2w_cv, outputs)
+
+    def _render_compiled(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...]) -> dict[str, Any]:
+        rays, shade = _KERNELS
+        c2w = np.asarray(c2w_cv, dtype=np.float64)
+        d_cam, z_cam = self._camera_dirs(K)
+        origins, dirs = rays(d_cam, c2w[:3, :3].astype(np.float32), c2w[:3, 3].astype(np.float32))
+        r = self._scene.run(origins, dirs, output=1)
+        want = ("depth" in outputs, "panoptic" in outputs, "rgb" in outputs)
+        depth, pan, rgb, seen = shade(
+            r["primID"], r["u"], r["v"], r["tfar"], z_cam, self.gram, self.segment_values, self.segment_code,
+            self.colors, *want,
+        )  # fmt: skip
+        shape = (K.height, K.width)
+        out: dict[str, Any] = {}
+        if want[0]:
+            out["depth"] = depth.reshape(shape)
+        if want[1]:
+            out["panoptic"] = pan.reshape(shape)
+            out["segment_ids"] = self.segment_values[seen]  # sorted distinct ids of the hit pixels
+        if want[2]:
+            out["rgb"] = rgb.reshape(*shape, 3)
+        return out
+
+    def _render_numpy(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...]) -> dict[str, Any]:
         c2w = np.asarray(c2w_cv, dtype=np.float64)
         d_cam, z_cam = self._camera_dirs(K)
         # Rotate as three scaled columns: a (N, 3) @ (3, 3) matmul goes through multi-threaded BLAS, which
@@ -125,6 +170,63 @@ class FastCaster:
             rgb[hit] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
             out["rgb"] = rgb.reshape(*shape, 3)
         return out
+
+
+def _rays_py(d_cam, R, t):
+    """Ray origins and directions ``(H*W, 3) float32`` in the world: ``R`` ``(3, 3)`` float32 rotates the
+    camera-frame unit directions ``d_cam`` ``(H*W, 3)``, every origin is the camera centre ``t`` ``(3,)``."""
+    n = d_cam.shape[0]
+    origins = np.empty((n, 3), np.float32)
+    dirs = np.empty((n, 3), np.float32)
+    for i in range(n):
+        x, y, z = d_cam[i, 0], d_cam[i, 1], d_cam[i, 2]
+        for k in range(3):
+            dirs[i, k] = R[k, 0] * x + R[k, 1] * y + R[k, 2] * z
+            origins[i, k] = t[k]
+    return origins, dirs
+
+
+def _shade_py(prim, u, v, tfar, z_cam, gram, seg_values, seg_code, colors, want_depth, want_pan, want_rgb):
+    """Per pixel from embree's first hit (``prim`` face or -1, barycentrics ``u, v``, ray distance ``tfar``):
+    z-depth ``float32`` (``tfar * z_cam``), the segment id of the hit triangle's corner nearest to the hit
+    point (``int32``, 0 on a miss; ``seg_values[seg_code[face, corner]]``) and the barycentric vertex colour
+    (``uint8`` RGB) -- the rules of :meth:`FastCaster._render_numpy` -- plus ``seen`` ``(len(seg_values),)``
+    bool, the segments hit. Arrays not asked for come back empty."""
+    n = prim.shape[0]
+    one, two = np.float32(1.0), np.float32(2.0)  # float32 throughout, as the numpy path (same ties)
+    depth = np.zeros(n if want_depth else 0, np.float32)
+    pan = np.zeros(n if want_pan else 0, np.int32)
+    rgb = np.zeros((n if want_rgb else 0, 3), np.uint8)
+    seen = np.zeros(seg_values.shape[0], np.bool_)
+    for i in range(n):
+        f = prim[i]
+        if f < 0:
+            continue
+        if want_depth:
+            depth[i] = tfar[i] * z_cam[i]
+        w1, w2 = u[i], v[i]
+        w0 = one - w1 - w2
+        if want_pan:
+            g = gram[f]
+            d0 = w1 * w1 * g[0] + w2 * w2 * g[1] + two * w1 * w2 * g[2]
+            d1 = w0 * w0 * g[3] + w2 * w2 * g[4] + two * w0 * w2 * g[5]
+            d2 = w0 * w0 * g[6] + w1 * w1 * g[7] + two * w0 * w1 * g[8]
+            c = 0  # first minimum on ties, as numpy's argmin
+            if d1 < d0:
+                c = 1
+            if d2 < (d1 if c == 1 else d0):
+                c = 2
+            code = seg_code[f, c]
+            pan[i] = seg_values[code]
+            seen[code] = True
+        if want_rgb:
+            for k in range(3):
+                x = w0 * colors[f, 0, k] + w1 * colors[f, 1, k] + w2 * colors[f, 2, k]
+                rgb[i, k] = min(max(np.rint(x), 0), 255)
+    return depth, pan, rgb, seen
+
+
+_KERNELS = None if numba is None else (_njit(_rays_py), _njit(_shade_py))
 
 
 def segment_ids(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:

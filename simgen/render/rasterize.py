@@ -44,7 +44,7 @@ T_MIN = 1e-4  # compositing stops once transmittance would fall to this
 SIGMA_CUTOFF = 4.5  # 0.5 * 3^2: the 3-sigma ellipse in units of the Mahalanobis exponent
 BLOCK_ELEMS = 1 << 18  # (tile, Gaussian, pixel) evaluations per vectorised step of the no-grad path
 
-BACKENDS = ("auto", "torch", "gsplat")
+BACKENDS = ("auto", "torch", "gsplat", "numba")
 
 
 def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
@@ -206,8 +206,10 @@ def rasterize(
     Args: see the module docstring for conventions. ``features`` ``(N, F)`` are alpha-blended like colours
     (one-hot labels, embeddings); ``sh_degree`` limits the SH bands used (progressive training);
     ``background`` ``(3,)`` is composited behind the RGB only. ``backend``: ``"torch"`` (CPU/any device,
-    differentiable through autograd), ``"gsplat"`` (CUDA only), ``"auto"`` (gsplat when the tensors are on
-    CUDA and gsplat imports, else torch). ``chunk`` is how many depth-sorted Gaussians per tile the torch path
+    differentiable through autograd), ``"gsplat"`` (CUDA only), ``"numba"`` (CPU, no gradients: the compiled
+    kernel of :mod:`simgen.render.rasterize_numba`, same image), ``"auto"`` (gsplat when the tensors are on
+    CUDA and gsplat imports; on CPU numba when no input needs gradients and numba imports; else torch).
+    ``chunk`` is how many depth-sorted Gaussians per tile the torch path
     blends per vectorised step at most (default 32 with autograd, 16 without); ``tile_size`` defaults to 16
     for gsplat, 8 for the torch autograd path and 4 for the torch inference path (used when no input needs
     gradients; see the module docstring): on CPU smaller tiles waste fewer (pixel, Gaussian) evaluations
@@ -228,10 +230,34 @@ def rasterize(
     _check_inputs(means, quats, scales, opacities, viewmat, K, width, height)
     viewmat = viewmat.to(means)
     K = K.to(means)
-    if backend == "auto":
-        backend = "gsplat" if means.is_cuda and gsplat_available() else "torch"
     inputs = (means, quats, scales, opacities, colors, features)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    if backend == "auto":
+        backend = _auto_backend(means, needs_grad)
+    if backend == "numba":
+        if needs_grad or means.is_cuda:
+            raise ValueError("rasterize: backend='numba' renders CPU tensors without gradients only")
+        from simgen.render.rasterize_numba import rasterize_numba
+
+        _check_colors_features(means, colors, features)
+        out = rasterize_numba(
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            None if features is None else features.to(means.dtype),
+            sh_degree,
+            viewmat,
+            K,
+            width,
+            height,
+            near,
+            far,
+            tile_size or 16,
+            eps2d,
+        )
+        return _outputs(out, background, features is not None, backend)
     if backend == "torch" and not needs_grad:
         _check_colors_features(means, colors, features)
         out = _rasterize_torch_nograd(
@@ -317,6 +343,19 @@ def _outputs(out: dict[str, Any], background: torch.Tensor | None, has_features:
         "backend": backend,
         "info": out.get("info"),
     }
+
+
+def _auto_backend(means: torch.Tensor, needs_grad: bool) -> str:
+    """gsplat for CUDA tensors (when it imports); on CPU the compiled kernel for renders without gradients
+    (when numba imports), else the torch paths."""
+    if means.is_cuda:
+        return "gsplat" if gsplat_available() else "torch"
+    if not needs_grad:
+        from simgen.render.rasterize_numba import numba_available
+
+        if numba_available():
+            return "numba"
+    return "torch"
 
 
 def gsplat_available() -> bool:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from simgen.data.camera import Intrinsics
 from simgen.data.io import id_to_rgb
-from simgen.data.poses import CONVENTIONS, DEFAULT_CONVENTION, PoseError, parse_pose
+from simgen.data.poses import CONVENTIONS, DEFAULT_CONVENTION, PoseError, from_c2w_cv, parse_pose
 from simgen.serve.config import ServeConfig
 from simgen.serve.scene import OUTPUTS, STUFF_ID_OFFSET
 
@@ -536,3 +536,104 @@ def colorize_panoptic(pan: np.ndarray) -> np.ndarray:
     lut = (np.stack([r, g, b], 1) * 255).astype(np.uint8)
     lut[ids == 0] = 0
     return lut[inverse.reshape(pan.shape)]
+
+
+# -- several cameras per request (a robot's camera rig) ------------------------------------------------
+
+RIG_FIELDS = ("pose", "convention", "cameras", "encoding", "depth_format")
+RIG_CAMERA_FIELDS = ("name", "offset", *CAMERA_FIELDS[1:], "outputs")  # convention is the rig's
+RIG_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+@dataclass(frozen=True)
+class RigParams:
+    """``POST /render/rig``: one render per camera, each a single-pose :class:`RenderParams`."""
+
+    names: tuple[str, ...]
+    cameras: tuple[RenderParams, ...]
+    base_c2w: np.ndarray  # (4, 4) the rig's pose with the request convention's axes, world frame
+    encoding: str
+    depth_format: str
+
+
+def _rig_name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 64 or not set(value) <= RIG_NAME_CHARS:
+        raise bad(field, f"must be 1-64 characters of letters, digits, '_' or '-', got {value!r}")
+    return value
+
+
+def parse_rig_body(data: Any, cfg: ServeConfig) -> RigParams:
+    """``POST /render/rig`` JSON body -> per-camera parameters (ApiError naming the field on bad input).
+
+    ``pose`` is the rig (robot) frame in the world with ``convention``'s axes; each ``cameras[i]`` has its own
+    image size and intrinsics (the ``/render`` camera fields), ``outputs``, a unique ``name`` (default
+    ``cam<i>``) and ``offset``: its camera frame in the rig frame, a pose in the same convention (default:
+    the rig frame itself). A camera's world pose is ``pose * offset``, as a robot's camera links are.
+    """
+    data = _body_object(data)
+    _unknown_fields(data, RIG_FIELDS)
+    conv = _choice(data.get("convention", DEFAULT_CONVENTION), "convention", CONVENTIONS)
+    if "pose" not in data:
+        raise bad("pose", "missing: the rig's {x, y, z, qx, qy, qz, qw} or {matrix: 4x4}")
+    base_cv = _pose(data["pose"], conv, "pose")
+    base = from_c2w_cv(base_cv, conv)
+    cams = data.get("cameras")
+    if not isinstance(cams, list) or not cams:
+        raise bad("cameras", "must be a non-empty list of cameras")
+    if len(cams) > cfg.max_batch:
+        raise bad("cameras", f"at most {cfg.max_batch} cameras (server limit --max-batch), got {len(cams)}")
+    enc, depth_format = _encoding(data)
+    if enc != "npz":
+        raise bad("encoding", "/render/rig answers npz only (one member per camera and output)")
+    names: list[str] = []
+    out: list[RenderParams] = []
+    pixels = 0
+    for i, c in enumerate(cams):
+        where = f"cameras[{i}]."
+        if not isinstance(c, Mapping):
+            raise bad(f"cameras[{i}]", "must be an object")
+        _unknown_fields(c, RIG_CAMERA_FIELDS, where)
+        name = _rig_name(c.get("name", f"cam{i}"), f"{where}name")
+        if name in names:
+            raise bad(f"{where}name", f"duplicate camera name {name!r}")
+        names.append(name)
+        try:
+            cam = parse_camera({**c, "convention": conv}, cfg)
+            outputs = parse_outputs(c.get("outputs", list(OUTPUTS)))
+        except ApiError as e:
+            raise bad(f"{where}{e.field}", e.message) from None
+        # world <- camera (cv axes) = world <- rig (convention axes) @ rig <- camera (cv axes)
+        c2w = base @ _pose(c["offset"], conv, f"{where}offset") if "offset" in c else base_cv
+        pixels += cam.width * cam.height
+        out.append(RenderParams(cam, (c2w,), outputs, enc, depth_format))
+    if pixels > cfg.max_batch_pixels:
+        raise bad(
+            "cameras",
+            f"{len(cams)} cameras with {pixels} pixels in all exceed the server limit --max-batch-pixels "
+            f"{cfg.max_batch_pixels}",
+        )
+    return RigParams(tuple(names), tuple(out), base, enc, depth_format)
+
+
+def encode_rig_npz(results: list[dict], rig: RigParams, world_frame: str) -> bytes:
+    """The ``/render/rig`` ``.npz``: per camera ``<name>/rgb``, ``<name>/depth`` (or ``<name>/depth_mm``),
+    ``<name>/panoptic``, ``<name>/K`` ``(3, 3)``, ``<name>/c2w_cv`` ``(4, 4)`` (the arrays of ``/render``),
+    and JSON strings ``segments`` (``{name: [segment, ...]}``) and ``meta`` (``cameras``: per camera its
+    name, intrinsics and outputs, in request order; ``rig_pose`` the rig's ``(4, 4)``)."""
+    arrays: dict[str, np.ndarray] = {}
+    segs: dict[str, list] = {}
+    cams = []
+    for name, params, r in zip(rig.names, rig.cameras, results, strict=True):
+        for k, v in _arrays([r], params).items():
+            arrays[f"{name}/{k}"] = v[0]
+        arrays[f"{name}/K"] = params.camera.intrinsics().matrix()
+        arrays[f"{name}/c2w_cv"] = params.c2w_cv[0]
+        segs[name] = r.get("segments", [])
+        m = camera_meta(params.camera, world_frame)
+        cams.append({"name": name, "intrinsics": m["intrinsics"], "outputs": list(params.outputs)})
+    meta = camera_meta(rig.cameras[0].camera, world_frame)
+    meta.pop("intrinsics")
+    meta |= {"cameras": cams, "count": len(results), "rig_pose": rig.base_c2w.tolist()}
+    buf = _io.BytesIO()
+    np.savez(buf, **arrays, segments=np.array(json.dumps(segs)), meta=np.array(json.dumps(meta)))
+    return buf.getvalue()

@@ -1,6 +1,7 @@
 """The render server's Flask app: ``create_app(render_scene, cfg)``.
 
 Endpoints (see :mod:`simgen.serve.openapi` and docs/serve.md): ``POST /render``, ``POST /render/batch``,
+``POST /render/rig`` (several cameras of one robot pose),
 ``GET /render/{rgb,depth,panoptic}.png``, ``GET /scene``, ``GET /healthz``, ``GET /openapi.json`` and
 the viewer page ``GET /``.
 
@@ -119,6 +120,7 @@ def scene_description(scene: RenderScene, cfg: ServeConfig) -> dict:
             "hfov_deg": cam["hfov_deg"],
         },
         "mesh": {"vertices": int(len(scene.mesh.vertices)), "faces": int(len(scene.mesh.faces))},
+        "mesh_backend": scene.mesh_backend,
         "rgb_mode": cfg.rgb,
         "rgb_source": scene.rgb_source,
         "gaussians": None
@@ -226,6 +228,14 @@ def create_app(render_scene: RenderScene, cfg: ServeConfig | None = None) -> Fla
     def render_batch():
         params = api.parse_batch_body(body_json(), cfg)
         return respond(render_all(params), params, batch=True)
+
+    @app.post("/render/rig")
+    def render_rig():
+        rig = api.parse_rig_body(body_json(), cfg)
+        with gate.slot():  # one admission for the whole rig: a tick's cameras are rendered together
+            results = [scene.render(p.camera.intrinsics(), p.c2w_cv[0], p.outputs) for p in rig.cameras]
+        body = api.encode_rig_npz(results, rig, scene.world_frame)
+        return Response(body, mimetype="application/x-npz", headers={"Cache-Control": "no-store"})
 
     def png_endpoint(output: str):
         params, vis, depth_max = api.parse_png_query(request.args, output, cfg)

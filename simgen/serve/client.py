@@ -60,6 +60,26 @@ def decode_npz(body: bytes) -> dict[str, Any]:
     return out
 
 
+def decode_rig_npz(body: bytes) -> dict[str, dict[str, Any]]:
+    """A ``/render/rig`` npz body -> ``{camera name: {rgb, depth | depth_mm, panoptic, K, c2w_cv, segments,
+    intrinsics}}`` (the arrays asked for; same meaning as :func:`decode_npz`), in request order."""
+    with np.load(io.BytesIO(body), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k not in ("segments", "meta")}
+        segments = json.loads(str(z["segments"]))
+        meta = json.loads(str(z["meta"]))
+    out: dict[str, dict[str, Any]] = {}
+    for cam in meta["cameras"]:
+        name, k = cam["name"], cam["intrinsics"]
+        r: dict[str, Any] = {
+            key.split("/", 1)[1]: v for key, v in arrays.items() if key.split("/", 1)[0] == name
+        }
+        r["segments"] = segments.get(name, [])
+        r["intrinsics"] = Intrinsics(k["fx"], k["fy"], k["cx"], k["cy"], k["width"], k["height"])
+        r["meta"] = {**{m: v for m, v in meta.items() if m != "cameras"}, **cam}
+        out[name] = r
+    return out
+
+
 class RenderClient:
     """Client of ``simgen serve``.
 
@@ -219,6 +239,47 @@ class RenderClient:
         status, _, payload = self.request("POST", "/render/batch" if batch else "/render", dict(body))
         self._check(status, payload)
         return decode_npz(payload)
+
+    def render_rig(
+        self,
+        pose: Pose,
+        cameras: Sequence[Mapping[str, Any]],
+        *,
+        convention: str = "gazebo",
+        depth_format: str = "float32",
+    ) -> dict[str, dict[str, Any]]:
+        """Render several cameras of one rig pose in one request (``POST /render/rig``).
+
+        Args:
+            pose: the rig (robot) frame in the world, as for :meth:`render`.
+            cameras: per camera ``{name, offset (a pose of the camera in the rig frame), width, height,
+                fx/fy/cx/cy or hfov_deg/hfov_rad, outputs}`` -- every key optional.
+
+        Returns:
+            ``{name: result}`` with each result like :meth:`render`'s.
+        """
+        cams = []
+        for c in cameras:
+            c = dict(c)
+            if "offset" in c:
+                c["offset"] = _pose_json(c["offset"])
+            if "outputs" in c:
+                c["outputs"] = list(c["outputs"])
+            cams.append(c)
+        body = {
+            "pose": _pose_json(pose),
+            "convention": convention,
+            "cameras": cams,
+            "encoding": "npz",
+            "depth_format": depth_format,
+        }
+        return self.post_rig(body)
+
+    def post_rig(self, body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """``POST /render/rig`` with a ready JSON body -> ``{camera name: decoded arrays}``."""
+        status, _, payload = self.request("POST", "/render/rig", dict(body))
+        self._check(status, payload)
+        return decode_rig_npz(payload)
 
     def png(self, output: str, pose: Mapping[str, float], **params: Any) -> tuple[bytes, dict[str, str]]:
         """``GET /render/<output>.png`` -> (PNG bytes, response headers)."""

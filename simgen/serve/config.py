@@ -48,6 +48,21 @@ class ServeConfig:
             "when the file exists, else mesh. Depth and panoptic always come from the mesh"
         },
     )
+    backend: Literal["raycast", "raster", "auto"] = field(
+        default="raycast",
+        metadata={
+            "help": "what renders depth, panoptic and mesh RGB: raycast = embree on the CPU; raster = OpenGL "
+            "(moderngl, headless EGL; a GPU, or Mesa's software rasterizer); auto = raster only where a "
+            "hardware GL device answers"
+        },
+    )
+    gaussians_device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto",
+        metadata={
+            "help": "where Gaussian RGB renders: cuda = gsplat on the GPU; cpu = the compiled CPU rasterizer; "
+            "auto = cuda when torch sees a GPU and gsplat imports"
+        },
+    )
     quiet: bool = field(default=False, metadata={"help": "no per-process start-up messages"})
 
     def threads(self) -> int:

@@ -241,6 +241,27 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
                     },
                 }
             },
+            "/render/rig": {
+                "post": {
+                    "summary": "Render several cameras of one rig pose (a robot's cameras, once per tick)",
+                    "operationId": "render_rig",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/RigRequest"}}
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "npz archive: <name>/rgb, <name>/depth|depth_mm, <name>/panoptic, "
+                            "<name>/K, <name>/c2w_cv per camera, segments {name: [...]}, meta (cameras, rig_pose)",
+                            "content": {"application/x-npz": {}},
+                        },
+                        **errors,
+                        **body_errors,
+                    },
+                }
+            },
             "/render/rgb.png": png_op("rgb", "RGB PNG"),
             "/render/depth.png": png_op(
                 "depth", "16-bit PNG in millimetres (0 = no hit), or a colourised RGB PNG with vis=1"
@@ -360,6 +381,40 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
                         **_output_properties(),
                     },
                 },
+                "RigCamera": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {
+                            "type": "string",
+                            "pattern": "^[A-Za-z0-9_-]{1,64}$",
+                            "description": "unique within the request (default cam<index>); prefixes its npz members",
+                        },
+                        "offset": {
+                            "$ref": "#/components/schemas/Pose",
+                            "description": "the camera frame in the rig frame, same convention (default: identity)",
+                        },
+                        **{k: v for k, v in cam.items() if k != "convention"},
+                        "outputs": _output_properties()["outputs"],
+                    },
+                },
+                "RigRequest": {
+                    "type": "object",
+                    "required": ["pose", "cameras"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "pose": {"$ref": "#/components/schemas/Pose"},
+                        "convention": cam["convention"],
+                        "cameras": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": cfg.max_batch,
+                            "items": {"$ref": "#/components/schemas/RigCamera"},
+                        },
+                        "encoding": {"type": "string", "enum": ["npz"], "default": "npz"},
+                        "depth_format": _output_properties()["depth_format"],
+                    },
+                },
                 "Scene": {
                     "type": "object",
                     "required": [
@@ -378,6 +433,12 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
                         "segments": {"type": "array", "items": {"type": "object"}},
                         "default_camera": {"type": "object"},
                         "stuff_id_offset": {"type": "integer"},
+                        "mesh_backend": {
+                            "type": "string",
+                            "enum": ["raycast", "raster"],
+                            "description": "what renders depth, panoptic and mesh rgb: embree ray casting or "
+                            "OpenGL rasterization (--backend)",
+                        },
                         "rgb_mode": {
                             "type": "string",
                             "enum": ["auto", "gaussians", "mesh"],

@@ -89,6 +89,10 @@ class RenderScene:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _default_camera: dict | None = field(default=None, repr=False)
     _fast: Any = field(default=None, repr=False)
+    backend: str = "raycast"  # mesh outputs: raycast | raster | auto (simgen.render.raster.BACKENDS)
+    gaussians_device: str = "auto"  # where the Gaussians render: cpu | cuda | auto (cuda with gsplat)
+    _raster: Any = field(default=None, repr=False)
+    _backend_used: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         m = self.mesh
@@ -110,7 +114,12 @@ class RenderScene:
         """Build the ray-casting BVH now (call in the process that serves; it is not fork-safe)."""
         self.raycaster  # noqa: B018 -- property access builds it
         self.fast  # noqa: B018
-        self.default_camera()
+        if self.mesh_backend == "raster":
+            self.raster  # noqa: B018
+        self._place_gaussians()
+        cam = self.default_camera()  # also loads the compiled caster kernels (numba cache) before requests
+        if self.gaussians is not None:  # and the rasterizer's: a tiny render
+            self.render_gaussian_rgb(Intrinsics(8.0, 8.0, 4.0, 3.0, 8, 6), cam["c2w_cv"])
         return self
 
     @property
@@ -164,6 +173,44 @@ class RenderScene:
                         self._fast = False
         return self._fast or None
 
+    def _place_gaussians(self) -> None:
+        """Move the Gaussians to the GPU when asked (``cuda``) or when ``auto`` finds CUDA and gsplat: the
+        rasterizer then runs gsplat's kernels. Called in the serving process (CUDA does not survive fork)."""
+        if self.gaussians is None or self.gaussians_device == "cpu" or self.gaussians.means.is_cuda:
+            return
+        import torch
+
+        from simgen.render.rasterize import gsplat_available
+
+        if self.gaussians_device == "cuda" and not torch.cuda.is_available():
+            raise SceneLoadError("gaussians_device='cuda' but torch sees no CUDA device")
+        if self.gaussians_device == "cuda" or (torch.cuda.is_available() and gsplat_available()):
+            self.gaussians = self.gaussians.to("cuda")
+
+    @property
+    def mesh_backend(self) -> str:
+        """``"raycast"`` (embree) or ``"raster"`` (OpenGL): what renders depth, panoptic and mesh RGB here.
+        ``backend="auto"`` is resolved on first use, in the process that renders (a GL context does not
+        survive ``fork``): raster only where a hardware GL device answers."""
+        if self._backend_used is None:
+            with self._lock:
+                if self._backend_used is None:
+                    from simgen.render.raster import resolve_backend
+
+                    self._backend_used = resolve_backend(self.backend)
+        return self._backend_used
+
+    @property
+    def raster(self):
+        """The OpenGL rasterizer (:class:`simgen.render.raster.GLRasterizer`), built on first use."""
+        if self._raster is None:
+            with self._lock:
+                if self._raster is None:
+                    from simgen.render.raster import GLRasterizer
+
+                    self._raster = GLRasterizer(self.mesh)
+        return self._raster
+
     def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
         """Render the requested outputs for one camera.
 
@@ -177,15 +224,15 @@ class RenderScene:
             "segments": [segment dicts in view, by id]}`` -- only the keys requested (segments with
             panoptic).
         """
-        fast = self.fast
+        fast = self.raster if self.mesh_backend == "raster" else self.fast
         if fast is None:
             return self.render_reference(K, c2w_cv, outputs)
         mesh_outputs = self._mesh_outputs(outputs)
         out = fast.render(K, c2w_cv, mesh_outputs) if mesh_outputs else {}
         if "panoptic" in out:
-            out["segments"] = [
-                self.segments[i] for i in np.unique(out["panoptic"]).tolist() if i in self.segments
-            ]
+            ids = out.pop("segment_ids", None)  # the compiled caster lists them; else sort the image
+            ids = np.unique(out["panoptic"]) if ids is None else ids
+            out["segments"] = [self.segments[i] for i in ids.tolist() if i in self.segments]
         if "rgb" in outputs and "rgb" not in mesh_outputs:
             out["rgb"] = self.render_gaussian_rgb(K, c2w_cv)
         return out
@@ -366,7 +413,9 @@ def gaussians_file(out_dir: str | Path, rgb: str = "auto") -> Path | None:
     return None
 
 
-def load_render_scene(out_dir: str | Path, warm: bool = True, rgb: str = "auto") -> RenderScene:
+def load_render_scene(
+    out_dir: str | Path, warm: bool = True, rgb: str = "auto", backend: str = "raycast"
+) -> RenderScene:
     """Load a build or export folder for serving.
 
     Reads ``panoptic_mesh.ply`` (+ ``instances.json`` for category names) from ``out_dir`` -- or, for an
@@ -381,6 +430,8 @@ def load_render_scene(out_dir: str | Path, warm: bool = True, rgb: str = "auto")
         rgb: RGB source, one of :data:`RGB_MODES`: ``"auto"`` renders ``gaussians.ply`` (next to the
             panoptic mesh) when it exists, else mesh colours; ``"gaussians"`` requires the file;
             ``"mesh"`` never reads it.
+        backend: what renders the mesh outputs: ``"raycast"`` (embree), ``"raster"`` (OpenGL through
+            moderngl; headless EGL), ``"auto"`` (raster where a hardware GL device answers).
 
     Raises:
         SceneLoadError: naming the missing or unreadable file.
@@ -415,7 +466,12 @@ def load_render_scene(out_dir: str | Path, warm: bool = True, rgb: str = "auto")
             raise SceneLoadError(f"{gauss_path}: cannot read Gaussians ({e})") from e
         if len(gaussians) == 0:
             raise SceneLoadError(f"{gauss_path}: holds no Gaussians")
+    from simgen.render.raster import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     scene = RenderScene(
         mesh, _read_categories(mesh_dir, mesh), T, frame, folder.resolve(), gaussians, gauss_path
     )
+    scene.backend = backend
     return scene.warm() if warm else scene

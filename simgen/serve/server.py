@@ -67,7 +67,12 @@ def _serve_socket(scene: RenderScene, cfg: ServeConfig, sock: socket.socket) -> 
     scene.warm()
     app = create_app(scene, cfg)
     if not cfg.quiet:
-        print(f"[simgen serve] worker {os.getpid()} ready", file=sys.stderr, flush=True)
+        gl = f" ({scene.raster.renderer})" if scene.mesh_backend == "raster" else ""
+        print(
+            f"[simgen serve] worker {os.getpid()} ready, mesh backend {scene.mesh_backend}{gl}",
+            file=sys.stderr,
+            flush=True,
+        )
     waitress.serve(
         app,
         sockets=[sock],
@@ -92,7 +97,10 @@ def serve(out_dir: str | Path, cfg: ServeConfig) -> int:
     workers = cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
     if gaussians_file(out_dir, cfg.rgb) is not None:
         single_thread_torch()
-    scene = load_render_scene(out_dir, warm=workers == 1, rgb=cfg.rgb)
+    scene = load_render_scene(out_dir, warm=False, rgb=cfg.rgb, backend=cfg.backend)
+    scene.gaussians_device = cfg.gaussians_device
+    if workers == 1:
+        scene.warm()
     sock = bind_socket(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host

@@ -70,7 +70,7 @@ class DriveBag:
         spawn: ``(x, y, yaw)`` robot start in the world (m, rad): the ``odom`` frame.
         camera_xyz: camera link origin in the robot's model frame (m); the link is not rotated.
         K: ``(3, 3)`` intrinsics of the rendered images in the ROS convention (pixels; first pixel centre
-            at 0, :func:`simgen.sim.ros2.ros_camera_matrix`); ``width``, ``height`` their size.
+            at 0, :func:`simgen.data.camera.ros_camera_matrix`); ``width``, ``height`` their size.
     """
 
     def __init__(

@@ -235,10 +235,11 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
 
 
 def _open_bag(cfg: DriveConfig, spawn: tuple[float, float, float]):
+    from simgen.data.camera import ros_camera_matrix
     from simgen.serve import api
     from simgen.serve.config import ServeConfig
     from simgen.sim.bag import DriveBag
-    from simgen.sim.ros2 import ros_camera_matrix, ros_names
+    from simgen.sim.ros2 import ros_names
     from simgen.sim.world import WorldConfig, jackal_model_sdf
 
     body = {"pose": {"x": 0, "y": 0, "z": 0, "qx": 0, "qy": 0, "qz": 0, "qw": 1}, "width": cfg.width}

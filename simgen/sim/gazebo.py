@@ -26,13 +26,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from simgen.data.camera import ros_camera_matrix
 from simgen.data.io import id_to_rgb
 from simgen.serve.scene import OUTPUTS
 
@@ -247,6 +248,61 @@ def render_request(cfg: BridgeConfig, pose: Mapping[str, float]) -> dict:
     }
 
 
+RIG_SHARED = ("server", "camera_link", "rate_hz", "timeout_s", "asynchronous")  # one link, one request a tick
+
+
+def rig_configs(shared: Mapping[str, str], cameras: Sequence[Mapping[str, str]]) -> list[BridgeConfig]:
+    """Settings of a camera rig: the plugin block's elements ``shared`` plus one ``<camera>`` block each.
+
+    A camera block's elements override the shared ones for that camera (``camera_offset``, ``width``,
+    ``topic``...); :data:`RIG_SHARED` settings must not differ per camera, since the rig is one link rendered
+    by one request per tick. Topics must differ. Raises BridgeConfigError naming the element.
+    """
+    if not cameras:
+        return [config_from_sdf(shared)]
+    cfgs = []
+    for i, cam in enumerate(cameras):
+        clash = [k for k in RIG_SHARED if k in cam]
+        if clash:
+            raise BridgeConfigError(clash[0], f"camera {i}: set once for the whole rig, not per <camera>")
+        cfgs.append(config_from_sdf({**shared, **cam}))
+    topics = [c.topic.rstrip("/") for c in cfgs]
+    for i, t in enumerate(topics):
+        if t in topics[:i]:
+            raise BridgeConfigError("topic", f"camera {i}: topic {t!r} is already used by another camera")
+    return cfgs
+
+
+def rig_camera_name(cfg: BridgeConfig, index: int) -> str:
+    """The ``/render/rig`` camera name of a rig camera: its topic with ``/`` as ``_`` (unique per rig)."""
+    name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in cfg.topic.strip("/"))[:64]
+    return name or f"cam{index}"
+
+
+def rig_request(cfgs: Sequence[BridgeConfig], link_pose: Mapping[str, float]) -> dict:
+    """``POST /render/rig`` body: the link's world pose (gazebo axes) and each camera's offset in the link
+    frame, image size, field of view and outputs (npz; float32 depth)."""
+    cams = []
+    for i, cfg in enumerate(cfgs):
+        cams.append(
+            {
+                "name": rig_camera_name(cfg, i),
+                "offset": camera_pose((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), cfg.camera_offset),
+                "width": cfg.width,
+                "height": cfg.height,
+                "hfov_rad": cfg.hfov_rad,
+                "outputs": list(cfg.outputs),
+            }
+        )
+    return {
+        "pose": dict(link_pose),
+        "convention": "gazebo",
+        "cameras": cams,
+        "encoding": "npz",
+        "depth_format": "float32",
+    }
+
+
 def stamp(t: float) -> tuple[int, int]:
     """Seconds -> ``(sec, nsec)`` of ``gz.msgs.Time``."""
     sec = math.floor(t)
@@ -255,8 +311,10 @@ def stamp(t: float) -> tuple[int, int]:
 
 
 def camera_info_fields(K: np.ndarray, width: int, height: int, header: dict) -> dict:
-    """``gz.msgs.CameraInfo`` fields of a pinhole camera without distortion (``K (3, 3)``, pixels)."""
-    K = np.asarray(K, dtype=np.float64)
+    """``gz.msgs.CameraInfo`` fields of a pinhole camera without distortion (``K (3, 3)``, simgen's pixel
+    convention). The message carries the ROS convention (the first pixel's centre at 0, half a pixel off
+    simgen's), since ros_gz_bridge hands it to ROS ``sensor_msgs/CameraInfo`` unchanged."""
+    K = ros_camera_matrix(K)
     P = np.zeros((3, 4))
     P[:, :3] = K
     return {
@@ -335,23 +393,38 @@ class BridgeStats:
 
 
 class CameraBridge:
-    """Rate-limited renders of a moving camera, published as messages.
+    """Rate-limited renders of a moving camera (or a rig of cameras on one link), published as messages.
 
     Args:
-        cfg: settings.
-        render: ``render(body) -> result`` (e.g. :meth:`simgen.serve.client.RenderClient.post_render`); raises on
-            failure.
+        cfg: settings; a list of several (:func:`rig_configs`) makes a rig: every due tick sends one
+            ``POST /render/rig`` for all of them, so their images share the pose and the stamp.
+        render: ``render(body) -> result`` (e.g. :meth:`simgen.serve.client.RenderClient.post_render`; for a
+            rig :meth:`~simgen.serve.client.RenderClient.post_rig`, returning ``{camera name: result}``);
+            raises on failure.
         publish: ``publish(topic, kind, fields)``; called from the render thread when asynchronous.
         frame_id: header frame id (``cfg.frame_id`` wins when set).
     """
 
     def __init__(
         self,
-        cfg: BridgeConfig,
+        cfg: BridgeConfig | Sequence[BridgeConfig],
         render: Callable[[dict], Mapping[str, Any]],
         publish: Callable[[str, str, dict], None],
         frame_id: str = "camera",
     ):
+        cams = [cfg] if isinstance(cfg, BridgeConfig) else list(cfg)
+        if not cams:
+            raise ValueError("CameraBridge needs at least one camera")
+        for k in RIG_SHARED:
+            if any(getattr(c, k) != getattr(cams[0], k) for c in cams):
+                raise BridgeConfigError(k, "must be the same for every camera of a rig")
+        self.cameras = cams
+        self.rig = len(cams) > 1
+        names = [rig_camera_name(c, i) for i, c in enumerate(cams)]
+        if len(set(names)) < len(names):
+            raise BridgeConfigError("topic", f"rig cameras need topics that differ in more than '/': {names}")
+        self.frame_ids = [c.frame_id or frame_id for c in cams]
+        cfg = cams[0]
         self.cfg = cfg
         self.render = render
         self.publish = publish
@@ -374,7 +447,12 @@ class CameraBridge:
         """Called every simulation step with the camera link's world pose; True when a render was started."""
         if not self.limiter.due(t):
             return False
-        body = render_request(self.cfg, camera_pose(link_position, link_quat_xyzw, self.cfg.camera_offset))
+        if self.rig:
+            body = rig_request(self.cameras, camera_pose(link_position, link_quat_xyzw))
+        else:
+            body = render_request(
+                self.cfg, camera_pose(link_position, link_quat_xyzw, self.cfg.camera_offset)
+            )
         self.stats.requested += 1
         if not self.cfg.asynchronous:
             self._render_and_publish(t, body)
@@ -444,6 +522,12 @@ class CameraBridge:
                 )
                 self._last_log = now
             return
-        for topic, kind, msg in build_messages(self.cfg, result, t, self.frame_id):
-            self.publish(topic, kind, msg)
+        if not self.rig:
+            parts = [(self.cfg, result, self.frame_id)]
+        else:
+            names = [rig_camera_name(c, i) for i, c in enumerate(self.cameras)]
+            parts = [(c, result[n], f) for c, n, f in zip(self.cameras, names, self.frame_ids, strict=True)]
+        for cfg, res, frame_id in parts:
+            for topic, kind, msg in build_messages(cfg, res, t, frame_id):
+                self.publish(topic, kind, msg)
         self.stats.published += 1

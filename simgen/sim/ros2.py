@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import yaml
 from lxml import etree
 
@@ -155,19 +154,6 @@ def bridge_yaml(entries: list[BridgeEntry]) -> str:
         "# ros2 run ros_gz_bridge parameter_bridge --ros-args -p config_file:=<this file>\n"
     )
     return header + yaml.safe_dump([asdict(e) for e in entries], sort_keys=False)
-
-
-def ros_camera_matrix(K) -> np.ndarray:
-    """simgen intrinsics ``(3, 3)`` -> the ``K`` of a ROS ``sensor_msgs/CameraInfo``.
-
-    simgen measures ``(cx, cy)`` from the top-left corner of the top-left pixel (pixel centres at
-    ``i + 0.5``); ROS and OpenCV put the first pixel's centre at 0, so the principal point moves by half a
-    pixel: a centred 320 x 240 camera has ``cx, cy = 160, 120`` in simgen and ``159.5, 119.5`` in ROS.
-    """
-    K = np.array(K, dtype=np.float64)
-    K[0, 2] -= 0.5
-    K[1, 2] -= 0.5
-    return K
 
 
 # -- frames ---------------------------------------------------------------------------------------------------
