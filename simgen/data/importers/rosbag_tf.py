@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from simgen.data.importers.common import DatasetImportError
 
@@ -64,6 +63,8 @@ class Edge:
 
     def at(self, stamps: np.ndarray) -> np.ndarray:
         """``T_parent_child`` ``(M, 4, 4)`` at ``stamps`` ``(M,)`` int64 ns (each inside the range)."""
+        from scipy.spatial.transform import Rotation  # lazy: keeps `simgen --help` fast
+
         m = len(stamps)
         T = np.tile(np.eye(4), (m, 1, 1))
         if self.static or len(self.stamps) == 1:
