@@ -191,6 +191,7 @@ def write_synthetic_bag(
     height: int = 72,
     seed: int = 0,
     distortion: tuple[float, ...] | None = None,
+    distortion_model: str = "plumb_bob",
     depth_delay_ns: int = 0,
     delta_before_ns: int = 4_000_000,
     delta_after_ns: int = 9_000_000,
@@ -288,8 +289,12 @@ def write_synthetic_bag(
                 )
                 dep = distort_image(dep, K, distortion, nearest=True)
             D = tuple(distortion) if distortion is not None else (0.0,) * 5
-            bag.camera_info("/camera/color/camera_info", stamps[k], "camera_color_optical_frame", K, D)
-            bag.camera_info(info_depth, ns_d, depth_frame, K_depth, D if registered else (0.0,) * 5)
+            bag.camera_info(
+                "/camera/color/camera_info", stamps[k], "camera_color_optical_frame", K, D, distortion_model
+            )
+            bag.camera_info(
+                info_depth, ns_d, depth_frame, K_depth, D if registered else (0.0,) * 5, distortion_model
+            )
             if color_format in ("rgb8", "bgr8"):
                 bag.image(color_topic, stamps[k], "camera_color_optical_frame",
                           rgb[..., ::-1] if color_format == "bgr8" else rgb, color_format)  # fmt: skip

@@ -391,9 +391,14 @@ def _image_namespace(topic: str) -> str:
 
 def _choose_info(
     reader, flag: str | None, image_topic: str, frame_id: str, size: tuple[int, int], what: str,
-    types: dict[str, str], counts: dict[str, int],
+    types: dict[str, str], counts: dict[str, int], prefer: str | None = None,
 ) -> str | None:  # fmt: skip
-    """The CameraInfo topic of an image stream, or None when none matches (the caller decides)."""
+    """The CameraInfo topic of an image stream, or None when none matches (the caller decides).
+
+    Without a flag: the sibling ``camera_info`` of the image topic, else the one CameraInfo whose
+    frame and size match the images; among several, ``prefer`` (the colour camera's, for depth
+    registered to it) wins, otherwise the choice is refused.
+    """
     option = "--color-info-topic" if what == "colour" else "--depth-info-topic"
     infos = [t for t, ty in sorted(types.items()) if ty == CAMERA_INFO and counts.get(t, 0) > 0]
     if flag:
@@ -414,6 +419,8 @@ def _choose_info(
             matching.append(t)
     if len(matching) == 1:
         return matching[0]
+    if prefer in matching:
+        return prefer
     if len(matching) > 1:
         raise DatasetImportError(
             f"several CameraInfo topics match the {what} images of {image_topic} (frame {frame_id!r}, "
@@ -550,7 +557,15 @@ def import_rosbag(bag: str | Path, out: str | Path, cfg: RosbagConfig | None = N
             )
         cam_c = _camera(c_info, infos, color)
         d_info = _choose_info(
-            reader, cfg.depth_info_topic, depth_topic, depth.frame_id, depth.size, "depth", types, counts
+            reader,
+            cfg.depth_info_topic,
+            depth_topic,
+            depth.frame_id,
+            depth.size,
+            "depth",
+            types,
+            counts,
+            c_info,
         )
         if d_info is None:
             if depth.frame_id == color.frame_id and depth.size == color.size:
