@@ -13,7 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.rosbag_writer import T0_NS, BagWriter, distort_image, header, rigid, write_synthetic_bag
+from helpers.rosbag_writer import (
+    T0_NS,
+    BagWriter,
+    distort_image,
+    distort_points,
+    header,
+    rigid,
+    write_synthetic_bag,
+)
 from scipy.spatial.transform import Rotation, Slerp
 
 from simgen.cli import main
@@ -131,6 +139,21 @@ def test_distortion_is_removed(tmp_path: Path) -> None:
         # each pixel gets the depth of itself or of a neighbour, to the millimetre.
         lo, hi = minimum_filter(g, 3) - 0.0005 - 1e-6, maximum_filter(g, 3) + 0.0005 + 1e-6
         assert ((d >= lo) & (d <= hi))[ok].mean() > 0.99
+
+
+def test_distortion_models_match_opencv_formulas() -> None:
+    """The forward models against OpenCV's documented formulas (written independently, test-side)."""
+    from simgen.data.importers.rosbag_camera import distort
+
+    rng = np.random.default_rng(5)
+    x, y = rng.uniform(-0.7, 0.7, 200), rng.uniform(-0.5, 0.5, 200)
+    D5 = (-0.28, 0.07, 0.0012, -0.0009, 0.013)
+    assert np.allclose(distort(x, y, "plumb_bob", D5), distort_points(x, y, D5), atol=1e-12, rtol=0)
+    k1, k2, p1, p2, k3, k4, k5, k6 = D8 = (0.4, -0.1, 0.001, 0.002, 0.02, 0.6, -0.05, 0.01)
+    r2 = x**2 + y**2
+    f = (1 + k1 * r2 + k2 * r2**2 + k3 * r2**3) / (1 + k4 * r2 + k5 * r2**2 + k6 * r2**3)
+    ref = (x * f + 2 * p1 * x * y + p2 * (r2 + 2 * x**2), y * f + p1 * (r2 + 2 * y**2) + 2 * p2 * x * y)
+    assert np.allclose(distort(x, y, "rational_polynomial", D8), ref, atol=1e-12, rtol=0)
 
 
 def test_undistort_identity_without_distortion() -> None:
