@@ -175,37 +175,40 @@ def reproject_depth(
     H, W = depth.shape
     Hd, Wd = K_dst.height, K_dst.width
     out = np.full(Hd * Wd, np.inf)
-    u, v = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
     z = depth.astype(np.float64)
-    P = np.stack([(u - K_src.cx) / K_src.fx * z, (v - K_src.cy) / K_src.fy * z, z], axis=-1)
-    Q = P @ T_dst_src[:3, :3].T + T_dst_src[:3, 3]
-    valid = (z > 0) & (Q[..., 2] > 1e-6)
+    # Source camera points, one (H, W) grid per coordinate (component grids slice and combine
+    # faster than (H, W, 3) stacks).
+    x = (np.arange(W) + 0.5 - K_src.cx) / K_src.fx * z
+    y = ((np.arange(H) + 0.5 - K_src.cy) / K_src.fy)[:, None] * z
+    R, t = T_dst_src[:3, :3], T_dst_src[:3, 3]
+    qx, qy, qz = (R[i, 0] * x + R[i, 1] * y + R[i, 2] * z + t[i] for i in range(3))
+    valid = (z > 0) & (qz > 1e-6)
     with np.errstate(divide="ignore", invalid="ignore"):
+        iz = 1.0 / qz
         # Continuous coordinates with pixel centres at integers (pixel k spans [k - 0.5, k + 0.5)).
-        px = K_dst.fx * Q[..., 0] / Q[..., 2] + K_dst.cx - 0.5
-        py = K_dst.fy * Q[..., 1] / Q[..., 2] + K_dst.cy - 0.5
+        px = K_dst.fx * qx * iz + K_dst.cx - 0.5
+        py = K_dst.fy * qy * iz + K_dst.cy - 0.5
     # The two triangles of each 2x2 block of pixel centres (a b / c d): (a, b, c) and (b, d, c),
     # gathered by slicing the grids (much faster than fancy indexing with vertex ids).
     corners = [(slice(None, -1), slice(None, -1)), (slice(None, -1), slice(1, None)),
                (slice(1, None), slice(None, -1)), (slice(1, None), slice(1, None))]  # fmt: skip
-    Xs, Ys, IZs, Ps, Vs = [], [], [], [], []
+    cos_max = np.cos(np.deg2rad(max_grazing_deg))
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for tri in ((0, 1, 2), (1, 3, 2)):
-        sl = [corners[k] for k in tri]
-        ok = valid[sl[0]] & valid[sl[1]] & valid[sl[2]]
-        Vs.append(ok)
-        Ps.append([P[s][ok] for s in sl])
-        Xs.append(np.stack([px[s][ok] for s in sl], 1))
-        Ys.append(np.stack([py[s][ok] for s in sl], 1))
-        IZs.append(np.stack([1.0 / Q[..., 2][s][ok] for s in sl], 1))
-    p0, p1, p2 = (np.concatenate([Ps[0][k], Ps[1][k]]) for k in range(3))
-    # Grazing test in the source camera, where the mesh was sampled.
-    n = np.cross(p1 - p0, p2 - p0)
-    ray = p0 + p1 + p2
-    cos = np.abs(np.einsum("ij,ij->i", n, ray)) / (
-        np.sqrt(np.einsum("ij,ij->i", n, n) * np.einsum("ij,ij->i", ray, ray)) + 1e-300
-    )
-    surface = cos > np.cos(np.deg2rad(max_grazing_deg))
-    X, Y, IZ = (np.concatenate(a)[surface] for a in (Xs, Ys, IZs))  # (T, 3) each
+        a, b, c = (corners[k] for k in tri)
+        ok = valid[a] & valid[b] & valid[c]
+        # Grazing test in the source camera, where the mesh was sampled: |n . ray| > cos |n| |ray|.
+        e1 = [g[b] - g[a] for g in (x, y, z)]
+        e2 = [g[c] - g[a] for g in (x, y, z)]
+        n = (e1[1] * e2[2] - e1[2] * e2[1], e1[2] * e2[0] - e1[0] * e2[2], e1[0] * e2[1] - e1[1] * e2[0])
+        ray = [g[a] + g[b] + g[c] for g in (x, y, z)]
+        dot = n[0] * ray[0] + n[1] * ray[1] + n[2] * ray[2]
+        nn = n[0] ** 2 + n[1] ** 2 + n[2] ** 2
+        rr = ray[0] ** 2 + ray[1] ** 2 + ray[2] ** 2
+        with np.errstate(invalid="ignore"):
+            ok &= dot * dot > cos_max * cos_max * nn * rr
+        parts.append(tuple(np.stack([g[a][ok], g[b][ok], g[c][ok]], 1) for g in (px, py, iz)))  # type: ignore[misc]
+    X, Y, IZ = (np.concatenate([p[k] for p in parts]) for k in range(3))  # (T, 3) each
     if len(X) == 0:
         return np.zeros((Hd, Wd), dtype=np.float32)
     # Bounding boxes of pixel centres, widened by a hair so that a vertex that lands on a centre
