@@ -270,9 +270,10 @@ def test_sharpness_drops_with_blur() -> None:
     assert sharpness(blurred) < 0.2 * sharpness(rgb)
 
 
-def test_blurred_frames_are_skipped_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("color", ["rgb8", "jpeg"])
+def test_blurred_frames_are_skipped_end_to_end(tmp_path: Path, color: str) -> None:
     path = tmp_path / "bag"
-    _small_bag(path, n=9, blurred=(4,))
+    _small_bag(path, n=9, blurred=(4,), colors=(("/cam/color/image_raw", color),))
     report = import_rosbag(
         path, tmp_path / "scene", RosbagConfig(min_translation=0, min_rotation=0, quiet=True)
     )
@@ -300,11 +301,15 @@ def _small_bag(
     extra_static: bool = False,
     blurred: tuple[int, ...] = (),
 ) -> None:
-    """A tiny 32x24 RGB-D bag: camera frames 'cam_color' and 'cam_depth' (registered: same frame)."""
+    """A tiny 64x48 RGB-D bag, depth registered to colour (frame 'cam_color'); colour encoding
+    'jpeg' writes a CompressedImage on <topic>/compressed."""
+    import io
+
+    from PIL import Image
     from scipy.ndimage import uniform_filter
 
     rng = np.random.default_rng(1)
-    K = Intrinsics(30.0, 30.0, 16.0, 12.0, 32, 24)
+    K = Intrinsics(60.0, 60.0, 32.0, 24.0, 64, 48)
     stamps = [T0_NS + k * 33_333_333 for k in range(n)]
     lo, hi = tf_stamps or (stamps[0] - 1, stamps[-1] + 1)
     with BagWriter(path, storage) as bag:
@@ -314,15 +319,22 @@ def _small_bag(
         for ns in (lo, hi):
             bag.tf(ns, [("odom", "base", rigid(None, (ns - lo) * 1e-9 * np.array([1.0, 0, 0])))])
         for k, ns in enumerate(stamps):
-            tex = rng.integers(0, 255, (24, 32, 3)).astype(np.uint8)
+            tex = rng.integers(0, 255, (48, 64, 3)).astype(np.uint8)
             if k in blurred:
                 tex = uniform_filter(tex.astype(float), size=(5, 5, 1)).astype(np.uint8)
             for topic, enc in colors:
-                bag.image(topic, ns, "cam_color", tex if enc != "rgb16" else tex.astype(np.uint16), enc)
+                if enc == "jpeg":
+                    buf = io.BytesIO()
+                    Image.fromarray(tex).save(buf, format="JPEG", quality=95)
+                    bag.compressed(
+                        topic + "/compressed", ns, "cam_color", buf.getvalue(), "rgb8; jpeg compressed bgr8"
+                    )
+                else:
+                    bag.image(topic, ns, "cam_color", tex if enc != "rgb16" else tex.astype(np.uint16), enc)
                 if infos:
                     bag.camera_info(topic.rsplit("/", 1)[0] + "/camera_info", ns, "cam_color", K)
             for topic, enc in depths:
-                arr = np.full((24, 32), 1500, np.uint16) if enc == "16UC1" else np.full((24, 32), 9, np.uint8)
+                arr = np.full((48, 64), 1500, np.uint16) if enc == "16UC1" else np.full((48, 64), 9, np.uint8)
                 bag.image(topic, ns + depth_offset_ns, "cam_color", arr, enc)
 
 
