@@ -445,7 +445,7 @@ def test_missing_camera_info(tmp_path: Path) -> None:
     _small_bag(tmp_path / "bag", infos=False)
     with pytest.raises(
         DatasetImportError,
-        match=r"no CameraInfo for the colour images of /cam/color/image_raw \(frame 'cam_color', 32x24\)",
+        match=r"no CameraInfo for the colour images of /cam/color/image_raw \(frame 'cam_color', 64x48\)",
     ):
         _import(tmp_path)
 
