@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import shutil
 import statistics
 import sys
@@ -180,11 +181,17 @@ def main() -> int:
                 f"{case}: wrote {n} frames ({size:.0f} MiB, {args.storage}) in {time.perf_counter() - t0:.1f} s"
             )
             floor, default, every = [], [], []
-            for _ in range(args.runs):
+            for r in range(args.runs):
                 floor.append(read_floor(bag))
                 default.append(time_import(bag, scratch / "scene", every=False))
                 if case in args.every_frame:
                     every.append(time_import(bag, scratch / "scene", every=True))
+                done = f"floor {floor[-1]:.1f} s, default {default[-1][0]:.1f} s"
+                done += f", every frame {every[-1][0]:.1f} s" if every else ""
+                print(
+                    f"  run {r + 1}: {done} (load {' '.join(f'{x:.1f}' for x in os.getloadavg())})",
+                    flush=True,
+                )
             f = statistics.median(floor)
             for name, runs in (("default", default), ("every frame", every)):
                 if not runs:
