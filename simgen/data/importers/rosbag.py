@@ -710,6 +710,12 @@ def import_rosbag(bag: str | Path, out: str | Path, cfg: RosbagConfig | None = N
             j = kept[k]
             c_where = f"{color_topic} at stamp {format_stamp(color.stamps[idx[j]])}"
             d_where = f"{depth_topic} at stamp {format_stamp(depth.stamps[pair[idx[j]]])}"
+            if _stamp(rgb_msg) != color.stamps[idx[j]] or _stamp(d_msg) != depth.stamps[pair[idx[j]]]:
+                # Messages are found again by their position in the topic; a storage that returned
+                # them in another order the second time must not pair the wrong images silently.
+                raise DatasetImportError(
+                    f"{c_where}: the bag returned its messages in another order on the second read"
+                )
             rgb = decode_color(rgb_msg, color.msgtype, c_where)
             dep = decode_depth(d_msg, depth.msgtype, d_where, cfg.depth_scale)
             for arr, st, where in ((rgb, color, c_where), (dep, depth, d_where)):
