@@ -485,3 +485,34 @@ def test_cli(tmp_path: Path, capsys) -> None:
     assert "output folder is not empty (pass --overwrite" in capsys.readouterr().err
     assert main(["import", "rosbag", str(tmp_path / "bag"), str(out), "--sync-tolerance", "-1"]) == 2
     assert "--sync-tolerance must be >= 0" in capsys.readouterr().err
+
+
+def test_decode_padding_byte_order_and_invalid_depth() -> None:
+    """Row padding (step > width * bytes), BGRA order, big-endian 16UC1, NaN / inf / negative 32FC1."""
+    from rosbags.typesys import Stores, get_typestore
+
+    from simgen.data.importers.rosbag import IMAGE, decode_color, decode_depth
+
+    ts = get_typestore(Stores.ROS2_HUMBLE)
+    rng = np.random.default_rng(2)
+
+    def image(arr: np.ndarray, enc: str, pad: int, big: bool = False):
+        h, w = arr.shape[:2]
+        rows = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder(">" if big else "<"))).view(np.uint8)
+        rows = rows.reshape(h, -1)
+        data = np.concatenate([rows, np.zeros((h, pad), np.uint8)], axis=1).ravel()
+        return ts.types["sensor_msgs/msg/Image"](
+            header=header(ts, T0_NS, "c"), height=h, width=w, encoding=enc, is_bigendian=int(big),
+            step=rows.shape[1] + pad, data=data,
+        )  # fmt: skip
+
+    rgba = rng.integers(0, 255, (5, 7, 4), dtype=np.uint8)
+    out = decode_color(image(rgba[..., [2, 1, 0, 3]], "bgra8", pad=3), IMAGE, "t")
+    assert np.array_equal(out, rgba[..., :3])
+    mm = rng.integers(1, 5000, (5, 7)).astype(np.uint16)
+    d = decode_depth(image(mm, "16UC1", pad=2, big=True), IMAGE, "t", 1000.0)
+    assert np.allclose(d, mm / 1000.0)
+    f = rng.uniform(0.5, 4.0, (5, 7)).astype(np.float32)
+    f[0, :3] = [np.nan, np.inf, -1.0]
+    d = decode_depth(image(f, "32FC1", pad=4), IMAGE, "t", 1000.0)
+    assert np.array_equal(d[0, :3], [0, 0, 0]) and np.array_equal(d[1:], f[1:])
