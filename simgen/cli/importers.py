@@ -91,6 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("out", metavar="OUT", help="scene folder to write")
         add_dataclass_args(q, cls)
         q.set_defaults(func=cmd_import_phone, config_cls=cls)
+    _register_rosbag(datasets)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -113,6 +114,47 @@ def cmd_import_phone(args: argparse.Namespace) -> int:
     run = record3d.import_record3d if args.dataset == "record3d" else nerfstudio.import_nerfstudio
     try:
         run(args.src, args.out, cfg)
+    except DatasetImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+ROSBAG_EXAMPLES = """examples:
+  simgen import rosbag jackal_2024-05-01 scenes/lab                 # the bag's only RGB-D stream, poses in its TF root
+  simgen import rosbag run.mcap scenes/lab --world-frame odom --min-translation 0.1 --min-rotation 10
+  simgen import rosbag run.db3 scenes/lab --color-topic /camera/color/image_raw/compressed \\
+      --depth-topic /camera/aligned_depth_to_color/image_raw --sync-tolerance 0.01
+  simgen label scenes/lab                                           # then add panoptic pseudo-labels
+"""
+
+
+def _register_rosbag(datasets: argparse._SubParsersAction) -> None:
+    from simgen.cli.common import Formatter
+    from simgen.data.importers.rosbag import RosbagConfig
+
+    what = "a ROS 2 bag (rosbag2: MCAP or sqlite3) of an RGB-D camera with TF"
+    q = datasets.add_parser(
+        "rosbag",
+        help=f"import {what}",
+        description=f"Import {what} into an unlabelled scene folder: colour + depth (+ CameraInfo) topics, "
+        "camera poses from /tf and /tf_static at each image stamp. Add pseudo-labels afterwards with "
+        "`simgen label OUT`. See docs/importers.md (ROS 2 bags).",
+        epilog=ROSBAG_EXAMPLES,
+        formatter_class=Formatter,
+    )
+    q.add_argument("src", metavar="BAG", help="rosbag2 folder (with metadata.yaml) or one .mcap / .db3 file")
+    q.add_argument("out", metavar="OUT", help="scene folder to write")
+    add_dataclass_args(q, RosbagConfig)
+    q.set_defaults(func=cmd_import_rosbag, config_cls=RosbagConfig)
+
+
+def cmd_import_rosbag(args: argparse.Namespace) -> int:
+    from simgen.data.importers.rosbag import import_rosbag
+
+    cfg = dataclass_from_args(args.config_cls, args)
+    try:
+        import_rosbag(args.src, args.out, cfg)
     except DatasetImportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

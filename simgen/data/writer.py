@@ -45,13 +45,17 @@ class SceneWriter:
         self,
         rgb: np.ndarray,
         depth_m: np.ndarray,
-        panoptic: np.ndarray,
+        panoptic: np.ndarray | None,
         segments: list[Segment],
         c2w_gl: np.ndarray,
         gt_panoptic: np.ndarray | None = None,
         name: str | None = None,
     ) -> str:
-        """Write one frame; ``c2w_gl`` is camera-to-world with OpenGL camera axes. Returns its file_path."""
+        """Write one frame; ``c2w_gl`` is camera-to-world with OpenGL camera axes. Returns its file_path.
+
+        ``panoptic`` None writes an unlabelled frame (no ``panoptic_file_path`` / ``segments_info``),
+        as the importers of sources without labels do (``simgen label`` adds them later).
+        """
         i = len(self._frames)
         stem = name or f"{i:05d}"
         rel = {
@@ -61,17 +65,17 @@ class SceneWriter:
         }
         io.write_image(self.root / rel["file_path"], rgb)
         io.write_depth(self.root / rel["depth_file_path"], depth_m, self.depth_unit_scale)
-        io.write_panoptic(self.root / rel["panoptic_file_path"], panoptic)
-        self._frames.append(
-            {
-                **rel,
-                "segments_info": [
-                    {"id": int(s.id), "category_id": int(s.category_id), "score": round(float(s.score), 4)}
-                    for s in segments
-                ],
-                "transform_matrix": np.asarray(c2w_gl, dtype=float).round(8).tolist(),
-            }
-        )
+        entry: dict[str, Any] = {**rel}
+        if panoptic is None:
+            del entry["panoptic_file_path"]
+        else:
+            io.write_panoptic(self.root / rel["panoptic_file_path"], panoptic)
+            entry["segments_info"] = [
+                {"id": int(s.id), "category_id": int(s.category_id), "score": round(float(s.score), 4)}
+                for s in segments
+            ]
+        entry["transform_matrix"] = np.asarray(c2w_gl, dtype=float).round(8).tolist()
+        self._frames.append(entry)
         if gt_panoptic is not None:
             gt_rel = f"panoptic/{stem}.png"
             io.write_panoptic(self.root / GT_DIR / gt_rel, gt_panoptic)
