@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from simgen.config import add_dataclass_args, dataclass_from_args
+from simgen.cli.common import config_from_args, error
+from simgen.config import add_dataclass_args
 from simgen.data.importers.common import DatasetImportError
 from simgen.data.importers.nerfstudio import NerfstudioConfig
 from simgen.data.importers.record3d import Record3DConfig
@@ -44,17 +44,17 @@ SCANNET_EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from simgen.cli.common import Formatter
+    from simgen.cli.common import add_command
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "import",
         help="convert a Replica (Semantic-NeRF) or ScanNet folder into a scene",
         description="Convert a public RGB-D dataset layout into a scene folder (docs/scene-format.md). "
         "Pseudo-labels come from COCO panoptic predictions (--labels DIR) or from the dataset's own labels "
         "with per-frame ids scrambled (--labels-from-gt); the dataset's labels, when present, are also "
         "written as scene-consistent ground truth under gt/.",
-        epilog=EXAMPLES,
-        formatter_class=Formatter,
+        examples=EXAMPLES,
     )
     datasets = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     for name, cls, what, examples in (
@@ -63,12 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("scannet", ScanNetConfig, "an exported ScanNet scene (color/, depth/, pose/, intrinsic/, label-filt/, "
          "instance-filt/)", SCANNET_EXAMPLES),
     ):  # fmt: skip
-        q = datasets.add_parser(
+        q = add_command(
+            datasets,
             name,
             help=f"import {what}",
             description=f"Import {what} into a scene folder.",
-            epilog=examples,
-            formatter_class=Formatter,
+            examples=examples,
         )
         q.add_argument("src", metavar="SRC", help="source folder")
         q.add_argument("out", metavar="OUT", help="scene folder to write")
@@ -80,43 +80,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("nerfstudio", NerfstudioConfig, "an ns-process-data folder with depth (transforms.json with "
          "depth_file_path; Polycam / Record3D processed)", NERFSTUDIO_EXAMPLES),
     ):  # fmt: skip
-        q = datasets.add_parser(
+        q = add_command(
+            datasets,
             name,
             help=f"import {what}, without labels (then run simgen label)",
             description=f"Import {what} as a scene without pseudo-labels; 'simgen label' adds them.",
-            epilog=examples,
-            formatter_class=Formatter,
+            examples=examples,
         )
         q.add_argument("src", metavar="SRC", help="source file or folder")
         q.add_argument("out", metavar="OUT", help="scene folder to write")
         add_dataclass_args(q, cls)
-        q.set_defaults(func=cmd_import_phone, config_cls=cls)
+        q.set_defaults(func=cmd_import, config_cls=cls)
     _register_rosbag(datasets)
 
 
+# importer function of each dataset name, as "module:function" (imported only when that command runs)
+IMPORTERS = {
+    "replica": "simgen.data.importers.replica:import_replica",
+    "scannet": "simgen.data.importers.scannet:import_scannet",
+    "record3d": "simgen.data.importers.record3d:import_record3d",
+    "nerfstudio": "simgen.data.importers.nerfstudio:import_nerfstudio",
+    "rosbag": "simgen.data.importers.rosbag:import_rosbag",
+}
+
+
 def cmd_import(args: argparse.Namespace) -> int:
-    from simgen.data.importers import replica, scannet
+    """Every ``simgen import DATASET SRC OUT``: the dataset's config from the flags, then its importer."""
+    import importlib
 
-    cfg = dataclass_from_args(args.config_cls, args)
-    run = replica.import_replica if args.dataset == "replica" else scannet.import_scannet
+    module, name = IMPORTERS[args.dataset].split(":")
+    run = getattr(importlib.import_module(module), name)
+    cfg = config_from_args(args.config_cls, args)
     try:
         run(args.src, args.out, cfg)
     except DatasetImportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_import_phone(args: argparse.Namespace) -> int:
-    from simgen.data.importers import nerfstudio, record3d
-
-    cfg = dataclass_from_args(args.config_cls, args)
-    run = record3d.import_record3d if args.dataset == "record3d" else nerfstudio.import_nerfstudio
-    try:
-        run(args.src, args.out, cfg)
-    except DatasetImportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return error(str(e))
     return 0
 
 
@@ -130,32 +128,20 @@ ROSBAG_EXAMPLES = """examples:
 
 
 def _register_rosbag(datasets: argparse._SubParsersAction) -> None:
-    from simgen.cli.common import Formatter
+    from simgen.cli.common import add_command
     from simgen.data.importers.rosbag import RosbagConfig
 
     what = "a ROS 2 bag (rosbag2: MCAP or sqlite3) of an RGB-D camera with TF"
-    q = datasets.add_parser(
+    q = add_command(
+        datasets,
         "rosbag",
         help=f"import {what}",
         description=f"Import {what} into an unlabelled scene folder: colour + depth (+ CameraInfo) topics, "
         "camera poses from /tf and /tf_static at each image stamp. Add pseudo-labels afterwards with "
         "`simgen label OUT`. See docs/importers.md (ROS 2 bags).",
-        epilog=ROSBAG_EXAMPLES,
-        formatter_class=Formatter,
+        examples=ROSBAG_EXAMPLES,
     )
     q.add_argument("src", metavar="BAG", help="rosbag2 folder (with metadata.yaml) or one .mcap / .db3 file")
     q.add_argument("out", metavar="OUT", help="scene folder to write")
     add_dataclass_args(q, RosbagConfig)
-    q.set_defaults(func=cmd_import_rosbag, config_cls=RosbagConfig)
-
-
-def cmd_import_rosbag(args: argparse.Namespace) -> int:
-    from simgen.data.importers.rosbag import import_rosbag
-
-    cfg = dataclass_from_args(args.config_cls, args)
-    try:
-        import_rosbag(args.src, args.out, cfg)
-    except DatasetImportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    q.set_defaults(func=cmd_import, config_cls=RosbagConfig)

@@ -50,33 +50,33 @@ DRIVE_EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from simgen.cli.common import Formatter
+    from simgen.cli.common import add_command
     from simgen.config import add_dataclass_args
     from simgen.data.poses import CONVENTIONS
     from simgen.serve.config import ServeConfig
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "serve",
         help="serve RGB / depth / panoptic renders of a build or export over HTTP",
         description="Serve a build or export folder: POST /render, POST /render/batch, GET /render/*.png, "
         "GET /scene, GET /healthz, GET /openapi.json and a viewer page at /. Depth and panoptic are ray "
         "cast against the panoptic mesh; RGB comes from the build's Gaussians (gaussians.ply) when present, "
         "else from the mesh's vertex colours (--rgb).",
-        epilog=SERVE_EXAMPLES,
-        formatter_class=Formatter,
+        examples=SERVE_EXAMPLES,
     )
     p.add_argument("out_dir", metavar="OUT", help="build folder or export folder (holding panoptic_mesh.ply)")
     add_dataclass_args(p, ServeConfig)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "render",
         help="render one image of a build or export (no server)",
         description="Render one camera in-process, as the server would, and write it atomically. PNG output: "
         "rgb as RGB, depth as 16-bit millimetres, panoptic in the COCO id encoding with the segments in "
         "<name>.segments.json; .npz output: every requested output in the server's npz layout.",
-        epilog=RENDER_EXAMPLES,
-        formatter_class=Formatter,
+        examples=RENDER_EXAMPLES,
     )
     p.add_argument("out_dir", metavar="OUT", help="build folder or export folder (holding panoptic_mesh.ply)")
     pose = p.add_mutually_exclusive_group(required=True)
@@ -113,14 +113,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     from simgen.sim.world import WorldConfig
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "world",
         help="add a Jackal-sized robot with the simgen camera to an exported Gazebo world",
         description="Write OUT/models/simgen_<name> (four-wheel diff-drive robot, 0.51 x 0.43 x 0.25 m, camera "
         "link with the simgen camera plugin) and OUT/worlds/<scene>_<name>.sdf: the export's world plus the "
         "robot at the floor point farthest from every obstacle (or --spawn).",
-        epilog=WORLD_EXAMPLES,
-        formatter_class=Formatter,
+        examples=WORLD_EXAMPLES,
     )
     p.add_argument("out_dir", metavar="OUT", help="export folder (simgen export's output)")
     add_dataclass_args(p, WorldConfig)
@@ -128,15 +128,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     from simgen.sim.drive import DriveConfig
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "drive",
         help="drive a Jackal-sized robot through an export in MuJoCo, rendering its camera",
         description="MuJoCo stands in for Gazebo: the export's MJCF plus a Jackal-sized robot driven along "
         "--waypoints; at --rate-hz of simulation time the camera pose is rendered (by --server, or in this "
         "process) and RGB, depth and panoptic frames, trajectory.json and drive.gif are written. Driving into "
         "an obstacle stops the run and names the collider.",
-        epilog=DRIVE_EXAMPLES,
-        formatter_class=Formatter,
+        examples=DRIVE_EXAMPLES,
     )
     p.add_argument("out_dir", metavar="OUT", help="export folder (simgen export's output)")
     p.add_argument("-o", "--out", default=None, help="output folder (default: OUT/drive)")

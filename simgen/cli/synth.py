@@ -23,19 +23,19 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from simgen.cli.common import Formatter
+    from simgen.cli.common import add_command
     from simgen.synth.generate import SynthConfig
     from simgen.synth.noise import NoiseProfile
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "synth",
         help="generate a synthetic indoor scene with exact ground truth",
         description="Procedural indoor scene (floor, walls, ceiling; tables, chairs, shelves, ...) ray cast "
         "along a hand-held walk: RGB, depth, noisy pseudo-label panoptic images imitating a 2D segmenter, "
         "and exact GT (gt/: panoptic images, mesh.ply with per-vertex segment ids, synth.json). "
         "Deterministic for a seed. See docs/synth.md.",
-        epilog=EXAMPLES,
-        formatter_class=Formatter,
+        examples=EXAMPLES,
     )
     p.add_argument("out_dir", help="scene folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace a scene already in OUT_DIR")
