@@ -5,10 +5,13 @@
 # (so the package data travelled with the package), then stops the server. Returns non-zero on failure.
 serve_and_fetch() {
   local simgen=$1 folder=$2 log=$3 pid url="" rc=0
-  "$simgen" serve "$folder" --port 0 >"$log" 2>&1 &
+  # The log exists before the server starts: under load the background job may open it late, and a
+  # missing file would end a caller running with set -e -o pipefail.
+  : >"$log"
+  "$simgen" serve "$folder" --port 0 >>"$log" 2>&1 &
   pid=$!
   for _ in $(seq 1 240); do # the scene loads first (mesh, BVH, Gaussians): up to 2 min on a busy machine
-    url=$(sed -n 's|.* on \(http://127\.0\.0\.1:[0-9]*/\) .*|\1|p' "$log" | head -n 1)
+    url=$(sed -n 's|.* on \(http://127\.0\.0\.1:[0-9]*/\) .*|\1|p' "$log" | head -n 1 || true)
     [ -n "$url" ] && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.5
