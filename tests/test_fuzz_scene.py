@@ -100,16 +100,16 @@ def test_truncated_rgb_during_build_is_one_error_line(
 ) -> None:
     """The build path itself (not only validation) turns a decode error into ``error: <file> (frame i)``:
     the image is damaged between validation and the fusion loop reading it."""
-    import simgen.cli.build as build_cli
+    import simgen.pipeline as pipeline
 
-    real = build_cli.load_scene
+    real = pipeline.load_scene
 
     def load_then_damage(root):
         s = real(root)
         truncate(s.frames[2].rgb_path)
         return s
 
-    monkeypatch.setattr(build_cli, "load_scene", load_then_damage)
+    monkeypatch.setattr(pipeline, "load_scene", load_then_damage)
     out = tmp_path / "out"
     assert main(["build", str(scene), "-o", str(out), "--no-gaussians", "--no-export", "-q"]) == 1
     err = capsys.readouterr().err
