@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import simgen
 
 ROOT = Path(simgen.__file__).parent
@@ -91,6 +93,7 @@ def test_folder_contract_and_server_stay_torch_free():
             )
 
 
+@pytest.mark.slow
 def test_public_api_type_checks(monkeypatch):
     """mypy on the files pyproject's [tool.mypy] lists (the public API and the folder contract)."""
     from mypy import api

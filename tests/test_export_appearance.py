@@ -166,6 +166,7 @@ def colour_error(out_dir: Path, scene, frames: list[int]) -> float:
     return float(np.concatenate(errs).mean())
 
 
+@pytest.mark.slow
 def test_gaussian_textures_reproduce_true_colours_better_than_vertex_colours(build, exports):
     scene = load_scene(json.loads((build / "build.json").read_text())["scene"])
     summary = json.loads((exports["gaussians"] / "export.json").read_text())
@@ -184,6 +185,7 @@ def test_gaussian_textures_reproduce_true_colours_better_than_vertex_colours(bui
     assert all(r["texture_coverage"] is None for r in vsum["models"])
 
 
+@pytest.mark.slow
 def test_missing_scene_folder_falls_back_to_vertex_colours_with_a_warning(build, tmp_path):
     moved = tmp_path / "build"
     shutil.copytree(build, moved)
@@ -206,6 +208,7 @@ def test_missing_scene_folder_falls_back_to_vertex_colours_with_a_warning(build,
     )
 
 
+@pytest.mark.slow
 def test_explicit_gaussian_source_without_gaussians_is_a_clear_error(build, tmp_path):
     moved = tmp_path / "build"
     shutil.copytree(build, moved)

@@ -85,6 +85,7 @@ def test_a_build_folder_holds_one_build(tiny_scene_dir, other_scene_dir, tmp_pat
     assert record["id"] != a_id and record["scene"] == str(other_scene_dir.resolve())
 
 
+@pytest.mark.slow
 def test_the_server_never_pairs_a_mesh_with_another_builds_gaussians(tiny_scene_dir, tmp_path):
     out = tmp_path / "g"
     simgen.build(tiny_scene_dir, out, replace(FAST, gaussians=True, worlds=False))
@@ -99,6 +100,7 @@ def test_the_server_never_pairs_a_mesh_with_another_builds_gaussians(tiny_scene_
         assert simgen.load_render_scene(out, warm=False).rgb_source == "mesh"
 
 
+@pytest.mark.slow
 def test_retraining_gaussians_records_them_like_build_does(tiny_scene_dir, tmp_path):
     out = tmp_path / "r"
     simgen.build(tiny_scene_dir, out, FAST)

@@ -129,6 +129,7 @@ def test_room_low_res(room_build):
     assert q["false_instances"] <= 3
 
 
+@pytest.mark.slow
 def test_two_rooms_twins_stay_apart(two_rooms_build):
     scene, cfg, record, (w, h) = two_rooms_build
     twins = json.loads((scene.root / "gt" / "synth.json").read_text())["twins"]

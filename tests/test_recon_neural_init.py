@@ -66,6 +66,7 @@ def warm(tiny):
     return model.eval(), cold.eval(), data, record
 
 
+@pytest.mark.slow
 def test_prefitted_sdf_lies_on_the_gt_surface(tiny, observed, warm):
     model, cold, data, _ = warm
     gt_pts, _ = trimesh.sample.sample_surface_even(tiny.gt.mesh(), 40000, seed=0)
@@ -85,6 +86,7 @@ def test_prefitted_sdf_lies_on_the_gt_surface(tiny, observed, warm):
     assert abs(float(g.norm(dim=-1).median()) - 1.0) < 0.1
 
 
+@pytest.mark.slow
 def test_one_token_per_gt_thing_at_its_place_with_its_class(tiny, observed, warm):
     model, _, data, record = warm
     pts, seg = observed
@@ -108,6 +110,7 @@ def test_one_token_per_gt_thing_at_its_place_with_its_class(tiny, observed, warm
     assert {things.index(g) for g in big} <= set(nearest.tolist())
 
 
+@pytest.mark.slow
 def test_prefitted_labels_match_the_gt(tiny, observed, warm):
     model, _, data, _ = warm
     pts, seg = observed
@@ -161,6 +164,7 @@ def test_reads_an_existing_fusion_build_and_refuses_bad_settings(tiny, tmp_path)
         neural_config("fast", init="fusion", init_steps=-1)
 
 
+@pytest.mark.slow
 def test_run_neural_trains_on_top_of_the_warm_start(tiny, tmp_path):
     steps = 20
     cfg = neural_config("fast", **SMALL, steps=steps, seg_start=0.0, pan_start=0.5,

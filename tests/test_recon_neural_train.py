@@ -64,6 +64,7 @@ def observed_points(scene, frames, stride=2):
     return np.concatenate(pts), np.concatenate(seg)
 
 
+@pytest.mark.slow
 def test_build_folder_layout(trained):
     out, record = trained
     for name in (MESH_FILE, INSTANCES_FILE, BUILD_FILE, CHECKPOINT, LOG_FILE):
@@ -86,6 +87,7 @@ def test_build_folder_layout(trained):
     assert ids == set(np.unique(mesh.instance[mesh.instance > 0]).tolist())
 
 
+@pytest.mark.slow
 def test_training_plot_draws_the_logged_curves(trained, tmp_path):
     """training.png is written; its figure has one curve per logged loss term (plus the total) whose
     points are the log's, and the token panel follows the logged token count."""
@@ -117,6 +119,7 @@ def test_training_plot_draws_the_logged_curves(trained, tmp_path):
         read_log(bad)
 
 
+@pytest.mark.slow
 def test_losses_fall(trained):
     out, _ = trained
     log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
@@ -128,6 +131,7 @@ def test_losses_fall(trained):
     assert "pan" in last and "pan" not in first  # the schedule switched L_pan on
 
 
+@pytest.mark.slow
 def test_geometry_is_near_the_gt_mesh(tiny, trained):
     _, record = trained
     pred = record["mesh"].to_trimesh()
@@ -142,6 +146,7 @@ def test_geometry_is_near_the_gt_mesh(tiny, trained):
     assert (completeness < 0.05).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_labels_beat_chance_and_things_are_separated(tiny, trained):
     _, record = trained
     mesh = record["mesh"]
@@ -166,6 +171,7 @@ def test_labels_beat_chance_and_things_are_separated(tiny, trained):
     assert (pred_inst[stuff] == 0).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_checkpoint_reloads_the_same_model(tiny, trained):
     out, record = trained
     model, meta = load_model(out / CHECKPOINT)
@@ -176,6 +182,7 @@ def test_checkpoint_reloads_the_same_model(tiny, trained):
     assert torch.equal(cls_a, cls_b) and torch.equal(tok_a, tok_b)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_checkpoint(tiny, trained, tmp_path):
     out, _ = trained
     copy = tmp_path / "resumed"
@@ -189,6 +196,7 @@ def test_resume_continues_from_the_checkpoint(tiny, trained, tmp_path):
     assert load_model(copy / CHECKPOINT)[1]["step"] == STEPS + 10
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_version_loads_or_says_why(trained, tmp_path):
     """A config field this version does not know is ignored with a warning naming it (the weights
     decide whether the model fits); weights that do not fit their config are refused naming the file."""
@@ -275,6 +283,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tiny, tmp_path, monkeyp
     assert [json.loads(line)["step"] for line in (out / LOG_FILE).read_text().splitlines()] == [0, 10, 11]
 
 
+@pytest.mark.slow
 def test_unmatched_token_term_pushes_other_tokens_off_the_frame(tiny, trained):
     """``w_ins_neg``: on a fixed batch, descending L_ins_neg alone lowers the unmatched tokens' rendered
     masks on the labelled rays; with the weight 0, or without the spatial prior (a softmax over tokens

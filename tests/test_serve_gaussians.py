@@ -155,6 +155,7 @@ def test_gaussians_of_another_build_are_never_paired_with_the_mesh(export, tmp_p
         load_render_scene(folder, rgb="gaussians")
 
 
+@pytest.mark.slow
 def test_real_server_two_workers_serves_gaussian_rgb(export):
     server = Server(export, "--workers", "2").wait()
     try:

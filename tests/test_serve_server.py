@@ -375,6 +375,7 @@ def test_simgen_render_cli_matches_server(gt, client, tmp_path, capsys):
     assert "not a folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fuzz_from_openapi_no_server_errors(server, tmp_path):
     """schemathesis generates requests from /openapi.json: never a 5xx, declared status codes and
     content types only, JSON bodies matching their schemas."""
