@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from simgen.export.policy import FIXED_CLASSES
+
 
 @dataclass
 class ExportConfig:
@@ -54,8 +56,36 @@ class ExportConfig:
         default=0.1, metadata={"help": "thickness (m) of the box colliders of floor, walls and other stuff"}
     )
     dynamic_things: bool = field(
-        default=False,
-        metadata={"help": "make things dynamic (mass from volume x class density) instead of static"},
+        default=True,
+        metadata={
+            "help": "movable things get a free body with mass (solid volume x class density) and inertia; the "
+            "class policy (--fixed-classes, --dynamic-classes, --max-dynamic-*) keeps furniture fixed. "
+            "--no-dynamic-things makes every model static"
+        },
+    )
+    fixed_classes: tuple[str, ...] = field(
+        default=FIXED_CLASSES,
+        metadata={"help": "class names (or words of them, or category ids) whose things are fixed"},
+    )
+    dynamic_classes: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "class names / ids whose things are dynamic whatever their class or size"},
+    )
+    max_dynamic_height: float = field(
+        default=1.2, metadata={"help": "things taller than this (m) are fixed (large furniture)"}
+    )
+    max_dynamic_width: float = field(
+        default=1.6, metadata={"help": "things whose footprint diagonal exceeds this (m) are fixed"}
+    )
+    max_dynamic_mass: float = field(
+        default=40.0, metadata={"help": "things whose estimated mass exceeds this (kg) are fixed"}
+    )
+    physics: bool = field(
+        default=True,
+        metadata={
+            "help": "in MuJoCo: lift or slide things whose colliders interpenetrate by more than 5 mm where "
+            "scanned, then measure the 3 s rest test and the robot push tests (figures in export.json)"
+        },
     )
     densities: str | None = field(
         default=None,

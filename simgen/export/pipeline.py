@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from simgen import folders as output
 from simgen.config import to_dict
 from simgen.data import io
-from simgen.export import colliders, sdf
+from simgen.export import colliders, physics, policy, sdf
 from simgen.export.align import AlignmentError, apply, estimate_alignment
 from simgen.export.appearance import AppearanceSource, prepare_appearance, texel_shader
 from simgen.export.clean import clean_mesh
@@ -324,7 +324,10 @@ def _floor_samples(pmesh: output.PanopticMesh, floor_mask: np.ndarray, seed: int
 
 
 def run_export(
-    build_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportConfig | None = None
+    build_dir: str | Path,
+    out_dir: str | Path | None = None,
+    cfg: ExportConfig | None = None,
+    robot: physics.RobotBuilder | None = None,
 ) -> dict:
     """Export a build folder to Gazebo (SDFormat) and / or MuJoCo (MJCF).
 
@@ -332,6 +335,7 @@ def run_export(
         build_dir: folder with ``panoptic_mesh.ply`` and ``instances.json`` (simgen.folders layout).
         out_dir: output folder (default: ``build_dir``); only the entries in ``simgen.folders.EXPORT_ENTRIES`` are replaced.
         cfg: settings (default ``ExportConfig()``).
+        robot: MJCF robot builder for the push tests (simgen.sim.drive.robot_mjcf); None skips them.
     Returns:
         The summary written to ``OUT/export.json``: per-model rows (name, class, faces, hulls, volume error,
         warnings), warnings, fallbacks, timings, paths.
@@ -411,6 +415,8 @@ def run_export(
             stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings
         )
         summary["texture"] = texture
+        if cfg.physics:
+            _physics(stage, summary, parts, robot, cfg)
         summary["seconds"] = round(time.perf_counter() - t_start, 2)
         summary.update(output.export_record_fields(out_dir, build_dir))
         io.write_json(stage / output.EXPORT_FILE, summary)
@@ -501,12 +507,26 @@ def _write_all(
         for k, (hv, hf) in enumerate(r.colliders.hulls):
             trimesh.Trimesh(hv, hf, process=False).export(mdir / f"hull_{k}.stl")
             hull_files.append(f"meshes/hull_{k}.stl")
-        static = not (cfg.dynamic_things and p.kind == "thing")
         inertial = None
-        if not static:
+        if cfg.dynamic_things and p.kind == "thing" and r.colliders.hulls:
             inertial = mass_properties(
                 r.colliders.hulls, r.solid_volume, density_for(densities, p.category_id, p.category_name)
             )
+        decision = policy.decide(
+            p.kind,
+            p.category_id,
+            p.category_name,
+            np.ptp(p.vertices, axis=0),
+            None if inertial is None else inertial.mass,
+            cfg.fixed_classes,
+            cfg.dynamic_classes,
+            cfg.max_dynamic_height,
+            cfg.max_dynamic_width,
+            cfg.max_dynamic_mass,
+        )
+        static = not (cfg.dynamic_things and decision.dynamic)
+        if static:
+            inertial = None
         spec = sdf.ModelSpec(
             p.name,
             static,
@@ -546,6 +566,8 @@ def _write_all(
                 "volume_error": None if r.volume_error is None else round(float(r.volume_error), 4),
                 "volume_error_vs": r.error_reference,
                 "mass_kg": None if inertial is None else round(inertial.mass, 3),
+                "dynamic": not static,
+                "policy": decision.reason if cfg.dynamic_things else "all static",
                 "seconds": round(r.seconds, 2),
                 "texture_source": r.texture_source if tex is not None else "plain colour",
                 "texture_coverage": r.texture_coverage,
@@ -608,6 +630,24 @@ def _write_all(
         "union volume.",
         "config": {**to_dict(cfg), "up": list(cfg.up) if cfg.up else None},
     }
+
+
+def _physics(stage: Path, summary: dict, parts: list[Part], robot, cfg: ExportConfig) -> None:
+    """MuJoCo checks on the staged export (physics.run_physics): lift / slide overlapping things in the
+    MJCF and the SDF world, then record per-model figures in the rows and the totals in ``physics``."""
+    mjcf = stage / "mjcf" / f"{summary['scene']}.xml"
+    if not mjcf.is_file():
+        summary["physics"] = {"note": "not run: the physics checks need the MJCF (--format mjcf or all)"}
+        return
+    world = stage / "worlds" / f"{summary['scene']}.sdf"
+    figures, totals, moved, failures = physics.run_physics(
+        mjcf, world, {p.name: p.kind for p in parts}, robot=robot, resolve=True
+    )
+    for row in summary["models"]:
+        if row["name"] in figures:
+            row["physics"] = figures[row["name"]].to_json()
+    summary["physics"] = {**totals, "failures": failures}
+    summary["warnings"].extend(moved + [f"physics: {f}" for f in failures])
 
 
 def _readme(scene: str, cfg: ExportConfig) -> str:
