@@ -36,11 +36,21 @@ class ExportConfig:
     max_hole_edges: int = field(
         default=30, metadata={"help": "close holes bounded by at most this many edges"}
     )
+    collider_method: Literal["auto", "coacd"] = field(
+        default="auto",
+        metadata={
+            "help": "things' colliders: auto = the legs-aware slab split (one hull per leg, seat, top, back; "
+            "simgen.export.fidelity) wherever it finds separate members, CoACD for the rest; coacd = CoACD "
+            "for every thing. On the room preset auto cut the chairs' median volume error from 235 %% to 41 %% "
+            "and their 95th-percentile collider-to-surface distance from 9-14 cm to 2.5-3.6 cm"
+        },
+    )
     coacd_threshold: float = field(
         default=0.1, metadata={"help": "CoACD concavity threshold (smaller: more, tighter hulls, slower)"}
     )
     max_hulls: int = field(
-        default=8, metadata={"help": "max convex hulls per object (CoACD max_convex_hull)"}
+        default=16,
+        metadata={"help": "max convex hulls per object (slab split and CoACD's max_convex_hull)"},
     )
     coacd_resolution: int = field(
         default=500, metadata={"help": "CoACD surface samples for the concavity metric (speed vs. accuracy)"}
@@ -129,6 +139,10 @@ class ExportConfig:
         if self.texture_source not in ("auto", "gaussians", "vertex"):
             raise ValueError(
                 f"ExportConfig: texture_source must be auto, gaussians or vertex, got {self.texture_source!r}"
+            )
+        if self.collider_method not in ("auto", "coacd"):
+            raise ValueError(
+                f"ExportConfig: collider_method must be auto or coacd, got {self.collider_method!r}"
             )
         if self.texture_views < 1:
             raise ValueError(f"ExportConfig: texture_views must be >= 1, got {self.texture_views}")

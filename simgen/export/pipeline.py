@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from simgen import folders as output
 from simgen.config import to_dict
 from simgen.data import io
-from simgen.export import colliders, physics, policy, sdf
+from simgen.export import colliders, fidelity, physics, policy, sdf
 from simgen.export.align import AlignmentError, apply, estimate_alignment
 from simgen.export.appearance import AppearanceSource, prepare_appearance, texel_shader
 from simgen.export.clean import clean_mesh
@@ -101,6 +101,7 @@ class PartResult:
     seconds: float = 0.0
     texture_source: str = "vertex"  # "gaussians" when any texel was coloured from the rendered views
     texture_coverage: float | None = None  # fraction of covered texels the views coloured (Gaussians only)
+    collider_p95: float | None = None  # m, collider outer surface -> visual surface (fidelity.py)
 
 
 def _process_part(
@@ -151,17 +152,27 @@ def _process_part(
         col = colliders.ColliderResult(hulls=[(col_v, col_f)], method="convex-hull")
         ref_kind, err, solid = "convex hull", 0.0, colliders.hull_volume(col_v, col_f)
     elif part.kind == "thing":
-        col = colliders.decompose_thing(
-            part.name,
-            col_v,
-            col_f,
-            cfg.coacd_threshold,
-            cfg.max_hulls,
-            cfg.coacd_resolution,
-            cfg.seed,
-            cfg.coacd_preprocess_resolution,
-            cfg.coacd_iterations,
+        groups = (
+            fidelity.slab_hulls(vis_v, vis_f, cfg.max_hulls, seed=cfg.seed)
+            if cfg.collider_method == "auto"
+            else []
         )
+        if groups:  # legs-aware split found separate members: one hull each, no CoACD
+            col = colliders.ColliderResult(
+                hulls=[colliders.robust_convex_hull(g) for g in groups], method="slabs"
+            )
+        else:
+            col = colliders.decompose_thing(
+                part.name,
+                col_v,
+                col_f,
+                cfg.coacd_threshold,
+                cfg.max_hulls,
+                cfg.coacd_resolution,
+                cfg.seed,
+                cfg.coacd_preprocess_resolution,
+                cfg.coacd_iterations,
+            )
         hull_vol = sum(colliders.hull_volume(hv, hf) for hv, hf in col.hulls)
         closed = trimesh.Trimesh(col_v, col_f, process=False)
         if mesh.is_watertight and mesh.volume > 1e-9:
@@ -185,6 +196,9 @@ def _process_part(
             notes.append(f"{part.name}: no planar piece large enough for a collider; visual only")
         err, ref_kind, solid = None, "-", 0.0
     notes += col.warnings
+    p95 = None
+    if part.kind == "thing" and len(vis_f):
+        p95 = fidelity.collider_distance_p95(col.hulls, vis_v, vis_f, seed=cfg.seed)
     return PartResult(
         part.name,
         visual,
@@ -198,6 +212,7 @@ def _process_part(
         time.perf_counter() - t0,
         tex_source,
         coverage,
+        p95,
     )
 
 
@@ -565,6 +580,7 @@ def _write_all(
                 "collider": r.colliders.method,
                 "volume_error": None if r.volume_error is None else round(float(r.volume_error), 4),
                 "volume_error_vs": r.error_reference,
+                "collider_p95_cm": None if r.collider_p95 is None else round(100 * r.collider_p95, 2),
                 "mass_kg": None if inertial is None else round(inertial.mass, 3),
                 "dynamic": not static,
                 "policy": decision.reason if cfg.dynamic_things else "all static",
@@ -625,6 +641,8 @@ def _write_all(
         "models": rows,
         "fallbacks": fallbacks,
         "warnings": warnings,
+        "collider_p95_note": "95th percentile of the distance (cm) from the colliders' outer surface to the "
+        "visual surface: how far a collider stands out of the object it stands for",
         "volume_error_note": "|sum of hull volumes - volume| / volume, against the mesh when it is watertight, "
         "else the hole-filled collider mesh when that is, else the convex hull; masses then use the hulls' "
         "union volume.",
