@@ -150,7 +150,7 @@ def slab_pieces(
     ]
     volume = np.bincount(labels.ravel(), minlength=n_total + 1) * pitch**3
     out: list[np.ndarray] = []
-    for k, piece in zip(range(1, n_total + 1), pieces, strict=False):
+    for piece in pieces:
         out += _refine(points, piece, float(volume[point_label[piece[0]]]), pitch)
     return out
 
