@@ -90,8 +90,6 @@ def collider_distance_p95(
     return float(np.percentile(d, 95))
 
 
-
-
 def slab_pieces(
     points: np.ndarray, pitch: float, vertices: np.ndarray | None = None, faces: np.ndarray | None = None
 ) -> list[np.ndarray]:
