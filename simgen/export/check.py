@@ -254,4 +254,10 @@ def check_export(
     }
     if physics_stats is not None:
         stats["physics"] = physics_stats
+    if physics:  # a figure, not a pass / fail: partial scans legitimately look out of their rooms
+        from simgen.export.stuff import check_void
+
+        void = check_void(out_dir)
+        if void is not None:
+            stats["void"] = void
     return problems, stats

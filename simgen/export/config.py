@@ -90,6 +90,14 @@ class ExportConfig:
     max_dynamic_mass: float = field(
         default=40.0, metadata={"help": "things whose estimated mass exceeds this (kg) are fixed"}
     )
+    complete_stuff: bool = field(
+        default=True,
+        metadata={
+            "help": "add closed planar surfaces on the room side of the floor and wall box colliders, just "
+            "behind the scan, coloured from the scan where seen and from the nearest seen colour elsewhere, "
+            "so cameras see no void where a collider stands (figures per model: stuff_fill)"
+        },
+    )
     physics: bool = field(
         default=True,
         metadata={

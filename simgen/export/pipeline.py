@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from simgen import folders as output
 from simgen.config import to_dict
 from simgen.data import io
-from simgen.export import colliders, fidelity, physics, policy, sdf
+from simgen.export import colliders, fidelity, physics, policy, sdf, stuff
 from simgen.export.align import AlignmentError, apply, estimate_alignment
 from simgen.export.appearance import AppearanceSource, prepare_appearance, texel_shader
 from simgen.export.clean import clean_mesh
@@ -102,6 +102,7 @@ class PartResult:
     texture_source: str = "vertex"  # "gaussians" when any texel was coloured from the rendered views
     texture_coverage: float | None = None  # fraction of covered texels the views coloured (Gaussians only)
     collider_p95: float | None = None  # m, collider outer surface -> visual surface (fidelity.py)
+    fill: dict | None = None  # stuff only: completed surface figures (stuff.py)
 
 
 def _process_part(
@@ -135,6 +136,21 @@ def _process_part(
         notes += [f"{part.name}: {n}" for n in clean_notes]
         if len(vis_f) == 0:  # cleaning removed everything: fall back to the raw part
             vis_v, vis_f, vis_c, col_v, col_f = v, part.faces, part.colors, v, part.faces
+    boxes, fill_record = None, None
+    if part.kind != "thing" and len(vis_f):
+        boxes = colliders.stuff_boxes(
+            vis_v, vis_f, part.kind, room_centre - origin, cfg.wall_thickness, seed=cfg.seed
+        )
+        fill = stuff.fill_surfaces(boxes, vis_v, vis_f, vis_c) if cfg.complete_stuff else None
+        if fill is not None:  # closed surfaces behind the scan, shown where the scan has holes
+            vis_f = np.concatenate([np.asarray(vis_f, np.int64), fill.faces + len(vis_v)])
+            vis_v = np.concatenate([np.asarray(vis_v, np.float64), fill.vertices])
+            vis_c = np.concatenate([np.asarray(vis_c, np.uint8), fill.colors])
+            fill_record = {
+                "area_m2": round(fill.area_m2, 3),
+                "filled_m2": round(fill.filled_m2, 3),
+                "filled_fraction": round(fill.filled_m2 / max(fill.area_m2, 1e-12), 4),
+            }
     visual, tex_source, coverage = None, "vertex", None
     try:
         shader = texel_shader(appearance, origin) if appearance is not None else None
@@ -189,8 +205,12 @@ def _process_part(
         err = abs(hull_vol - ref) / ref if ref > 0 else None
     else:
         col = colliders.ColliderResult(method="boxes")
-        col.boxes = colliders.stuff_boxes(
-            vis_v, vis_f, part.kind, room_centre - origin, cfg.wall_thickness, seed=cfg.seed
+        col.boxes = (
+            boxes
+            if boxes is not None
+            else colliders.stuff_boxes(
+                vis_v, vis_f, part.kind, room_centre - origin, cfg.wall_thickness, seed=cfg.seed
+            )
         )
         if not col.boxes:
             notes.append(f"{part.name}: no planar piece large enough for a collider; visual only")
@@ -213,6 +233,7 @@ def _process_part(
         tex_source,
         coverage,
         p95,
+        fill_record,
     )
 
 
@@ -581,6 +602,7 @@ def _write_all(
                 "volume_error": None if r.volume_error is None else round(float(r.volume_error), 4),
                 "volume_error_vs": r.error_reference,
                 "collider_p95_cm": None if r.collider_p95 is None else round(100 * r.collider_p95, 2),
+                "stuff_fill": r.fill,
                 "mass_kg": None if inertial is None else round(inertial.mass, 3),
                 "dynamic": not static,
                 "policy": decision.reason if cfg.dynamic_things else "all static",
