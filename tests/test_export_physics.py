@@ -35,10 +35,21 @@ def _box(size, centre) -> trimesh.Trimesh:
 def export_dir(tmp_path_factory) -> Path:
     """The test room plus a light box on the floor and a book sunk into the table top."""
     root = tmp_path_factory.mktemp("phys")
-    cats = {**CATEGORIES, 13: Category(13, "box", True), 14: Category(14, "book", True)}
+    cats = {
+        **CATEGORIES,
+        13: Category(13, "box", True),
+        14: Category(14, "book", True),
+        15: Category(15, "sign", True),
+    }
+    # A sign: a 0.6 m post with a 0.5 m board sticking out to one side at the top: its centre of mass is
+    # outside its 4 cm footprint, so it cannot rest where it was scanned.
+    sign = trimesh.util.concatenate(
+        [_box([0.04, 0.04, 0.6], [3.0, 3.0, 0.3]), _box([0.5, 0.04, 0.2], [3.27, 3.0, 0.7])]
+    )
     parts = room_parts() + [
         (_box([0.3, 0.3, 0.3], [2.0, 0.9, 0.15]), 13, 4, (200, 160, 90)),
         (_box([0.2, 0.15, 0.05], [2.0, 2.0, TABLE_TOP + 0.025 - SUNK]), 14, 5, (180, 30, 30)),
+        (sign, 15, 6, (240, 240, 240)),
     ]
     build = write_build(root / "room", make_mesh(parts), cats)
     run_export(build, root / "out", ExportConfig(**FAST, densities=None), robot=robot_mjcf)
@@ -90,6 +101,19 @@ def test_export_records_policy_and_lifts_the_sunk_book(export_dir):
     assert phys["push_fixed"]["passed"]
     fixed = phys["push_fixed"]
     assert fixed["robot_travel_cm"] <= fixed["start_gap_cm"] + 3.0
+
+
+def test_a_thing_that_falls_over_is_pinned(export_dir):
+    summary = json.loads((export_dir / "export.json").read_text())
+    sign = {r["name"]: r for r in summary["models"]}["sign_6"]
+    assert sign["physics"]["pinned"] and not sign["dynamic"] and sign["policy"] == "unstable"
+    assert sign["physics"]["rest_turned_deg"] > 2.0  # what it did before it was pinned
+    assert any("sign_6: moved" in w and "pinned" in w for w in summary["warnings"])
+    sdf = etree.parse(str(export_dir / "models" / "sign_6" / "model.sdf"))
+    assert sdf.findtext(".//static") == "true" and sdf.find(".//inertial") is None
+    body = etree.parse(str(export_dir / "mjcf" / "room.xml")).find(".//body[@name='sign_6']")
+    assert body.find("freejoint") is None
+    assert summary["physics"]["passed"]
 
 
 def test_check_reports_physics_and_catches_an_overlap(export_dir, tmp_path, capsys):

@@ -153,6 +153,8 @@ def slab_pieces(
     return out
 
 
+# The split is kept only when its hulls' total volume is under this fraction of the whole thing's hull.
+WORTH_SPLIT = 0.7
 # A piece whose hull exceeds its voxel volume by this factor is split further (a curved or slanted member).
 OVERFULL = 1.15
 MAX_DEPTH = 4
@@ -236,4 +238,28 @@ def slab_hulls(
             if k != i:
                 cost[(min(i, k), max(i, k))] = pair_cost(min(i, k), max(i, k))
     groups = [groups[k] for k in sorted(alive)]
+    # Worth it only when the pieces' hulls leave out a real part of the whole's hull (a chair's leg space);
+    # a nearly convex thing (a box, a ball) goes to the convex decomposition instead.
+    _, whole = _hull_vertices(pts)
+    if sum(_hull_vertices(g)[1] for g in groups) > WORTH_SPLIT * whole:
+        return []
     return groups if len(groups) > 1 else []
+
+
+def piece_hull(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Convex hull (V, 3), (F, 3) of one slab piece's points with qhull's default options.
+
+    Not colliders.robust_convex_hull: its facet pre-merging (C-1e-4) leaves folds of up to 1e-4 of the
+    extent, which trimesh's is_convex (tolerance 1e-5 of the scale) rejects on the many coplanar points of
+    a leg's flat sides; the plain hull is convex to float precision. Flat or degenerate sets still go
+    through robust_convex_hull, which thickens them.
+    """
+    from simgen.export.colliders import robust_convex_hull
+
+    try:
+        h = trimesh.convex.convex_hull(np.asarray(points, np.float64))
+        if h.is_watertight and h.volume > 1e-9 and min(np.ptp(h.vertices, axis=0)) > 2e-3:
+            return np.asarray(h.vertices, np.float64), np.asarray(h.faces, np.int64)
+    except Exception:
+        pass
+    return robust_convex_hull(points)

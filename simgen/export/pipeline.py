@@ -174,9 +174,7 @@ def _process_part(
             else []
         )
         if groups:  # legs-aware split found separate members: one hull each, no CoACD
-            col = colliders.ColliderResult(
-                hulls=[colliders.robust_convex_hull(g) for g in groups], method="slabs"
-            )
+            col = colliders.ColliderResult(hulls=[fidelity.piece_hull(g) for g in groups], method="slabs")
         else:
             col = colliders.decompose_thing(
                 part.name,
@@ -686,6 +684,8 @@ def _physics(stage: Path, summary: dict, parts: list[Part], robot, cfg: ExportCo
     for row in summary["models"]:
         if row["name"] in figures:
             row["physics"] = figures[row["name"]].to_json()
+            if figures[row["name"]].pinned:
+                row["dynamic"], row["policy"], row["mass_kg"] = False, "unstable", None
     summary["physics"] = {**totals, "failures": failures}
     summary["warnings"].extend(moved + [f"physics: {f}" for f in failures])
 
