@@ -112,6 +112,11 @@ def slab_pieces(
         grid = np.zeros(idx.max(0) + 3, bool)
         grid[tuple(idx.T)] = True
     shell = ndimage.binary_closing(grid, iterations=1) | grid
+    # Scans are open where a thing stands on the floor (and often on top): cap the lowest and highest
+    # occupied layers with their filled outline so the 3D fill sees a closed shell.
+    layers = np.flatnonzero(shell.any((0, 1)))
+    for z in layers[[0, -1]] if len(layers) else []:
+        shell[:, :, z] |= ndimage.binary_fill_holes(ndimage.binary_closing(shell[:, :, z], iterations=1))
     solid = ndimage.binary_fill_holes(shell)
     nz = solid.shape[2]
     eight = np.ones((3, 3), bool)
@@ -246,20 +251,49 @@ def slab_hulls(
     return groups if len(groups) > 1 else []
 
 
-def piece_hull(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Convex hull (V, 3), (F, 3) of one slab piece's points with qhull's default options.
+def _convex_as_stl(v: np.ndarray, f: np.ndarray) -> bool:
+    """Whether a hull is still convex and watertight to trimesh once written as (float32) STL."""
+    data = trimesh.Trimesh(v, f, process=False).export(file_type="stl")
+    m = trimesh.load(trimesh.util.wrap_as_stream(data), file_type="stl", force="mesh", process=True)
+    return bool(m.is_watertight and m.is_convex)
 
-    Not colliders.robust_convex_hull: its facet pre-merging (C-1e-4) leaves folds of up to 1e-4 of the
-    extent, which trimesh's is_convex (tolerance 1e-5 of the scale) rejects on the many coplanar points of
-    a leg's flat sides; the plain hull is convex to float precision. Flat or degenerate sets still go
-    through robust_convex_hull, which thickens them.
+
+def _support_directions(n: int = 64) -> np.ndarray:
+    """(n + 26, 3) unit directions: a Fibonacci sphere plus the 26 axis / edge / corner directions."""
+    i = np.arange(n) + 0.5
+    phi, th = np.arccos(1 - 2 * i / n), np.pi * (1 + 5**0.5) * i
+    fib = np.stack([np.cos(th) * np.sin(phi), np.sin(th) * np.sin(phi), np.cos(phi)], 1)
+    ax = np.array(
+        [[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)]
+    )
+    return np.concatenate([fib, ax / np.linalg.norm(ax, axis=1, keepdims=True)])
+
+
+def piece_hull(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Convex hull (V, 3), (F, 3) of one slab piece's points that stays convex once written as STL.
+
+    Tried in order until one passes that test: qhull's default options on the points (colliders'
+    robust_convex_hull pre-merges facets with C-1e-4, which leaves folds over trimesh's is_convex tolerance
+    on the many coplanar points of a leg's flat sides); robust_convex_hull; the hull of the points' support
+    points in 90 directions (a slightly smaller polytope with few, well separated vertices). Flat or
+    degenerate sets go through robust_convex_hull, which thickens them.
     """
     from simgen.export.colliders import robust_convex_hull
 
+    pts = np.asarray(points, np.float64)
+    tries = []
     try:
-        h = trimesh.convex.convex_hull(np.asarray(points, np.float64))
+        h = trimesh.convex.convex_hull(pts)
         if h.is_watertight and h.volume > 1e-9 and min(np.ptp(h.vertices, axis=0)) > 2e-3:
-            return np.asarray(h.vertices, np.float64), np.asarray(h.faces, np.int64)
+            tries.append((np.asarray(h.vertices, np.float64), np.asarray(h.faces, np.int64)))
     except Exception:
         pass
-    return robust_convex_hull(points)
+    tries.append(robust_convex_hull(pts))
+    for v, f in tries:
+        if _convex_as_stl(v, f):
+            return v, f
+    support = pts[np.unique((pts @ _support_directions().T).argmax(0))]
+    v, f = robust_convex_hull(support)
+    if _convex_as_stl(v, f):
+        return v, f
+    return tries[0]

@@ -173,8 +173,15 @@ def _process_part(
             if cfg.collider_method == "auto"
             else []
         )
-        if groups:  # legs-aware split found separate members: one hull each, no CoACD
-            col = colliders.ColliderResult(hulls=[fidelity.piece_hull(g) for g in groups], method="slabs")
+        slab = [fidelity.piece_hull(g) for g in groups]
+        closed = trimesh.Trimesh(col_v, col_f, process=False)
+        # Hulls holding under half a closed object's volume are its skin, not its members (the voxel
+        # fill failed on an open scan): the convex decomposition does better there.
+        if slab and closed.is_watertight and closed.volume > 1e-9:
+            if sum(colliders.hull_volume(*h) for h in slab) < 0.5 * float(closed.volume):
+                slab = []
+        if slab:  # legs-aware split found separate members: one hull each, no CoACD
+            col = colliders.ColliderResult(hulls=slab, method="slabs")
         else:
             col = colliders.decompose_thing(
                 part.name,
