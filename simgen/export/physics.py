@@ -166,7 +166,8 @@ def resolve_spawn(
 
     Stuff never moves. Of a thing and stuff, the thing moves; of two things, the dynamic one, else the
     one standing higher (a mug on a table, not the table). Each move is the minimum translation
-    that separates the deepest pair (MuJoCo's signed distance); a thing that would go further than
+    that separates the deepest pair (MuJoCo's signed distance), never downwards (the other thing is pushed
+    up instead, or the move becomes a slide, or a lift when it was mostly vertical); a thing that would go further than
     ``max_shift`` stays where it was scanned and is reported.
 
     Args:
@@ -210,6 +211,17 @@ def resolve_spawn(
                 mover, delta = b, sep
             else:
                 mover, delta = a, -sep
+            other = b if mover == a else a
+            if (
+                delta[2] < -0.5 * np.linalg.norm(delta)
+                and kinds.get(other) == "thing"
+                and other not in frozen
+            ):
+                mover, delta = other, -delta  # push the other one up rather than this one into the floor
+            elif delta[2] < 0:
+                delta = np.array([delta[0], delta[1], 0.0])  # never down: slide only
+                if np.linalg.norm(delta) < 0.5 * d:
+                    delta = np.array([0.0, 0.0, d])  # mostly vertical overlap with what is below: lift
             if mover in frozen:
                 continue
             delta = delta * (1.0 + 1e-3) + delta / max(np.linalg.norm(delta), 1e-12) * 5e-4  # 0.5 mm clear
