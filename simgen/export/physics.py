@@ -162,9 +162,11 @@ def resolve_spawn(
     tolerance: float = SPAWN_TOLERANCE_M,
     max_shift: float = MAX_SHIFT_M,
 ) -> tuple[dict[str, np.ndarray], dict[str, float], list[str]]:
-    """Lift or slide things so that no two models' colliders interpenetrate by more than ``tolerance``.
+    """Lift or slide dynamic things so that no two models' colliders interpenetrate by more than
+    ``tolerance``.
 
-    Stuff never moves. Of a thing and stuff, the thing moves; of two things, the dynamic one, else the
+    Stuff and fixed things never move (an overlap between fixed models is a collider problem, reported by
+    :func:`run_physics`). Of a thing and stuff, the thing moves; of two things, the dynamic one, else the
     one standing higher (a mug on a table, not the table). Each move is the minimum translation
     that separates the deepest pair (MuJoCo's signed distance), never downwards (the other thing is pushed
     up instead, or the move becomes a slide, or a lift when it was mostly vertical); a thing that would go further than
@@ -197,9 +199,9 @@ def resolve_spawn(
             for a, b, d, _ in overlaps(model, data, bodies, skip):
                 before[a] = max(before.get(a, 0.0), d)
                 before[b] = max(before.get(b, 0.0), d)
-        pairs = [p for p in pairs if not ({p[0], p[1]} & frozen)]
         if not pairs:
             break
+        moved = False
         for a, b, d, sep in sorted(pairs, key=lambda p: -p[2]):
             if kinds.get(a) != "thing" or (
                 kinds.get(b) == "thing" and (a in dynamic) == (b in dynamic) and height[b] >= height[a]
@@ -222,7 +224,10 @@ def resolve_spawn(
                 delta = np.array([delta[0], delta[1], 0.0])  # never down: slide only
                 if np.linalg.norm(delta) < 0.5 * d:
                     delta = np.array([0.0, 0.0, d])  # mostly vertical overlap with what is below: lift
-            if mover in frozen:
+            if mover in frozen or mover not in dynamic:
+                # Fixed models never collide with each other in a simulator; moving one would only
+                # misplace it. Such an overlap is a collider problem and stays reported.
+                frozen.add(mover)
                 continue
             delta = delta * (1.0 + 1e-3) + delta / max(np.linalg.norm(delta), 1e-12) * 5e-4  # 0.5 mm clear
             total = shifts.get(mover, np.zeros(3)) + delta
@@ -236,7 +241,10 @@ def resolve_spawn(
                 continue
             _shift(model, data, bodies[mover], delta)
             shifts[mover] = total
+            moved = True
             break  # re-measure after every move: one move can clear or cause others
+        if not moved:  # what overlaps is fixed or frozen: nothing more to do
+            break
         mujoco.mj_forward(model, data)
     for name, s in shifts.items():
         what = "lifted" if s[2] > 0.7 * np.linalg.norm(s) else "moved"
