@@ -1,6 +1,12 @@
 """Time ``simgen export`` on fusion builds of the synthetic presets (wall and CPU time, peak memory).
 
 Usage: python bench/bench_export.py [--runs 3] [--presets tiny room two-rooms] [--workers 2] [--keep DIR]
+       python bench/bench_export.py --compare-colliders [--runs 3] [--presets room] [--keep DIR]
+
+``--compare-colliders`` alternates exports with the collider settings before the slab split (CoACD for every
+thing, at most 8 hulls: the baseline, measured in the same run) and the current defaults, and prints per
+setting the median export wall time and per class the median collider volume error and the median 95th
+percentile collider-to-visual distance.
 
 For each preset: ``simgen synth`` and ``simgen build --no-export`` once (not timed), then ``--runs`` fresh
 ``simgen export`` subprocesses (interpreter start-up and imports included). Prints the median wall time,
@@ -44,7 +50,9 @@ _PEAK = (
 )
 
 
-def export_once(build: Path, out: Path, workers: int) -> tuple[float, float, float]:
+def export_once(
+    build: Path, out: Path, workers: int, extra: list[str] | None = None
+) -> tuple[float, float, float]:
     """(wall s, CPU s user + system, peak RSS MiB of its biggest process) of one ``simgen export``."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
@@ -58,6 +66,7 @@ def export_once(build: Path, out: Path, workers: int) -> tuple[float, float, flo
         "--quiet",
         "--workers",
         str(workers),
+        *(extra or []),
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -68,12 +77,55 @@ def export_once(build: Path, out: Path, workers: int) -> tuple[float, float, flo
     return wall, cpu, int(res.stdout.split()[-1]) / 1024  # Linux reports KiB
 
 
+BASELINE = ["--collider-method", "coacd", "--max-hulls", "8"]  # the defaults before the slab split
+
+
+def _by_class(summary: dict, key: str) -> dict[str, float]:
+    vals: dict[str, list[float]] = {}
+    for r in summary["models"]:
+        if r["kind"] == "thing" and r.get(key) is not None:
+            vals.setdefault(r["class"], []).append(float(r[key]))
+    return {c: statistics.median(v) for c, v in sorted(vals.items())}
+
+
+def compare_colliders(build: Path, out: Path, workers: int, runs: int, preset: str) -> None:
+    """Alternate baseline and default exports; print medians of wall time, volume error and p95 by class."""
+    walls: dict[str, list[float]] = {"baseline": [], "default": []}
+    last: dict[str, dict] = {}
+    for _ in range(runs):
+        for name, extra in (("baseline", BASELINE), ("default", [])):
+            wall, _, _ = export_once(build, out / name, workers, extra)
+            walls[name].append(wall)
+            last[name] = json.loads((out / name / "export.json").read_text())
+    print(f"\n{preset}: collider settings, {runs} alternating runs each")
+    for name in walls:
+        s = last[name]
+        things = [r for r in s["models"] if r["kind"] == "thing"]
+        print(
+            f"  {name:<8} export wall median {statistics.median(walls[name]):.1f} s "
+            f"(runs {', '.join(f'{w:.1f}' for w in walls[name])}), {len(things)} things, "
+            f"hulls median {statistics.median(r['hulls'] for r in things):.0f}"
+        )
+        err, p95 = _by_class(s, "volume_error"), _by_class(s, "collider_p95_cm")
+        for c in err:
+            print(
+                f"    {c:<10} volume error median {100 * err[c]:6.1f}%   p95 distance median {p95.get(c, float('nan')):5.2f} cm"
+            )
+    ratio = statistics.median(walls["default"]) / statistics.median(walls["baseline"])
+    print(f"  wall time default / baseline: {ratio:.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="export runs per preset (median reported)")
     ap.add_argument("--presets", nargs="+", default=["tiny", "room", "two-rooms"])
     ap.add_argument("--workers", type=int, default=2, help="simgen export --workers")
     ap.add_argument("--keep", default=None, help="keep scenes, builds and exports in this folder")
+    ap.add_argument(
+        "--compare-colliders",
+        action="store_true",
+        help="baseline (CoACD, 8 hulls) vs default collider settings, alternating runs",
+    )
     args = ap.parse_args()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_export_"))
     root.mkdir(parents=True, exist_ok=True)
@@ -85,6 +137,9 @@ def main() -> int:
             if not (build / "panoptic_mesh.ply").is_file():
                 _run(["synth", str(scene), "--preset", preset, "--seed", "0", "--overwrite", "--quiet"])
                 _run(["build", str(scene), "-o", str(build), "--no-export"])
+            if args.compare_colliders:
+                compare_colliders(build, root / f"{preset}_cmp", args.workers, args.runs, preset)
+                continue
             runs = [export_once(build, out, args.workers) for _ in range(args.runs)]
             walls, cpus, rss = zip(*runs, strict=True)
             summary = json.loads((out / "export.json").read_text())

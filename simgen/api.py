@@ -33,16 +33,19 @@ def export_worlds(
     build folder). Returns the export record written to ``export.json`` (per-model rows, warnings,
     timings). Raises :class:`simgen.export.pipeline.ExportError` naming the file or setting."""
     from simgen.export.pipeline import run_export
+    from simgen.sim.drive import robot_mjcf
 
-    return run_export(build_dir, out_dir, cfg)
+    return run_export(build_dir, out_dir, cfg, robot=robot_mjcf)
 
 
 def check(export_dir: str | Path, validator: bool = True, workers: int = 2) -> tuple[list[Problem], dict]:
     """Check every model and world of an export folder: libsdformat's validator, mesh URIs, convex
-    colliders, MJCF loading in MuJoCo. Returns ``(problems, stats)``; each problem names its file."""
+    colliders, MJCF loading in MuJoCo, the physics checks (spawn overlaps, rest test, robot push tests)
+    and the void seen by level cameras. Returns ``(problems, stats)``; each problem names its file."""
     from simgen.export.check import check_export
+    from simgen.sim.drive import robot_mjcf
 
-    return check_export(export_dir, validator=validator, workers=workers)
+    return check_export(export_dir, validator=validator, workers=workers, robot=robot_mjcf)
 
 
 def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None = None) -> dict[str, Any]:

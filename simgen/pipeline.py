@@ -169,7 +169,9 @@ def build(
 
         try:
             export_cfg = cfg.export if cfg.progress else replace(cfg.export, quiet=True)
-            export = run_export(build_dir, build_dir, export_cfg)
+            from simgen.sim.drive import robot_mjcf
+
+            export = run_export(build_dir, build_dir, export_cfg, robot=robot_mjcf)
         except (ExportError, ValueError, OSError) as e:
             raise BuildError(
                 f"export of {build_dir} failed: {e}; the build itself is complete "

@@ -126,8 +126,11 @@ def test_export_layout_labels_and_alignment_file(export_dir):
 def test_colliders_are_tight_and_counted(export_dir):
     summary = json.loads((export_dir / "export.json").read_text())
     rows = {r["name"]: r for r in summary["models"]}
-    assert rows["table_1"]["collider"] == "coacd" and rows["table_1"]["hulls"] >= 5  # top + 4 legs
-    assert rows["table_1"]["volume_error"] < 0.1 and rows["table_1"]["volume_error_vs"] == "mesh"
+    assert rows["table_1"]["collider"] in ("slabs", "coacd") and rows["table_1"]["hulls"] >= 5  # top + 4 legs
+    # The legs-aware slab split (the default) gives one hull per leg and the top; on this clean table CoACD
+    # was tighter (< 10 %), on scanned chairs and tables the split is (docs/export.md, benchmarks.md).
+    assert rows["table_1"]["volume_error"] < 0.3 and rows["table_1"]["volume_error_vs"] == "mesh"
+    assert rows["table_1"]["collider_p95_cm"] < 3.0
     assert rows["cabinet_2"]["hulls"] == 1 and rows["cabinet_2"]["volume_error"] < 0.01
     assert rows["floor"]["boxes"] == 1 and rows["wall"]["boxes"] == 2
     assert not summary["fallbacks"]

@@ -58,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", help="export folder (holding models/ and worlds/)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--no-validator", action="store_true", help="skip libsdformat's validator")
+    p.add_argument(
+        "--no-physics",
+        action="store_true",
+        help="skip the MuJoCo physics checks (spawn overlaps, 3 s rest test, robot push tests)",
+    )
     p.set_defaults(func=cmd_check)
 
 
@@ -74,8 +79,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    from simgen.sim.drive import robot_mjcf  # the robot of `simgen drive` runs the push tests
+
     try:
-        summary = run_export(args.build_dir, args.out, cfg)
+        summary = run_export(args.build_dir, args.out, cfg, robot=robot_mjcf)
     except (ExportError, AlignmentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -86,8 +93,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from simgen.export.check import check_export
+    from simgen.sim.drive import robot_mjcf  # the robot of `simgen drive` runs the push tests
 
-    problems, stats = check_export(args.out_dir, validator=not args.no_validator)
+    problems, stats = check_export(
+        args.out_dir, validator=not args.no_validator, physics=not args.no_physics, robot=robot_mjcf
+    )
     if args.json:
         print(json.dumps({"summary": stats, "problems": [vars(p) for p in problems]}, indent=2))
     else:

@@ -179,11 +179,19 @@ def check_sdf_file(path: Path, search: list[Path]) -> tuple[list[Problem], list[
     return problems, models, include_names
 
 
-def check_export(out_dir: str | Path, validator: bool = True, workers: int = 2) -> tuple[list[Problem], dict]:
+def check_export(
+    out_dir: str | Path,
+    validator: bool = True,
+    workers: int = 2,
+    physics: bool = True,
+    robot=None,
+) -> tuple[list[Problem], dict]:
     """Check every model and world of an export folder.
 
     Returns (problems, stats); a problem names its file. With ``validator`` False the libsdformat
     validator is skipped (the other checks still run); when it is wanted but missing, that is a problem.
+    With ``physics`` the MuJoCo checks of simgen.export.physics run (spawn overlaps, rest test, and the
+    push tests when a ``robot`` builder is given: simgen.sim.drive.robot_mjcf).
     """
     out_dir = Path(out_dir)
     problems: list[Problem] = []
@@ -245,10 +253,24 @@ def check_export(out_dir: str | Path, validator: bool = True, workers: int = 2) 
             mujoco.MjModel.from_xml_path(str(f))
         except Exception as e:
             problems.append(Problem(str(f), f"MuJoCo cannot load it: {str(e).strip()}"))
+    physics_stats = None
+    if physics and not any("MuJoCo cannot load" in p.message for p in problems):
+        from simgen.export.physics import check_folder
+
+        failures, physics_stats = check_folder(out_dir, robot=robot)
+        problems += [Problem(f, m) for f, m in failures]
     stats = {
         "models": len(model_files),
         "worlds": len(world_files),
         "validated_with_libsdformat": validated,
         "problems": len(problems),
     }
+    if physics_stats is not None:
+        stats["physics"] = physics_stats
+    if physics:  # a figure, not a pass / fail: partial scans legitimately look out of their rooms
+        from simgen.export.stuff import check_void
+
+        void = check_void(out_dir)
+        if void is not None:
+            stats["void"] = void
     return problems, stats

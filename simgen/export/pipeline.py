@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from simgen import folders as output
 from simgen.config import to_dict
 from simgen.data import io
-from simgen.export import colliders, sdf
+from simgen.export import colliders, fidelity, physics, policy, sdf, stuff
 from simgen.export.align import AlignmentError, apply, estimate_alignment
 from simgen.export.appearance import AppearanceSource, prepare_appearance, texel_shader
 from simgen.export.clean import clean_mesh
@@ -107,6 +107,8 @@ class PartResult:
     seconds: float = 0.0
     texture_source: str = "vertex"  # "gaussians" when any texel was coloured from the rendered views
     texture_coverage: float | None = None  # fraction of covered texels the views coloured (Gaussians only)
+    collider_p95: float | None = None  # m, collider outer surface -> visual surface (fidelity.py)
+    fill: dict | None = None  # stuff only: completed surface figures (stuff.py)
 
 
 def _process_part(
@@ -140,6 +142,21 @@ def _process_part(
         notes += [f"{part.name}: {n}" for n in clean_notes]
         if len(vis_f) == 0:  # cleaning removed everything: fall back to the raw part
             vis_v, vis_f, vis_c, col_v, col_f = v, part.faces, part.colors, v, part.faces
+    boxes, fill_record = None, None
+    if part.kind != "thing" and len(vis_f):
+        boxes = colliders.stuff_boxes(
+            vis_v, vis_f, part.kind, room_centre - origin, cfg.wall_thickness, seed=cfg.seed
+        )
+        fill = stuff.fill_surfaces(boxes, vis_v, vis_f, vis_c) if cfg.complete_stuff else None
+        if fill is not None:  # closed surfaces behind the scan, shown where the scan has holes
+            vis_f = np.concatenate([np.asarray(vis_f, np.int64), fill.faces + len(vis_v)])
+            vis_v = np.concatenate([np.asarray(vis_v, np.float64), fill.vertices])
+            vis_c = np.concatenate([np.asarray(vis_c, np.uint8), fill.colors])
+            fill_record = {
+                "area_m2": round(fill.area_m2, 3),
+                "filled_m2": round(fill.filled_m2, 3),
+                "filled_fraction": round(fill.filled_m2 / max(fill.area_m2, 1e-12), 4),
+            }
     visual, tex_source, coverage = None, "vertex", None
     try:
         shader = texel_shader(appearance, origin) if appearance is not None else None
@@ -157,17 +174,32 @@ def _process_part(
         col = colliders.ColliderResult(hulls=[(col_v, col_f)], method="convex-hull")
         ref_kind, err, solid = "convex hull", 0.0, colliders.hull_volume(col_v, col_f)
     elif part.kind == "thing":
-        col = colliders.decompose_thing(
-            part.name,
-            col_v,
-            col_f,
-            cfg.coacd_threshold,
-            cfg.max_hulls,
-            cfg.coacd_resolution,
-            cfg.seed,
-            cfg.coacd_preprocess_resolution,
-            cfg.coacd_iterations,
+        groups = (
+            fidelity.slab_hulls(vis_v, vis_f, cfg.max_hulls, seed=cfg.seed)
+            if cfg.collider_method == "auto"
+            else []
         )
+        slab = [fidelity.piece_hull(g) for g in groups]
+        closed = trimesh.Trimesh(col_v, col_f, process=False)
+        # Hulls holding under half a closed object's volume are its skin, not its members (the voxel
+        # fill failed on an open scan): the convex decomposition does better there.
+        if slab and closed.is_watertight and closed.volume > 1e-9:
+            if sum(colliders.hull_volume(*h) for h in slab) < 0.5 * float(closed.volume):
+                slab = []
+        if slab:  # legs-aware split found separate members: one hull each, no CoACD
+            col = colliders.ColliderResult(hulls=slab, method="slabs")
+        else:
+            col = colliders.decompose_thing(
+                part.name,
+                col_v,
+                col_f,
+                cfg.coacd_threshold,
+                cfg.max_hulls,
+                cfg.coacd_resolution,
+                cfg.seed,
+                cfg.coacd_preprocess_resolution,
+                cfg.coacd_iterations,
+            )
         hull_vol = sum(colliders.hull_volume(hv, hf) for hv, hf in col.hulls)
         closed = trimesh.Trimesh(col_v, col_f, process=False)
         if mesh.is_watertight and mesh.volume > 1e-9:
@@ -184,13 +216,20 @@ def _process_part(
         err = abs(hull_vol - ref) / ref if ref > 0 else None
     else:
         col = colliders.ColliderResult(method="boxes")
-        col.boxes = colliders.stuff_boxes(
-            vis_v, vis_f, part.kind, room_centre - origin, cfg.wall_thickness, seed=cfg.seed
+        col.boxes = (
+            boxes
+            if boxes is not None
+            else colliders.stuff_boxes(
+                vis_v, vis_f, part.kind, room_centre - origin, cfg.wall_thickness, seed=cfg.seed
+            )
         )
         if not col.boxes:
             notes.append(f"{part.name}: no planar piece large enough for a collider; visual only")
         err, ref_kind, solid = None, "-", 0.0
     notes += col.warnings
+    p95 = None
+    if part.kind == "thing" and len(vis_f):
+        p95 = fidelity.collider_distance_p95(col.hulls, vis_v, vis_f, seed=cfg.seed)
     return PartResult(
         part.name,
         visual,
@@ -204,6 +243,8 @@ def _process_part(
         time.perf_counter() - t0,
         tex_source,
         coverage,
+        p95,
+        fill_record,
     )
 
 
@@ -438,7 +479,10 @@ def _floor_samples(pmesh: output.PanopticMesh, floor_mask: np.ndarray, seed: int
 
 
 def run_export(
-    build_dir: str | Path, out_dir: str | Path | None = None, cfg: ExportConfig | None = None
+    build_dir: str | Path,
+    out_dir: str | Path | None = None,
+    cfg: ExportConfig | None = None,
+    robot: physics.RobotBuilder | None = None,
 ) -> dict:
     """Export a build folder to Gazebo (SDFormat) and / or MuJoCo (MJCF).
 
@@ -446,6 +490,7 @@ def run_export(
         build_dir: folder with ``panoptic_mesh.ply`` and ``instances.json`` (simgen.folders layout).
         out_dir: output folder (default: ``build_dir``); only the entries in ``simgen.folders.EXPORT_ENTRIES`` are replaced.
         cfg: settings (default ``ExportConfig()``).
+        robot: MJCF robot builder for the push tests (simgen.sim.drive.robot_mjcf); None skips them.
     Returns:
         The summary written to ``OUT/export.json``: per-model rows (name, class, faces, hulls, volume error,
         warnings), warnings, fallbacks, timings, paths.
@@ -532,6 +577,8 @@ def run_export(
                 stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings
             )
             summary["texture"] = texture
+            if cfg.physics:
+                _physics(stage, summary, parts, robot, cfg)
             summary["seconds"] = round(time.perf_counter() - t_start, 2)
             summary.update(output.export_record_fields(out_dir, build_dir))
             io.write_json(stage / output.EXPORT_FILE, summary)
@@ -636,12 +683,26 @@ def _write_all(
         for k, (hv, hf) in enumerate(r.colliders.hulls):
             trimesh.Trimesh(hv, hf, process=False).export(mdir / f"hull_{k}.stl")
             hull_files.append(f"meshes/hull_{k}.stl")
-        static = not (cfg.dynamic_things and p.kind == "thing")
         inertial = None
-        if not static:
+        if cfg.dynamic_things and p.kind == "thing" and r.colliders.hulls:
             inertial = mass_properties(
                 r.colliders.hulls, r.solid_volume, density_for(densities, p.category_id, p.category_name)
             )
+        decision = policy.decide(
+            p.kind,
+            p.category_id,
+            p.category_name,
+            np.ptp(p.vertices, axis=0),
+            None if inertial is None else inertial.mass,
+            cfg.fixed_classes,
+            cfg.dynamic_classes,
+            cfg.max_dynamic_height,
+            cfg.max_dynamic_width,
+            cfg.max_dynamic_mass,
+        )
+        static = not (cfg.dynamic_things and decision.dynamic)
+        if static:
+            inertial = None
         spec = sdf.ModelSpec(
             p.name,
             static,
@@ -680,7 +741,11 @@ def _write_all(
                 "collider": r.colliders.method,
                 "volume_error": None if r.volume_error is None else round(float(r.volume_error), 4),
                 "volume_error_vs": r.error_reference,
+                "collider_p95_cm": None if r.collider_p95 is None else round(100 * r.collider_p95, 2),
+                "stuff_fill": r.fill,
                 "mass_kg": None if inertial is None else round(inertial.mass, 3),
+                "dynamic": not static,
+                "policy": decision.reason if cfg.dynamic_things else "all static",
                 "seconds": round(r.seconds, 2),
                 "texture_source": r.texture_source if tex is not None else "plain colour",
                 "texture_coverage": r.texture_coverage,
@@ -738,11 +803,33 @@ def _write_all(
         "models": rows,
         "fallbacks": fallbacks,
         "warnings": warnings,
+        "collider_p95_note": "95th percentile of the distance (cm) from the colliders' outer surface to the "
+        "visual surface: how far a collider stands out of the object it stands for",
         "volume_error_note": "|sum of hull volumes - volume| / volume, against the mesh when it is watertight, "
         "else the hole-filled collider mesh when that is, else the convex hull; masses then use the hulls' "
         "union volume.",
         "config": {**to_dict(cfg), "up": list(cfg.up) if cfg.up else None},
     }
+
+
+def _physics(stage: Path, summary: dict, parts: list[Part], robot, cfg: ExportConfig) -> None:
+    """MuJoCo checks on the staged export (physics.run_physics): lift / slide overlapping things in the
+    MJCF and the SDF world, then record per-model figures in the rows and the totals in ``physics``."""
+    mjcf = stage / "mjcf" / f"{summary['scene']}.xml"
+    if not mjcf.is_file():
+        summary["physics"] = {"note": "not run: the physics checks need the MJCF (--format mjcf or all)"}
+        return
+    world = stage / "worlds" / f"{summary['scene']}.sdf"
+    figures, totals, moved, failures = physics.run_physics(
+        mjcf, world, {p.name: p.kind for p in parts}, robot=robot, resolve=True
+    )
+    for row in summary["models"]:
+        if row["name"] in figures:
+            row["physics"] = figures[row["name"]].to_json()
+            if figures[row["name"]].pinned:
+                row["dynamic"], row["policy"], row["mass_kg"] = False, "unstable", None
+    summary["physics"] = {**totals, "failures": failures}
+    summary["warnings"].extend(moved + [f"physics: {f}" for f in failures])
 
 
 def _readme(scene: str, cfg: ExportConfig) -> str:

@@ -1,0 +1,299 @@
+"""How well a thing's colliders follow its visual surface, and a legs-aware decomposition for furniture.
+
+Figures (per thing, ``export.json`` and ``simgen check``):
+
+- ``volume_error``: |sum of hull volumes - reference volume| / reference volume (simgen.export.pipeline
+  picks the reference: the mesh when watertight, else the hole-filled collider mesh, else the convex hull);
+- ``collider_p95_cm``: 95th percentile of the one-sided distance from the colliders' outer surface to the
+  visual surface (cm). An overfull hull (one bridging a chair's legs) has surface far from any visual
+  surface; a tight one stays within the scan's noise.
+
+Decomposition (:func:`slab_hulls`): furniture is made of vertical members (legs, sides) under and above
+horizontal plates (seat, table top, shelves). The solid is voxelised, cut into horizontal slabs wherever
+the layer's footprint changes (component count or overlap with the layer below), and every connected piece
+of a slab becomes one convex hull of the visual surface points inside it. A chair comes out as 4 leg hulls,
+a seat hull and a backrest hull instead of hulls that span the gaps between the legs. Written here
+because CoACD's concavity search does not know about gravity-aligned legs: at the default budget it keeps
+bridging them (bench/bench_export.py measures both).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+from scipy import ndimage
+from scipy.spatial import ConvexHull, cKDTree
+
+# Voxels per longest side of a thing for the slab split (clamped to MIN_PITCH..MAX_PITCH metres).
+VOXELS_PER_SIDE = 48
+MIN_PITCH, MAX_PITCH = 0.01, 0.04
+# A layer starts a new slab when under this fraction of it overlaps the slab's previous layer footprint.
+SLAB_OVERLAP = 0.6
+
+
+def surface_points(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """(n + V, 3) points on a mesh: ``n`` area-uniform samples plus its vertices."""
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    if len(faces) == 0 or not mesh.area > 0:
+        return np.asarray(vertices, np.float64)
+    pts, _ = trimesh.sample.sample_surface(mesh, n, seed=seed)
+    return np.concatenate([np.asarray(pts, np.float64), np.asarray(vertices, np.float64)])
+
+
+def _hull_planes(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Outward unit normals (F, 3) and offsets (F,) of a convex hull's faces."""
+    m = trimesh.Trimesh(v, f, process=False)
+    n = np.asarray(m.face_normals)
+    if float(m.volume) < 0:
+        n = -n
+    return n, np.einsum("ij,ij->i", n, v[f[:, 0]])
+
+
+def collider_surface_points(
+    hulls: list[tuple[np.ndarray, np.ndarray]], n: int = 20_000, seed: int = 0
+) -> np.ndarray:
+    """(M, 3) area-uniform samples of the union's outer surface: hull surface points inside no other hull."""
+    if not hulls:
+        return np.zeros((0, 3))
+    areas = np.array([trimesh.Trimesh(v, f, process=False).area for v, f in hulls])
+    counts = np.maximum(np.round(n * areas / max(areas.sum(), 1e-12)).astype(int), 1)
+    planes = [_hull_planes(v, f) for v, f in hulls]
+    out = []
+    for k, ((v, f), c) in enumerate(zip(hulls, counts, strict=True)):
+        pts, _ = trimesh.sample.sample_surface(trimesh.Trimesh(v, f, process=False), int(c), seed=seed + k)
+        keep = np.ones(len(pts), bool)
+        for j, (nrm, off) in enumerate(planes):
+            if j != k:  # strictly inside another hull (1 mm margin): not on the union's surface
+                keep &= ~((pts @ nrm.T) < off - 1e-3).all(1)
+        out.append(np.asarray(pts)[keep])
+    return np.concatenate(out)
+
+
+def collider_distance_p95(
+    hulls: list[tuple[np.ndarray, np.ndarray]],
+    visual_v: np.ndarray,
+    visual_f: np.ndarray,
+    samples: int = 20_000,
+    seed: int = 0,
+) -> float | None:
+    """95th percentile (m) of the distance from the colliders' outer surface to the visual surface.
+
+    The visual surface is represented by 5x ``samples`` points plus its vertices; the distance to the
+    nearest one over-estimates the true point-to-surface distance by at most about half the sample
+    spacing (under 2 mm for a 1 m^2 object). Points in the same frame as the hulls (the model frame).
+    """
+    col = collider_surface_points(hulls, samples, seed)
+    if len(col) == 0 or len(visual_f) == 0:
+        return None
+    vis = surface_points(visual_v, visual_f, 5 * samples, seed)
+    d, _ = cKDTree(vis).query(col, workers=1)
+    return float(np.percentile(d, 95))
+
+
+def slab_pieces(
+    points: np.ndarray, pitch: float, vertices: np.ndarray | None = None, faces: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Split surface points (N, 3) of one thing (z up) into slab pieces; returns index arrays into points.
+
+    The surface is voxelised from the mesh (``vertices``, ``faces``; trimesh subdivides it until every edge
+    is shorter than a voxel, so the shell has no gaps), closed by one voxel and filled, so a piece is a
+    solid member, not its skin. Without a mesh the points themselves are voxelised.
+    """
+    if vertices is not None and faces is not None and len(faces):
+        vox = trimesh.voxel.creation.voxelize_subdivide(
+            trimesh.Trimesh(vertices, faces, process=False), pitch, max_iter=12
+        )
+        grid = np.pad(np.asarray(vox.matrix, bool), 2)
+        idx = np.clip(np.asarray(vox.points_to_indices(points)) + 2, 0, np.array(grid.shape) - 1)
+        grid[tuple(idx.T)] = True
+    else:
+        lo = points.min(0) - 2 * pitch
+        idx = np.floor((points - lo) / pitch).astype(int)
+        grid = np.zeros(idx.max(0) + 3, bool)
+        grid[tuple(idx.T)] = True
+    shell = ndimage.binary_closing(grid, iterations=1) | grid
+    # Scans are open where a thing stands on the floor (and often on top): cap the lowest and highest
+    # occupied layers with their filled outline so the 3D fill sees a closed shell.
+    layers = np.flatnonzero(shell.any((0, 1)))
+    for z in layers[[0, -1]] if len(layers) else []:
+        shell[:, :, z] |= ndimage.binary_fill_holes(ndimage.binary_closing(shell[:, :, z], iterations=1))
+    solid = ndimage.binary_fill_holes(shell)
+    nz = solid.shape[2]
+    eight = np.ones((3, 3), bool)
+    slab_of_layer = np.zeros(nz, int)
+    slab, prev, prev_count = 0, None, -1
+    for z in range(nz):
+        layer = solid[:, :, z]
+        if not layer.any():
+            slab_of_layer[z] = slab
+            continue
+        lab, count = ndimage.label(layer, eight)
+        count = int((np.bincount(lab.ravel())[1:] >= 2).sum())  # single-voxel specks are noise
+        if prev is not None:
+            overlap = (layer & prev).sum() / max(min(layer.sum(), prev.sum()), 1)
+            grown = layer.sum() > 1.6 * prev.sum() or prev.sum() > 1.6 * layer.sum()
+            if count != prev_count or overlap < SLAB_OVERLAP or grown:
+                slab += 1
+        slab_of_layer[z] = slab
+        prev, prev_count = layer, count
+    labels = np.zeros(solid.shape, int)
+    n_total = 0
+    for s in range(slab + 1):
+        zs = np.flatnonzero(slab_of_layer == s)
+        if len(zs) == 0:
+            continue
+        sub = np.zeros_like(solid)
+        sub[:, :, zs] = solid[:, :, zs]
+        lab, n = ndimage.label(sub, np.ones((3, 3, 3), bool))
+        labels[lab > 0] = lab[lab > 0] + n_total
+        n_total += n
+    point_label = labels[tuple(idx.T)]
+    pieces = [
+        np.flatnonzero(point_label == k) for k in range(1, n_total + 1) if (point_label == k).sum() >= 4
+    ]
+    volume = np.bincount(labels.ravel(), minlength=n_total + 1) * pitch**3
+    out: list[np.ndarray] = []
+    for piece in pieces:
+        out += _refine(points, piece, float(volume[point_label[piece[0]]]), pitch)
+    return out
+
+
+# The split is kept only when its hulls' total volume is under this fraction of the whole thing's hull.
+WORTH_SPLIT = 0.7
+# A piece whose hull exceeds its voxel volume by this factor is split further (a curved or slanted member).
+OVERFULL = 1.15
+MAX_DEPTH = 4
+
+
+def _refine(
+    points: np.ndarray, piece: np.ndarray, solid: float, pitch: float, depth: int = 0
+) -> list[np.ndarray]:
+    """Bisect a slab piece (indices into points (N, 3)) across its longest principal axis while its convex
+    hull is more than OVERFULL x its solid voxel volume ``solid`` (m^3)."""
+    p = points[piece]
+    _, hull = _hull_vertices(p)
+    centred = p - p.mean(0)
+    axes = np.linalg.svd(centred, full_matrices=False)[2]
+    proj = centred @ axes[0]
+    if depth >= MAX_DEPTH or hull <= OVERFULL * solid or np.ptp(proj) < 4 * pitch:
+        return [piece]
+    cut = np.median(proj)
+    halves = [piece[proj <= cut], piece[proj > cut]]
+    if min(len(h) for h in halves) < 4:
+        return [piece]
+    out = []
+    for h in halves:
+        out += _refine(points, h, solid * len(h) / len(piece), pitch, depth + 1)
+    return out
+
+
+def _hull_vertices(p: np.ndarray) -> tuple[np.ndarray, float]:
+    """(K, 3) convex hull vertices of points and the hull's volume (m^3); degenerate sets keep their points."""
+    # scipy's qhull directly: trimesh's convex_hull also repairs normals, 30x slower in this hot loop.
+    try:
+        h = ConvexHull(p)
+        return p[h.vertices], float(h.volume)
+    except Exception:  # flat or too few points
+        return p, 0.0
+
+
+def slab_hulls(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    max_hulls: int,
+    seed: int = 0,
+    samples: int = 20_000,
+) -> list[np.ndarray]:
+    """Point sets (one per convex hull) of the legs-aware split of one thing (model frame, z up).
+
+    Pieces beyond ``max_hulls`` are merged greedily, cheapest added volume first. Returns [] when the
+    split finds a single piece (the caller's convex decomposition then decides).
+    """
+    pts = surface_points(vertices, faces, samples, seed)
+    ext = np.ptp(pts, axis=0)
+    pitch = float(np.clip(ext.max() / VOXELS_PER_SIDE, MIN_PITCH, MAX_PITCH))
+    groups = [pts[i] for i in slab_pieces(pts, pitch, vertices, faces)]
+    groups = [g for g in groups if len(g) >= 4]
+    if len(groups) <= 1:
+        return []
+    # Greedy merging on hull vertices only (the hull of a union is the hull of the hulls' vertices): the
+    # pair whose merged hull adds the least volume goes first; costs are cached and only the merged
+    # group's pairs are recomputed.
+    verts, vols = zip(*(_hull_vertices(g) for g in groups), strict=True)
+    verts, vols = list(verts), list(vols)
+    cost: dict[tuple[int, int], float] = {}
+
+    def pair_cost(i: int, j: int) -> float:
+        gap = np.maximum(0, np.maximum(verts[i].min(0) - verts[j].max(0), verts[j].min(0) - verts[i].max(0)))
+        _, v = _hull_vertices(np.concatenate([verts[i], verts[j]]))
+        return v - vols[i] - vols[j] + float(np.linalg.norm(gap)) ** 3  # far pieces: merged last
+
+    alive = set(range(len(groups)))
+    for i in alive:
+        for j in alive:
+            if i < j:
+                cost[(i, j)] = pair_cost(i, j)
+    while len(alive) > max(max_hulls, 1):
+        i, j = min(cost, key=cost.get)
+        groups[i] = np.concatenate([groups[i], groups[j]])
+        verts[i], vols[i] = _hull_vertices(np.concatenate([verts[i], verts[j]]))
+        alive.discard(j)
+        cost = {k: c for k, c in cost.items() if j not in k and i not in k}
+        for k in alive:
+            if k != i:
+                cost[(min(i, k), max(i, k))] = pair_cost(min(i, k), max(i, k))
+    groups = [groups[k] for k in sorted(alive)]
+    # Worth it only when the pieces' hulls leave out a real part of the whole's hull (a chair's leg space);
+    # a nearly convex thing (a box, a ball) goes to the convex decomposition instead.
+    _, whole = _hull_vertices(pts)
+    if sum(_hull_vertices(g)[1] for g in groups) > WORTH_SPLIT * whole:
+        return []
+    return groups if len(groups) > 1 else []
+
+
+def _convex_as_stl(v: np.ndarray, f: np.ndarray) -> bool:
+    """Whether a hull is still convex and watertight to trimesh once written as (float32) STL."""
+    data = trimesh.Trimesh(v, f, process=False).export(file_type="stl")
+    m = trimesh.load(trimesh.util.wrap_as_stream(data), file_type="stl", force="mesh", process=True)
+    return bool(m.is_watertight and m.is_convex)
+
+
+def _support_directions(n: int = 64) -> np.ndarray:
+    """(n + 26, 3) unit directions: a Fibonacci sphere plus the 26 axis / edge / corner directions."""
+    i = np.arange(n) + 0.5
+    phi, th = np.arccos(1 - 2 * i / n), np.pi * (1 + 5**0.5) * i
+    fib = np.stack([np.cos(th) * np.sin(phi), np.sin(th) * np.sin(phi), np.cos(phi)], 1)
+    ax = np.array(
+        [[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)]
+    )
+    return np.concatenate([fib, ax / np.linalg.norm(ax, axis=1, keepdims=True)])
+
+
+def piece_hull(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Convex hull (V, 3), (F, 3) of one slab piece's points that stays convex once written as STL.
+
+    Tried in order until one passes that test: qhull's default options on the points (colliders'
+    robust_convex_hull pre-merges facets with C-1e-4, which leaves folds over trimesh's is_convex tolerance
+    on the many coplanar points of a leg's flat sides); robust_convex_hull; the hull of the points' support
+    points in 90 directions (a slightly smaller polytope with few, well separated vertices). Flat or
+    degenerate sets go through robust_convex_hull, which thickens them.
+    """
+    from simgen.export.colliders import robust_convex_hull
+
+    pts = np.asarray(points, np.float64)
+    tries = []
+    try:
+        h = trimesh.convex.convex_hull(pts)
+        if h.is_watertight and h.volume > 1e-9 and min(np.ptp(h.vertices, axis=0)) > 2e-3:
+            tries.append((np.asarray(h.vertices, np.float64), np.asarray(h.faces, np.int64)))
+    except Exception:
+        pass
+    tries.append(robust_convex_hull(pts))
+    for v, f in tries:
+        if _convex_as_stl(v, f):
+            return v, f
+    support = pts[np.unique((pts @ _support_directions().T).argmax(0))]
+    v, f = robust_convex_hull(support)
+    if _convex_as_stl(v, f):
+        return v, f
+    return tries[0]

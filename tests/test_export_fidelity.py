@@ -1,0 +1,82 @@
+"""Collider fidelity: the collider-to-visual distance figure and the legs-aware slab split of furniture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from simgen.export import fidelity
+from simgen.export.colliders import hull_volume, robust_convex_hull
+
+
+def _box(size, centre) -> trimesh.Trimesh:
+    return trimesh.creation.box(size, trimesh.transformations.translation_matrix(centre))
+
+
+def chair(yaw: float = 0.0) -> trimesh.Trimesh:
+    """A 0.45 m chair: 4 legs of 4 cm, a 4 cm seat at 0.45 m, a 4 cm backrest up to 0.9 m (z up)."""
+    parts = [_box([0.45, 0.45, 0.04], [0, 0, 0.43]), _box([0.45, 0.04, 0.45], [0, 0.205, 0.675])]
+    for x in (-0.2, 0.2):
+        for y in (-0.2, 0.2):
+            parts.append(_box([0.04, 0.04, 0.41], [x, y, 0.205]))
+    m = trimesh.util.concatenate(parts)
+    m.apply_transform(trimesh.transformations.rotation_matrix(yaw, [0, 0, 1]))
+    return m
+
+
+def test_distance_figure_is_zero_for_a_tight_hull_and_the_inflation_for_a_fat_one():
+    box = _box([0.6, 0.4, 0.3], [0, 0, 0.15]).subdivide()
+    tight = [robust_convex_hull(box.vertices)]
+    assert fidelity.collider_distance_p95(tight, box.vertices, box.faces) < 0.005
+    outer = _box([0.7, 0.5, 0.4], [0, 0, 0.15])  # 5 cm out on every side
+    fat = [robust_convex_hull(outer.vertices)]
+    # Exact distance from the outer box's surface to the inner box: |max(|p - c| - half size, 0)|.
+    pts, _ = trimesh.sample.sample_surface(outer, 200_000, seed=1)
+    exact = np.linalg.norm(np.maximum(np.abs(pts - [0, 0, 0.15]) - [0.3, 0.2, 0.15], 0), axis=1)
+    got = fidelity.collider_distance_p95(fat, box.vertices, box.faces)
+    assert got == pytest.approx(np.percentile(exact, 95), abs=0.003)
+
+
+def test_surface_points_inside_another_hull_do_not_count():
+    a = robust_convex_hull(_box([1.0, 1.0, 1.0], [0, 0, 0]).vertices)
+    b = robust_convex_hull(_box([0.5, 0.5, 0.5], [0, 0, 0]).vertices)  # wholly inside a
+    pts = fidelity.collider_surface_points([a, b], 4000)
+    assert np.abs(pts).max(1).min() > 0.49  # only a's faces remain
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.6])
+def test_slab_split_follows_the_legs_seat_and_back(yaw):
+    m = chair(yaw)
+    truth = 0.45 * 0.45 * 0.04 + 0.45 * 0.04 * 0.45 + 4 * 0.04 * 0.04 * 0.41  # m^3, the parts do not overlap
+    groups = fidelity.slab_hulls(m.vertices, m.faces, max_hulls=16)
+    hulls = [robust_convex_hull(g) for g in groups]
+    assert 6 <= len(hulls) <= 16
+    volume = sum(hull_volume(*h) for h in hulls)
+    assert abs(volume - truth) / truth < 0.25
+    p95 = fidelity.collider_distance_p95(hulls, m.vertices, m.faces)
+    one = [robust_convex_hull(m.vertices)]
+    assert p95 < 0.02 < fidelity.collider_distance_p95(one, m.vertices, m.faces)
+    # Every leg has its own hull: some hull's footprint stays within ~a leg's size around each leg.
+    for x in (-0.2, 0.2):
+        for y in (-0.2, 0.2):
+            c, s = np.cos(yaw), np.sin(yaw)
+            leg = np.array([c * x - s * y, s * x + c * y])
+            assert any(
+                np.linalg.norm(v[:, :2].mean(0) - leg) < 0.04
+                and np.ptp(v[:, 2]) > 0.1
+                and np.ptp(v[:, 0]) < 0.12
+                for v, _ in hulls
+            ), (x, y)
+
+
+def test_slab_split_leaves_a_single_solid_to_the_decomposition():
+    box = _box([0.5, 0.4, 0.3], [0, 0, 0.15]).subdivide()
+    assert fidelity.slab_hulls(box.vertices, box.faces, max_hulls=16) == []
+
+
+def test_merging_respects_the_hull_budget():
+    m = chair()
+    groups = fidelity.slab_hulls(m.vertices, m.faces, max_hulls=3)
+    assert 2 <= len(groups) <= 3
+    assert sum(len(g) for g in groups) >= len(m.vertices)  # no point lost in merging

@@ -1,0 +1,159 @@
+"""Export physics: the fixed / dynamic class policy, spawn overlaps lifted away, the 3 s rest test and the
+robot push tests, in MuJoCo, reported in export.json and by ``simgen check``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from helpers.export_scenes import CATEGORIES, make_mesh, room_parts, write_build
+from lxml import etree
+
+from simgen.cli import main
+from simgen.data.scene import Category
+from simgen.export import physics
+from simgen.export.config import ExportConfig
+from simgen.export.pipeline import run_export
+from simgen.export.policy import FIXED_CLASSES, decide
+from simgen.sim.drive import robot_mjcf
+
+pytest.importorskip("mujoco")
+
+FAST = dict(max_hulls=6, texture_size=128, face_budget=5000, quiet=True)
+SUNK = 0.03  # the book is scanned 3 cm inside the table top (an overfull collider does the same)
+TABLE_TOP = 0.7
+
+
+def _box(size, centre) -> trimesh.Trimesh:
+    return trimesh.creation.box(size, trimesh.transformations.translation_matrix(centre)).subdivide()
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    """The test room plus a light box on the floor and a book sunk into the table top."""
+    root = tmp_path_factory.mktemp("phys")
+    cats = {
+        **CATEGORIES,
+        13: Category(13, "box", True),
+        14: Category(14, "book", True),
+        15: Category(15, "sign", True),
+    }
+    # A sign: a 0.6 m post with a 0.5 m board sticking out to one side at the top: its centre of mass is
+    # outside its 4 cm footprint, so it cannot rest where it was scanned.
+    sign = trimesh.util.concatenate(
+        [_box([0.04, 0.04, 0.6], [3.0, 3.0, 0.3]), _box([0.5, 0.04, 0.2], [3.27, 3.0, 0.7])]
+    )
+    parts = room_parts() + [
+        (_box([0.3, 0.3, 0.3], [2.0, 0.9, 0.15]), 13, 4, (200, 160, 90)),
+        (_box([0.2, 0.15, 0.05], [2.0, 2.0, TABLE_TOP + 0.025 - SUNK]), 14, 5, (180, 30, 30)),
+        (sign, 15, 6, (240, 240, 240)),
+    ]
+    build = write_build(root / "room", make_mesh(parts), cats)
+    run_export(build, root / "out", ExportConfig(**FAST, densities=None), robot=robot_mjcf)
+    return root / "out"
+
+
+def test_policy_by_class_size_mass_and_override():
+    args = (FIXED_CLASSES, (), 1.2, 1.6, 40.0)
+    small = np.array([0.3, 0.3, 0.3])
+    assert decide("floor", 1, "floor", small, 1.0, *args).reason == "stuff"
+    assert decide("thing", 9, "dining_table", small, 1.0, *args).reason == "class"  # a word of the name
+    assert decide("thing", 9, "Bookshelves", small, 1.0, *args).reason == "class"  # plural
+    assert decide("thing", 9, "mug", small, 0.3, *args).dynamic
+    assert decide("thing", 9, "statue", np.array([0.5, 0.5, 1.8]), 30.0, *args).reason == "size"
+    assert decide("thing", 9, "crate", small, 80.0, *args).reason == "mass"
+    over = (FIXED_CLASSES, ("table", "42"), 1.2, 1.6, 40.0)
+    assert decide("thing", 9, "table", small, 1.0, *over).reason == "override"
+    assert decide("thing", 42, "anything", np.array([3.0, 3.0, 3.0]), 999.0, *over).dynamic
+
+
+def test_export_records_policy_and_lifts_the_sunk_book(export_dir):
+    summary = json.loads((export_dir / "export.json").read_text())
+    rows = {r["name"]: r for r in summary["models"]}
+    assert not rows["table_1"]["dynamic"] and rows["table_1"]["policy"] == "class"
+    assert not rows["floor"]["dynamic"] and rows["floor"]["policy"] == "stuff"
+    assert rows["box_4"]["dynamic"] and rows["box_4"]["mass_kg"] > 0
+    book = rows["book_5"]["physics"]
+    assert book["dynamic"]
+    # Where scanned the book overlapped the table by SUNK; it was lifted by about that much, straight up.
+    assert book["spawn_penetration_mm"] == pytest.approx(1000 * SUNK, abs=3)
+    assert book["shift_mm"][2] == pytest.approx(1000 * SUNK, abs=3)
+    assert np.hypot(*book["shift_mm"][:2]) < 2
+    assert any("book_5: lifted" in w for w in summary["warnings"])
+    # Both world files carry the lift.
+    mj = etree.parse(str(export_dir / "mjcf" / "room.xml")).find(".//body[@name='book_5']")
+    world = etree.parse(str(export_dir / "worlds" / "room.sdf"))
+    inc = [i for i in world.iterfind(".//include") if i.findtext("name") == "book_5"][0]
+    z_mj, z_sdf = float(mj.get("pos").split()[2]), float(inc.findtext("pose").split()[2])
+    assert z_mj == pytest.approx(z_sdf, abs=1e-5)
+    assert z_mj == pytest.approx(TABLE_TOP, abs=0.004)  # the book's bottom now on the table top
+    phys = summary["physics"]
+    assert phys["passed"], phys["failures"]
+    assert phys["spawn_max_penetration_mm"] <= 5.0
+    for name in ("box_4", "book_5", "bin_3"):
+        assert rows[name]["physics"]["rest_moved_cm"] < 1.0
+        assert rows[name]["physics"]["rest_turned_deg"] < 2.0
+    assert phys["push_dynamic"]["target"] == "box_4"  # the only light thing the robot's chassis meets
+    assert phys["push_dynamic"]["target_moved_cm"] >= 5.0
+    assert phys["push_fixed"]["passed"]
+    fixed = phys["push_fixed"]
+    assert fixed["robot_travel_cm"] <= fixed["start_gap_cm"] + 3.0
+
+
+def test_a_thing_that_falls_over_is_pinned(export_dir):
+    summary = json.loads((export_dir / "export.json").read_text())
+    sign = {r["name"]: r for r in summary["models"]}["sign_6"]
+    assert sign["physics"]["pinned"] and not sign["dynamic"] and sign["policy"] == "unstable"
+    assert sign["physics"]["rest_turned_deg"] > 2.0  # what it did before it was pinned
+    assert any("sign_6: moved" in w and "pinned" in w for w in summary["warnings"])
+    sdf = etree.parse(str(export_dir / "models" / "sign_6" / "model.sdf"))
+    assert sdf.findtext(".//static") == "true" and sdf.find(".//inertial") is None
+    body = etree.parse(str(export_dir / "mjcf" / "room.xml")).find(".//body[@name='sign_6']")
+    assert body.find("freejoint") is None
+    assert summary["physics"]["passed"]
+
+
+def test_check_reports_physics_and_catches_an_overlap(export_dir, tmp_path, capsys):
+    main(["check", str(export_dir), "--no-validator", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    # Only the physics problems are this test's (the convexity check of STL hulls is branch h18's).
+    mjcf = str(export_dir / "mjcf" / "room.xml")
+    assert [p for p in report["problems"] if p["file"] == mjcf] == []
+    assert report["summary"]["physics"]["passed"]
+    assert report["summary"]["physics"]["models"]["book_5"]["rest_moved_cm"] < 1.0
+    # Sink the box 4 cm into the floor in a copy: check must name both models, and the rest test fails
+    # too (the floor pushes it back up).
+    from shutil import copytree
+
+    bad = copytree(export_dir, tmp_path / "bad")
+    path = bad / "mjcf" / "room.xml"
+    tree = etree.parse(str(path))
+    body = tree.find(".//body[@name='box_4']")
+    pos = np.array(body.get("pos").split(), float) - [0, 0, 0.04]
+    body.set("pos", " ".join(map(str, pos)))
+    tree.write(str(path))
+    assert main(["check", str(bad), "--no-validator"]) == 1
+    err = capsys.readouterr().err
+    spawn = [ln for ln in err.splitlines() if "spawn:" in ln]
+    assert len(spawn) == 1 and "box_4" in spawn[0] and "floor" in spawn[0] and "interpenetrate" in spawn[0]
+    assert "rest: box_4 moved" in err
+
+
+def test_push_test_fails_when_the_target_is_too_heavy_to_move(export_dir):
+    kinds = {"box_4": "thing", "floor": "stuff", "wall": "stuff"}
+    res = physics.push_test(export_dir / "mjcf" / "room.xml", robot_mjcf, kinds, True, max_mass=10.0)
+    assert res is not None and res.passed
+    # Make the box 1000x heavier in a copy: the robot's capped force can no longer shift it.
+    tree = etree.parse(str(export_dir / "mjcf" / "room.xml"))
+    inertial = tree.find(".//body[@name='box_4']/inertial")
+    inertial.set("mass", str(float(inertial.get("mass")) * 1000))
+    heavy = export_dir / "mjcf" / "heavy_probe.xml"
+    tree.write(str(heavy))
+    try:
+        res = physics.push_test(heavy, robot_mjcf, kinds, True, max_mass=1e9)
+    finally:
+        heavy.unlink()
+    assert res is not None and not res.passed and res.target_moved_m < 0.05
