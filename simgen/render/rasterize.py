@@ -234,50 +234,28 @@ def rasterize(
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if backend == "auto":
         backend = _auto_backend(means, needs_grad)
-    if backend == "numba":
-        if needs_grad or means.is_cuda:
-            raise ValueError("rasterize: backend='numba' renders CPU tensors without gradients only")
-        from simgen.render.rasterize_numba import rasterize_numba
+    if backend == "numba" and (needs_grad or means.is_cuda):
+        raise ValueError("rasterize: backend='numba' renders CPU tensors without gradients only")
+    if backend == "numba" or (backend == "torch" and not needs_grad):
+        # the two no-gradient renderers take the same inputs; they differ in tiling and chunking only
+        _check_colors_features(means, colors, features)
+        shared = (
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            None if features is None else features.to(means.dtype),
+        )
+        shared += (sh_degree, viewmat, K, width, height, near, far)
+        if backend == "numba":
+            from simgen.render.rasterize_numba import rasterize_numba
 
-        _check_colors_features(means, colors, features)
-        out = rasterize_numba(
-            means,
-            quats,
-            scales,
-            opacities,
-            colors,
-            None if features is None else features.to(means.dtype),
-            sh_degree,
-            viewmat,
-            K,
-            width,
-            height,
-            near,
-            far,
-            tile_size or 16,
-            eps2d,
-        )
-        return _outputs(out, background, features is not None, backend)
-    if backend == "torch" and not needs_grad:
-        _check_colors_features(means, colors, features)
-        out = _rasterize_torch_nograd(
-            means,
-            quats,
-            scales,
-            opacities,
-            colors,
-            None if features is None else features.to(means.dtype),
-            sh_degree,
-            viewmat,
-            K,
-            width,
-            height,
-            near,
-            far,
-            4 if tile_size is None else tile_size,
-            eps2d,
-            16 if chunk is None else chunk,
-        )
+            out = rasterize_numba(*shared, tile_size or 16, eps2d)
+        else:
+            out = _rasterize_torch_nograd(
+                *shared, 4 if tile_size is None else tile_size, eps2d, 16 if chunk is None else chunk
+            )
         return _outputs(out, background, features is not None, backend)
     if backend == "gsplat":
         vals = _colors_and_features(means, colors, viewmat, features, sh_degree)
