@@ -128,9 +128,8 @@ def _check(plan: ScenePlan, scene_dir: Path, build_dir: Path) -> dict[str, Any]:
 
 
 def _eval(plan: ScenePlan, scene_dir: Path, build_dir: Path) -> dict[str, Any]:
-    from simgen.api import evaluate
     from simgen.data import io
-    from simgen.eval.evaluate import markdown_table
+    from simgen.eval.evaluate import evaluate, markdown_table  # what `simgen eval` calls (report data too)
 
     result = evaluate(build_dir, scene_dir, plan.eval)
     metrics = result["metrics"]
