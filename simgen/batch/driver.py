@@ -22,6 +22,7 @@ from simgen.batch import records
 from simgen.batch.manifest import OPTIONAL_INPUTS, REQUIRES, Manifest, ScenePlan
 from simgen.batch.report import write_report
 from simgen.batch.stages import run_stage
+from simgen.interrupts import postpone_forced_exit
 
 LOCK_FILE = ".batch.lock"
 #: Ray's object store holds only the tasks' small result dicts here (data moves as folders), so the
@@ -250,6 +251,7 @@ def run_batch(manifest: Manifest, out_dir: str | Path, cfg: BatchConfig | None =
         "force": cfg.force,
     }
     interrupted = False
+    hold = contextlib.ExitStack()
     with output_lock(out_dir), sigterm_as_interrupt():
         # Skip what is done before starting Ray: a rerun of a finished batch costs seconds, not a cluster.
         pending = {}
@@ -278,6 +280,9 @@ def run_batch(manifest: Manifest, out_dir: str | Path, cfg: BatchConfig | None =
                 try:
                     _drive(ray, states, pending, out_dir, cfg, gpus, info, started)
                 except KeyboardInterrupt:
+                    # Ray's shutdown and the report take seconds: hold simgen's forced exit off until the
+                    # report is written (simgen.interrupts; bounded by its POSTPONE_MAX_S)
+                    hold.enter_context(postpone_forced_exit())
                     interrupted = True
                     for s in states:
                         if s.status in ("running", "pending"):
@@ -288,6 +293,7 @@ def run_batch(manifest: Manifest, out_dir: str | Path, cfg: BatchConfig | None =
     info["seconds"] = round(time.time() - started, 2)
     info["interrupted"] = interrupted
     report = write_report(out_dir, states, info)
+    hold.close()
     return BatchResult(out_dir, report, interrupted)
 
 
