@@ -162,11 +162,10 @@ def resolve_spawn(
     tolerance: float = SPAWN_TOLERANCE_M,
     max_shift: float = MAX_SHIFT_M,
 ) -> tuple[dict[str, np.ndarray], dict[str, float], list[str]]:
-    """Lift or slide dynamic things so that no two models' colliders interpenetrate by more than
-    ``tolerance``.
+    """Lift or slide things so that no two models' colliders interpenetrate by more than ``tolerance``.
 
-    Stuff and fixed things never move (an overlap between fixed models is a collider problem, reported by
-    :func:`run_physics`). Of a thing and stuff, the thing moves; of two things, the dynamic one, else the
+    Stuff never moves, and two fixed things never move for each other (that overlap is a collider
+    problem, reported by :func:`run_physics`). Of a thing and stuff, the thing moves; of two things, the dynamic one, else the
     one standing higher (a mug on a table, not the table). Each move is the minimum translation
     that separates the deepest pair (MuJoCo's signed distance), never downwards (the other thing is pushed
     up instead, or the move becomes a slide, or a lift when it was mostly vertical); a thing that would go further than
@@ -224,9 +223,10 @@ def resolve_spawn(
                 delta = np.array([delta[0], delta[1], 0.0])  # never down: slide only
                 if np.linalg.norm(delta) < 0.5 * d:
                     delta = np.array([0.0, 0.0, d])  # mostly vertical overlap with what is below: lift
-            if mover in frozen or mover not in dynamic:
-                # Fixed models never collide with each other in a simulator; moving one would only
-                # misplace it. Such an overlap is a collider problem and stays reported.
+            if mover in frozen or (mover not in dynamic and kinds.get(other) == "thing"):
+                # Two fixed things never collide in a simulator; moving one would only misplace it.
+                # Such an overlap is a collider problem and stays reported. A fixed thing sunk into the
+                # floor or a wall moves like a dynamic one (a few mm, with a warning).
                 frozen.add(mover)
                 continue
             delta = delta * (1.0 + 1e-3) + delta / max(np.linalg.norm(delta), 1e-12) * 5e-4  # 0.5 mm clear
