@@ -105,10 +105,9 @@ def export_worlds(
 ) -> ExportResult:
     """Export a build folder to Gazebo (SDFormat) and MuJoCo (MJCF) worlds in ``out_dir`` (default: the
     build folder). Raises :class:`simgen.export.pipeline.ExportError` naming the file or setting."""
+    from simgen import folders
     from simgen.export.pipeline import run_export
     from simgen.sim.drive import robot_mjcf
-
-    from simgen import folders
 
     out = Path(out_dir if out_dir is not None else build_dir)
     run_export(build_dir, out, cfg, robot=robot_mjcf)

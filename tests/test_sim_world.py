@@ -181,8 +181,10 @@ def test_simgen_world_cli(export, tmp_path, capsys):
     assert "not a folder" in capsys.readouterr().err
     assert main(["world", str(tmp_path)]) == 1
     assert "export.json: missing" in capsys.readouterr().err
-    assert main(["world", str(export), "--name", "x", "--spawn", "1", "2"]) == 1
+    assert main(["world", str(export), "--name", "x", "--spawn", "1", "2"]) == 2  # a bad setting
     assert "spawn must be 3" in capsys.readouterr().err
+    assert main(["world", str(export), "--hfov-rad", "3.2"]) == 2
+    assert "hfov_rad in (0, pi)" in capsys.readouterr().err
 
 
 # -- simgen drive (MuJoCo stand-in for Gazebo) ---------------------------------------------------------------

@@ -237,9 +237,7 @@ def apply_overrides(base: Any, values: dict[str, Any], where: str) -> Any:
         except ValueError as e:
             raise ManifestError(f"{where}.{key}: {e}") from None
     try:
-        cfg = dataclasses.replace(base, **kw)
-        if hasattr(cfg, "validate"):
-            cfg.validate()
+        cfg = dataclasses.replace(base, **kw)  # validates in the config's __post_init__
     except (ValueError, TypeError) as e:
         raise ManifestError(f"{where}: {e}") from None
     return cfg

@@ -92,7 +92,7 @@ def _build(plan: ScenePlan, scene_dir: Path, build_dir: Path) -> dict[str, Any]:
 def _gaussians(plan: ScenePlan, scene_dir: Path, build_dir: Path) -> dict[str, Any]:
     from simgen.api import train_gaussians
 
-    summary = train_gaussians(scene_dir, build_dir, plan.splat, progress=False)
+    summary = train_gaussians(scene_dir, build_dir, plan.splat, progress=False).summary
     return {
         "build_id": folders.build_id(build_dir),
         "count": summary.get("count"),
@@ -105,7 +105,7 @@ def _export(plan: ScenePlan, scene_dir: Path, build_dir: Path) -> dict[str, Any]
     from simgen.api import export_worlds
 
     # Into the build folder, as `simgen build` does: the same files in the same places.
-    rec = export_worlds(build_dir, build_dir, plan.export)
+    rec = export_worlds(build_dir, build_dir, plan.export).record
     rows = rec.get("models", [])
     return {
         "scene": rec.get("scene"),
@@ -122,7 +122,8 @@ def _export(plan: ScenePlan, scene_dir: Path, build_dir: Path) -> dict[str, Any]
 def _check(plan: ScenePlan, scene_dir: Path, build_dir: Path) -> dict[str, Any]:
     from simgen.api import check
 
-    problems, stats = check(build_dir, validator=plan.check.validator, workers=plan.check.workers)
+    report = check(build_dir, validator=plan.check.validator, workers=plan.check.workers)
+    problems, stats = report.problems, report.stats
     # Problems are findings about the export, reported per scene; they do not fail the stage.
     return {"problems": len(problems), "details": [str(p) for p in problems[:50]], "stats": stats}
 

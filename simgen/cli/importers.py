@@ -57,37 +57,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples=EXAMPLES,
     )
     datasets = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
-    for name, cls, what, examples in (
+    labelled = "Import {what} into a scene folder."
+    unlabelled = "Import {what} as a scene without pseudo-labels; 'simgen label' adds them."
+    for name, cls, what, examples, description in (
         ("replica", ReplicaConfig, "a Semantic-NeRF Replica sequence (traj_w_c.txt, rgb/, depth/, semantic_*/)",
-         REPLICA_EXAMPLES),
+         REPLICA_EXAMPLES, labelled),
         ("scannet", ScanNetConfig, "an exported ScanNet scene (color/, depth/, pose/, intrinsic/, label-filt/, "
-         "instance-filt/)", SCANNET_EXAMPLES),
-    ):  # fmt: skip
-        q = add_command(
-            datasets,
-            name,
-            help=f"import {what}",
-            description=f"Import {what} into a scene folder.",
-            examples=examples,
-        )
-        q.add_argument("src", metavar="SRC", help="source folder")
-        q.add_argument("out", metavar="OUT", help="scene folder to write")
-        add_dataclass_args(q, cls)
-        q.set_defaults(func=cmd_import, config_cls=cls)
-    for name, cls, what, examples in (
+         "instance-filt/)", SCANNET_EXAMPLES, labelled),
         ("record3d", Record3DConfig, "a Record3D iPhone/iPad LiDAR capture (.r3d, or the unzipped folder)",
-         RECORD3D_EXAMPLES),
+         RECORD3D_EXAMPLES, unlabelled),
         ("nerfstudio", NerfstudioConfig, "an ns-process-data folder with depth (transforms.json with "
-         "depth_file_path; Polycam / Record3D processed)", NERFSTUDIO_EXAMPLES),
+         "depth_file_path; Polycam / Record3D processed)", NERFSTUDIO_EXAMPLES, unlabelled),
     ):  # fmt: skip
         q = add_command(
             datasets,
             name,
-            help=f"import {what}, without labels (then run simgen label)",
-            description=f"Import {what} as a scene without pseudo-labels; 'simgen label' adds them.",
+            help=f"import {what}"
+            + (", without labels (then run simgen label)" if description is unlabelled else ""),
+            description=description.format(what=what),
             examples=examples,
         )
-        q.add_argument("src", metavar="SRC", help="source file or folder")
+        q.add_argument(
+            "src", metavar="SRC", help="source folder" if description is labelled else "source file or folder"
+        )
         q.add_argument("out", metavar="OUT", help="scene folder to write")
         add_dataclass_args(q, cls)
         q.set_defaults(func=cmd_import, config_cls=cls)

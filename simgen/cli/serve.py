@@ -229,17 +229,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    from simgen.config import dataclass_from_args
+    from simgen.cli.common import config_from_args
     from simgen.serve.scene import SceneLoadError
     from simgen.sim.world import WorldConfig, WorldError, compose_world
 
-    cfg = dataclass_from_args(WorldConfig, args)
+    cfg = config_from_args(WorldConfig, args)
     if not Path(args.out_dir).is_dir():
         print(f"error: {args.out_dir}: not a folder", file=sys.stderr)
         return 1
-    if cfg.rate_hz <= 0 or cfg.width < 1 or cfg.height < 1 or not 0 < cfg.hfov_rad < 3.14159:
-        print("error: --rate-hz must be > 0, --width/--height >= 1, --hfov-rad in (0, pi)", file=sys.stderr)
-        return 2
     try:
         result = compose_world(args.out_dir, cfg)
     except (WorldError, SceneLoadError) as e:

@@ -44,7 +44,7 @@ def cmd_gaussians(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(SplatConfig, args)
     try:
-        summary = train_gaussians(args.scene_dir, args.build, cfg, progress=not args.quiet)
+        summary = train_gaussians(args.scene_dir, args.build, cfg, progress=not args.quiet).summary
     except (SceneError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -32,6 +32,7 @@ from lxml import etree
 from scipy import ndimage
 
 from simgen import folders
+from simgen.config import ConfigError
 from simgen.data import io
 from simgen.folders import PanopticMesh
 
@@ -79,6 +80,17 @@ class WorldConfig:
             "help": "also write a ros_gz_bridge YAML and a ROS 2 launch file beside the world (docs/ros2.md)"
         },
     )
+
+    def __post_init__(self) -> None:
+        if not (self.rate_hz > 0 and self.width >= 1 and self.height >= 1 and 0 < self.hfov_rad < math.pi):
+            raise ConfigError(
+                "WorldConfig: rate_hz must be > 0, width and height >= 1, hfov_rad in (0, pi); got "
+                f"{self.rate_hz}, {self.width}x{self.height}, {self.hfov_rad}"
+            )
+        if self.clearance < 0:
+            raise ConfigError(f"WorldConfig: clearance must be >= 0 m, got {self.clearance}")
+        if self.spawn is not None and (len(self.spawn) != 3 or not all(math.isfinite(v) for v in self.spawn)):
+            raise ConfigError(f"WorldConfig: spawn must be 3 finite numbers x y yaw, got {self.spawn}")
 
 
 # -- the robot -------------------------------------------------------------------------------------------------
@@ -353,8 +365,6 @@ def compose_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict:
     out_dir = Path(out_dir)
     scene_name, world_path = _export_world(out_dir)
     if cfg.spawn is not None:
-        if len(cfg.spawn) != 3 or not all(math.isfinite(v) for v in cfg.spawn):
-            raise WorldError(f"spawn must be 3 finite numbers x y yaw, got {cfg.spawn}")
         spawn = tuple(float(v) for v in cfg.spawn)
     else:
         scene = load_render_scene(out_dir, rgb="mesh")  # geometry only
