@@ -615,6 +615,13 @@ def parse_rig_body(data: Any, cfg: ServeConfig) -> RigParams:
     return RigParams(tuple(names), tuple(out), base, enc, depth_format)
 
 
+def render_rig(scene: Any, rig: RigParams) -> list[dict]:
+    """Render every camera of a parsed rig request with ``scene`` (a :class:`simgen.serve.scene.RenderScene`):
+    one result per camera in request order, each :meth:`RenderScene.render`'s. The server's ``/render/rig``
+    and ``simgen drive``'s in-process renders both call this, so they render the same images."""
+    return [scene.render(p.camera.intrinsics(), p.c2w_cv[0], p.outputs) for p in rig.cameras]
+
+
 def encode_rig_npz(results: list[dict], rig: RigParams, world_frame: str) -> bytes:
     """The ``/render/rig`` ``.npz``: per camera ``<name>/rgb``, ``<name>/depth`` (or ``<name>/depth_mm``),
     ``<name>/panoptic``, ``<name>/K`` ``(3, 3)``, ``<name>/c2w_cv`` ``(4, 4)`` (the arrays of ``/render``),
