@@ -40,6 +40,7 @@ cameras:
     width: 32
     height: 24
     hfov_rad: 1.3
+    outputs: [depth, panoptic]
 """
 
 
@@ -76,7 +77,14 @@ def test_rig_depth_equals_single_camera_renders(rig_drive, export):
     assert summary["camera"] is None and [c["name"] for c in summary["cameras"]] == ["front", "left"]
     front, left = summary["cameras"]
     assert front["offset"] == [*CAMERA_XYZ, 0.0, 0.0, 0.0] and (front["width"], front["height"]) == (40, 30)
-    assert (left["width"], left["height"], left["hfov_rad"]) == (32, 24, 1.3)
+    assert (left["width"], left["height"], left["hfov_rad"], left["outputs"]) == (
+        32,
+        24,
+        1.3,
+        ["depth", "panoptic"],
+    )
+    assert (dest / "frames" / "front" / "000000_rgb.png").is_file()
+    assert not (dest / "frames" / "left" / "000000_rgb.png").exists()  # not asked for
     frames = summary["frames"]
     # 10 Hz of simulation time from t = 0 until the 1.5 s limit.
     assert len(frames) >= 15 and [f["time"] for f in frames] == [
@@ -114,14 +122,15 @@ def test_rig_bag_topics_counts_and_tf(rig_drive):
     msgs, order, types, _ = read_bag(bag)
     n = len(summary["frames"])
     frame_ns = None
+    assert "/jackal/simgen/left/image" not in types  # the left camera renders no RGB
     for cam in ("front", "left"):
-        for t in CAMERA_TOPICS:
+        for t in CAMERA_TOPICS if cam == "front" else CAMERA_TOPICS[1:]:
             topic = f"/jackal/simgen/{cam}/{t}"
             assert len(msgs[topic]) == n, topic
             stamps = [ns for ns, _ in msgs[topic]]
             frame_ns = frame_ns or stamps
             assert stamps == frame_ns, topic  # every camera's messages of one tick share its stamp
-        for _, m in msgs[f"/jackal/simgen/{cam}/image"] + msgs[f"/jackal/simgen/{cam}/camera_info"]:
+        for _, m in msgs[f"/jackal/simgen/{cam}/depth_image"] + msgs[f"/jackal/simgen/{cam}/camera_info"]:
             assert m.header.frame_id == f"{cam}_optical_frame"
     assert "/jackal/simgen/image" not in types and order == sorted(order)
     np.testing.assert_allclose(np.array(frame_ns) / 1e9, [f["time"] for f in summary["frames"]], atol=1e-4)
@@ -196,7 +205,17 @@ def test_rig_drive_through_the_server_equals_in_process(export, rig_drive, tmp_p
     assert remote["frames"] == summary["frames"]
     for cam in ("front", "left"):
         for k in range(len(summary["frames"])):
-            for out in ("rgb", "depth", "panoptic"):
+            for out in ("rgb", "depth", "panoptic") if cam == "front" else ("depth", "panoptic"):
                 name = f"{k:06d}_{out}.png"
                 local = (dest / "frames" / cam / name).read_bytes()
                 assert (tmp_path / "d" / "frames" / cam / name).read_bytes() == local
+
+
+def test_simgen_drive_rig_cli(export, tmp_path, capsys):
+    from simgen.cli import main
+
+    bad = tmp_path / "rig.yaml"
+    bad.write_text("cameras: [{name: a, hfov_rad: 4}]")
+    assert main(["drive", str(export), "--rig", str(bad), "-o", str(tmp_path / "d")]) == 1
+    assert f"--rig {bad}: cameras[0].hfov_rad: out of range" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before any frame

@@ -82,6 +82,8 @@ class BagCamera:
         xyz, rpy: the camera link in ``base_link`` (m; roll pitch yaw in rad, fixed-axis XYZ as SDF poses).
         K: ``(3, 3)`` intrinsics in the ROS convention (pixels; first pixel centre at 0,
             :func:`simgen.data.camera.ros_camera_matrix`); ``width``, ``height`` the image size.
+        outputs: what the camera renders (``rgb``, ``depth``, ``panoptic``); only their topics (and
+            ``segments`` with ``panoptic``, ``camera_info`` always) are in the bag.
     """
 
     topics: dict[str, str]
@@ -92,6 +94,7 @@ class BagCamera:
     K: np.ndarray
     width: int
     height: int
+    outputs: tuple[str, ...] = ("rgb", "depth", "panoptic")
 
 
 def default_camera(
@@ -171,6 +174,7 @@ class DriveBag:
             (i, key): (cam.topics[key], msgtype)
             for i, cam in enumerate(self.cameras)
             for key, msgtype in types.items()
+            if key in cam.outputs or key == "camera_info" or (key == "segments" and "panoptic" in cam.outputs)
         }
         connections["odometry"] = (names.odometry, "nav_msgs/msg/Odometry")
         connections["tf"] = (names.tf, "tf2_msgs/msg/TFMessage")

@@ -440,6 +440,7 @@ def _open_bag(cfg: DriveConfig, spawn: tuple[float, float, float], cams: list[Ri
                 _ros_K(c.width, c.height, c.hfov_rad),
                 c.width,
                 c.height,
+                tuple(c.outputs),
             )
         )
     return DriveBag(cfg.bag, names, spawn, bag_cams)
