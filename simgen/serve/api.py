@@ -21,7 +21,7 @@ from simgen.data.camera import Intrinsics
 from simgen.data.io import id_to_rgb
 from simgen.data.poses import CONVENTIONS, DEFAULT_CONVENTION, PoseError, from_c2w_cv, parse_pose
 from simgen.serve.config import ServeConfig
-from simgen.serve.scene import OUTPUTS, STUFF_ID_OFFSET
+from simgen.serve.scene import OUTPUTS, STUFF_ID_OFFSET, RenderScene
 
 ENCODINGS = ("npz", "multipart")
 DEPTH_FORMATS = ("float32", "uint16_mm")
@@ -615,7 +615,7 @@ def parse_rig_body(data: Any, cfg: ServeConfig) -> RigParams:
     return RigParams(tuple(names), tuple(out), base, enc, depth_format)
 
 
-def render_rig(scene: Any, rig: RigParams) -> list[dict]:
+def render_rig(scene: RenderScene, rig: RigParams) -> list[dict]:
     """Render every camera of a parsed rig request with ``scene`` (a :class:`simgen.serve.scene.RenderScene`):
     one result per camera in request order, each :meth:`RenderScene.render`'s. The server's ``/render/rig``
     and ``simgen drive``'s in-process renders both call this, so they render the same images."""
