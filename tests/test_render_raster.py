@@ -297,3 +297,54 @@ def test_export_parts_errors_name_the_file(tmp_path):
         RA.read_export_parts(tmp_path)
     with pytest.raises(ValueError, match="texture must be"):
         RA.TexturedPart(np.zeros((3, 3)), np.array([[0, 1, 2]]), np.zeros((3, 2)), np.zeros((2, 2)), 1)
+
+
+def test_export_parts_follow_the_world_poses_and_panoptic_ids(tmp_path):
+    """A hand-written export: a thing model included with a yaw and a stuff model whose texture baking
+    failed (plain MTL colour); vertices land at include pose x model-frame vertex, ids as the server's."""
+    from PIL import Image
+
+    from simgen.data import io
+
+    io.write_json(tmp_path / "export.json", {"scene": "s", "build_dir": "."})
+    io.write_json(
+        tmp_path / "panoptic.json",
+        {
+            "segments": [
+                {"model": "chair_3", "id": 3, "kind": "thing", "category_id": 5},
+                {"model": "floor", "id": 0, "kind": "floor", "category_id": 1},
+            ]
+        },
+    )
+    (tmp_path / "worlds").mkdir()
+    (tmp_path / "worlds" / "s.sdf").write_text(
+        "<sdf version='1.9'><world name='s'>"
+        "<include><uri>model://chair_3</uri><name>chair_3</name><pose>1 2 0.5 0 0 1.5707963267948966</pose>"
+        "</include><include><uri>model://floor</uri><name>floor</name><pose>0 0 0 0 0 0</pose></include>"
+        "<include><uri>model://robot</uri><name>robot</name></include></world></sdf>"
+    )
+    tex = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for name, textured in (("chair_3", True), ("floor", False)):
+        d = tmp_path / "models" / name / "meshes"
+        d.mkdir(parents=True)
+        (d.parent / "model.sdf").write_text(
+            f"<sdf version='1.9'><model name='{name}'><link name='link'><visual name='visual'><geometry><mesh>"
+            f"<uri>model://{name}/meshes/visual.obj</uri></mesh></geometry></visual></link></model></sdf>"
+        )
+        obj = "mtllib visual.mtl\nusemtl visual\nv 1 0 0\nv 0 1 0\nv 0 0 1\n"
+        if textured:
+            obj += "vt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n"
+            Image.fromarray(tex).save(d / "visual.png")
+            mtl = "newmtl visual\nKd 1 1 1\nmap_Kd visual.png\n"
+        else:
+            obj += "f 1 2 3\n"
+            mtl = "newmtl visual\nKd 0.2 0.4 0.6\n"
+        (d / "visual.obj").write_text(obj)
+        (d / "visual.mtl").write_text(mtl)
+    chair, floor = RA.read_export_parts(tmp_path)
+    assert (chair.name, chair.segment, floor.name, floor.segment) == ("chair_3", 3, "floor", 1_000_001)
+    # yaw +90 deg: model x -> world y, model y -> world -x; then the include's translation.
+    np.testing.assert_allclose(chair.vertices, [[1, 3, 0.5], [0, 2, 0.5], [1, 2, 1.5]], atol=1e-9)
+    np.testing.assert_allclose(chair.uv, [[0, 0], [1, 0], [0, 1]])
+    np.testing.assert_array_equal(chair.texture, tex)
+    np.testing.assert_allclose(floor.texture.reshape(3), [51, 102, 153], atol=1)  # Kd as a 1 x 1 texture

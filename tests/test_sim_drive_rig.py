@@ -115,6 +115,8 @@ def test_rig_depth_equals_single_camera_renders(rig_drive, export):
     assert frames[0]["cameras"]["front"]["pose"] != frames[0]["cameras"]["left"]["pose"]
     traj = json.loads((dest / "trajectory.json").read_text())
     assert traj["cameras"] == summary["cameras"]
+    with Image.open(dest / "drive.gif") as gif:  # one row per camera (RGB | depth | panoptic), padded
+        assert gif.n_frames == len(frames) and gif.size == (3 * 40, 30 + 24)
 
 
 def test_rig_bag_topics_counts_and_tf(rig_drive):
