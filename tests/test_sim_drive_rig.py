@@ -172,6 +172,7 @@ def test_rig_bag_topics_counts_and_tf(rig_drive):
         ("cameras: [{name: a, width: 0}]", "cameras[0].width: must lie in [1, 8192]"),
         ("cameras: [{name: a, topic: /x}, {name: b, topic: /x/}]", "topic '/x' is already used"),
         ("server: http://h:1\ncameras: [{name: a}]", "unknown key 'server'"),
+        ("height: -3\ncameras: [{name: a}]", "rig.yaml: height: must lie in [1, 8192]"),
         ("cameras: [", "not valid YAML or JSON"),
     ],
 )

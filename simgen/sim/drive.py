@@ -129,7 +129,6 @@ class DriveConfig:
 RIG_CAMERA_KEYS = ("name", "camera_offset", "width", "height", "hfov_rad", "outputs", "topic")
 #: keys a ``--rig`` file may set once for all its cameras (over --width, --height, --hfov-rad)
 RIG_SHARED_KEYS = ("width", "height", "hfov_rad", "outputs")
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 @dataclass(frozen=True)
@@ -179,6 +178,8 @@ def load_rig(path: str | Path, cfg: DriveConfig) -> list[RigCamera]:
     """
     import yaml
 
+    from simgen.serve.api import RIG_NAME_CHARS  # the names /render/rig accepts
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -195,6 +196,10 @@ def load_rig(path: str | Path, cfg: DriveConfig) -> list[RigCamera]:
             )
     shared = {"width": str(cfg.width), "height": str(cfg.height), "hfov_rad": repr(cfg.hfov_rad)}
     shared.update({k: _sdf_text(v, f"--rig {path}: {k}") for k, v in data.items() if k != "cameras"})
+    try:
+        config_from_sdf(shared)
+    except BridgeConfigError as e:
+        raise DriveError(f"--rig {path}: {e.key}: {str(e).split(': ', 1)[1]}") from None
     names: list[str] = []
     cams: list[dict[str, str]] = []
     base_topic = cfg.topic.rstrip("/")
@@ -206,7 +211,7 @@ def load_rig(path: str | Path, cfg: DriveConfig) -> list[RigCamera]:
             if key not in RIG_CAMERA_KEYS:
                 raise DriveError(f"{where}.{key}: unknown key; expected some of {list(RIG_CAMERA_KEYS)}")
         name = entry.get("name")
-        if not isinstance(name, str) or not 1 <= len(name) <= 64 or not set(name) <= _NAME_CHARS:
+        if not isinstance(name, str) or not 1 <= len(name) <= 64 or not set(name) <= RIG_NAME_CHARS:
             raise DriveError(f"{where}.name: 1-64 letters, digits, '_' or '-' required, got {name!r}")
         if name in names:
             raise DriveError(f"{where}.name: {name!r} is already the name of cameras[{names.index(name)}]")
