@@ -46,6 +46,7 @@ DRIVE_EXAMPLES = """examples:
   simgen serve out/export & simgen drive out/export --server http://127.0.0.1:8000 --waypoints 2 0
   simgen drive out/export --spawn 0 0 0 --waypoints 3 0 -o /tmp/crash   # into an obstacle: stops, says which
   simgen drive out/export --bag run.mcap                             # + a ROS 2 bag (MCAP) of the drive
+  simgen drive out/export --rig rig.yaml --bag run.mcap              # several cameras, one /render/rig a frame
 """
 
 

@@ -21,7 +21,7 @@ from simgen.data.camera import Intrinsics
 from simgen.data.io import id_to_rgb
 from simgen.data.poses import CONVENTIONS, DEFAULT_CONVENTION, PoseError, from_c2w_cv, parse_pose
 from simgen.serve.config import ServeConfig
-from simgen.serve.scene import OUTPUTS, STUFF_ID_OFFSET
+from simgen.serve.scene import OUTPUTS, STUFF_ID_OFFSET, RenderScene
 
 ENCODINGS = ("npz", "multipart")
 DEPTH_FORMATS = ("float32", "uint16_mm")
@@ -613,6 +613,13 @@ def parse_rig_body(data: Any, cfg: ServeConfig) -> RigParams:
             f"{cfg.max_batch_pixels}",
         )
     return RigParams(tuple(names), tuple(out), base, enc, depth_format)
+
+
+def render_rig(scene: RenderScene, rig: RigParams) -> list[dict]:
+    """Render every camera of a parsed rig request with ``scene`` (a :class:`simgen.serve.scene.RenderScene`):
+    one result per camera in request order, each :meth:`RenderScene.render`'s. The server's ``/render/rig``
+    and ``simgen drive``'s in-process renders both call this, so they render the same images."""
+    return [scene.render(p.camera.intrinsics(), p.c2w_cv[0], p.outputs) for p in rig.cameras]
 
 
 def encode_rig_npz(results: list[dict], rig: RigParams, world_frame: str) -> bytes:

@@ -233,7 +233,7 @@ def create_app(render_scene: RenderScene, cfg: ServeConfig | None = None) -> Fla
     def render_rig():
         rig = api.parse_rig_body(body_json(), cfg)
         with gate.slot():  # one admission for the whole rig: a tick's cameras are rendered together
-            results = [scene.render(p.camera.intrinsics(), p.c2w_cv[0], p.outputs) for p in rig.cameras]
+            results = api.render_rig(scene, rig)
         body = api.encode_rig_npz(results, rig, scene.world_frame)
         return Response(body, mimetype="application/x-npz", headers={"Cache-Control": "no-store"})
 

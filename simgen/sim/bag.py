@@ -18,6 +18,12 @@ topic (``/jackal`` = ``--topic``)  type                           content
 /clock                             rosgraph_msgs/msg/Clock        every stamp in the bag
 ================================  =============================  ========================================
 
+A drive with a camera rig (``simgen drive --rig FILE``) writes the five camera topics once per camera,
+under the camera's own topic prefix (default ``<topic>/simgen/<name>``: ``/jackal/simgen/front/image``...),
+each image in ``<name>_optical_frame``; ``/tf_static`` then holds ``base_link -> <name>_link`` (the camera's
+offset from the robot's model frame) ``-> <name>_optical_frame`` for every camera instead of ``camera_link``.
+All cameras of one tick carry the same stamp.
+
 Every stamp (header and bag log time) is the simulation time of the drive, in nanoseconds from 0. The
 ``odom`` frame is the spawn pose (as Gazebo's DiffDrive odometry starts there), ``base_link`` the robot's
 model frame (on the ground under the chassis centre; 1 cm up while MuJoCo floats it), images are in
@@ -35,6 +41,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +52,12 @@ from scipy.spatial.transform import Rotation
 from simgen.data.io import id_to_rgb
 from simgen.sim.ros2 import (
     BASE_FRAME,
+    CAMERA_FRAME,
     ODOM_FRAME,
     OPTICAL_FRAME,
+    OPTICAL_RPY,
+    WORLD_FRAME,
     RosNames,
-    static_transforms,
 )
 
 
@@ -60,17 +70,53 @@ def to_ns(t: float) -> int:
     return int(round(t * 1e9))
 
 
+@dataclass(frozen=True)
+class BagCamera:
+    """One camera of the bag: its topics, TF frames, pose on the robot and intrinsics.
+
+    Args:
+        topics: ``{output: topic}`` for ``rgb``, ``depth``, ``panoptic``, ``segments``, ``camera_info``
+            (:meth:`simgen.sim.gazebo.BridgeConfig.topics`).
+        link_frame, optical_frame: the camera link (x forward, z up) and its optical frame (z forward, x
+            right, y down), the images' ``frame_id``.
+        xyz, rpy: the camera link in ``base_link`` (m; roll pitch yaw in rad, fixed-axis XYZ as SDF poses).
+        K: ``(3, 3)`` intrinsics in the ROS convention (pixels; first pixel centre at 0,
+            :func:`simgen.data.camera.ros_camera_matrix`); ``width``, ``height`` the image size.
+        outputs: what the camera renders (``rgb``, ``depth``, ``panoptic``); only their topics (and
+            ``segments`` with ``panoptic``, ``camera_info`` always) are in the bag.
+    """
+
+    topics: dict[str, str]
+    link_frame: str
+    optical_frame: str
+    xyz: tuple[float, float, float]
+    rpy: tuple[float, float, float]
+    K: np.ndarray
+    width: int
+    height: int
+    outputs: tuple[str, ...] = ("rgb", "depth", "panoptic")
+
+
+def default_camera(
+    names: RosNames, camera_xyz: tuple[float, float, float], K: np.ndarray, width: int, height: int
+) -> BagCamera:
+    """The robot's one camera of ``simgen world`` (``camera_link`` -> ``camera_optical_frame``)."""
+    x, y, z = (float(v) for v in camera_xyz)
+    return BagCamera(
+        dict(names.camera), CAMERA_FRAME, OPTICAL_FRAME, (x, y, z), (0.0, 0.0, 0.0), K, width, height
+    )
+
+
 class DriveBag:
     """Writes one drive as a ROS 2 bag; call :meth:`odometry` and :meth:`frame` in time order, then
     :meth:`close` (or :meth:`abort` on failure).
 
     Args:
         path: ``*.mcap`` (one file) or a folder name (rosbag2 folder); replaced when complete.
-        names: ROS topics (:func:`simgen.sim.ros2.ros_names`).
+        names: ROS topics of the robot (:func:`simgen.sim.ros2.ros_names`): odometry, TF, clock.
         spawn: ``(x, y, yaw)`` robot start in the world (m, rad): the ``odom`` frame.
-        camera_xyz: camera link origin in the robot's model frame (m); the link is not rotated.
-        K: ``(3, 3)`` intrinsics of the rendered images in the ROS convention (pixels; first pixel centre
-            at 0, :func:`simgen.data.camera.ros_camera_matrix`); ``width``, ``height`` their size.
+        cameras: the cameras whose frames :meth:`frame` writes, by index (:func:`default_camera` for the
+            robot's one camera); topics and frame names must differ between cameras.
     """
 
     def __init__(
@@ -78,10 +124,7 @@ class DriveBag:
         path: str | Path,
         names: RosNames,
         spawn: tuple[float, float, float],
-        camera_xyz: tuple[float, float, float],
-        K: np.ndarray,
-        width: int,
-        height: int,
+        cameras: Sequence[BagCamera],
     ):
         from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
         from rosbags.rosbag2 import StoragePlugin, Writer
@@ -97,8 +140,13 @@ class DriveBag:
         self.ts = get_typestore(Stores.ROS2_HUMBLE)
         self.names = names
         self.spawn = tuple(float(v) for v in spawn)
-        self.K = np.asarray(K, np.float64)
-        self.width, self.height = int(width), int(height)
+        self.cameras = list(cameras)
+        if not self.cameras:
+            raise BagError(f"--bag {self.path}: no camera to record")
+        frames = [f for c in self.cameras for f in (c.link_frame, c.optical_frame)]
+        topics = [t for c in self.cameras for t in c.topics.values()]
+        if len(set(frames)) < len(frames) or len(set(topics)) < len(topics):
+            raise BagError(f"--bag {self.path}: cameras share a topic or a frame name")
         self.counts: dict[str, int] = {}
         self._last_ns = -1
         self._clock_ns = -1
@@ -115,24 +163,29 @@ class DriveBag:
             QosTime(0, 0),
             False,
         )
-        topics = {
-            "rgb": (names.camera["rgb"], "sensor_msgs/msg/Image"),
-            "depth": (names.camera["depth"], "sensor_msgs/msg/Image"),
-            "panoptic": (names.camera["panoptic"], "sensor_msgs/msg/Image"),
-            "segments": (names.camera["segments"], "std_msgs/msg/String"),
-            "camera_info": (names.camera["camera_info"], "sensor_msgs/msg/CameraInfo"),
-            "odometry": (names.odometry, "nav_msgs/msg/Odometry"),
-            "tf": (names.tf, "tf2_msgs/msg/TFMessage"),
-            "clock": (names.clock, "rosgraph_msgs/msg/Clock"),
+        types = {
+            "rgb": "sensor_msgs/msg/Image",
+            "depth": "sensor_msgs/msg/Image",
+            "panoptic": "sensor_msgs/msg/Image",
+            "segments": "std_msgs/msg/String",
+            "camera_info": "sensor_msgs/msg/CameraInfo",
         }
+        connections: dict[Any, tuple[str, str]] = {
+            (i, key): (cam.topics[key], msgtype)
+            for i, cam in enumerate(self.cameras)
+            for key, msgtype in types.items()
+            if key in cam.outputs or key == "camera_info" or (key == "segments" and "panoptic" in cam.outputs)
+        }
+        connections["odometry"] = (names.odometry, "nav_msgs/msg/Odometry")
+        connections["tf"] = (names.tf, "tf2_msgs/msg/TFMessage")
+        connections["clock"] = (names.clock, "rosgraph_msgs/msg/Clock")
         self._conn = {
             key: self._writer.add_connection(topic, msgtype, typestore=self.ts)
-            for key, (topic, msgtype) in topics.items()
+            for key, (topic, msgtype) in connections.items()
         }
         self._conn["tf_static"] = self._writer.add_connection(
             names.tf_static, "tf2_msgs/msg/TFMessage", typestore=self.ts, offered_qos_profiles=[latched]
         )
-        self._camera_xyz = tuple(float(v) for v in camera_xyz)
         self._static_written = False
 
     # -- message builders -------------------------------------------------------------------------------
@@ -157,13 +210,13 @@ class DriveBag:
             ),
         )
 
-    def _image(self, ns: int, array: np.ndarray, encoding: str):
+    def _image(self, ns: int, array: np.ndarray, encoding: str, frame_id: str):
         a = np.ascontiguousarray(array)
         if encoding == "32FC1":
             a = a.astype("<f4", copy=False)
         H, W = a.shape[:2]
         return self._M("sensor_msgs/msg/Image")(
-            header=self._header(ns, OPTICAL_FRAME),
+            header=self._header(ns, frame_id),
             height=H,
             width=W,
             encoding=encoding,
@@ -172,19 +225,20 @@ class DriveBag:
             data=np.frombuffer(a.tobytes(), np.uint8),
         )
 
-    def _camera_info(self, ns: int):
+    def _camera_info(self, ns: int, cam: BagCamera):
+        K = np.asarray(cam.K, np.float64)
         P = np.zeros((3, 4))
-        P[:, :3] = self.K
+        P[:, :3] = K
         roi = self._M("sensor_msgs/msg/RegionOfInterest")(
             x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
         )
         return self._M("sensor_msgs/msg/CameraInfo")(
-            header=self._header(ns, OPTICAL_FRAME),
-            height=self.height,
-            width=self.width,
+            header=self._header(ns, cam.optical_frame),
+            height=int(cam.height),
+            width=int(cam.width),
             distortion_model="plumb_bob",
             d=np.zeros(5),
-            k=self.K.reshape(-1).copy(),
+            k=K.reshape(-1).copy(),
             r=np.eye(3).reshape(-1),
             p=P.reshape(-1),
             binning_x=0,
@@ -192,7 +246,7 @@ class DriveBag:
             roi=roi,
         )
 
-    def _write(self, key: str, ns: int, msg: Any) -> None:
+    def _write(self, key: Any, ns: int, msg: Any) -> None:
         if ns < self._last_ns:
             raise BagError(f"{self.path}: message at {ns} ns after one at {self._last_ns} ns (time order)")
         if ns != self._clock_ns:  # /clock ticks at every stamp the bag holds, before its messages
@@ -207,14 +261,19 @@ class DriveBag:
         self._raw(key, ns, msg)
         self._last_ns = ns
 
-    def _raw(self, key: str, ns: int, msg: Any) -> None:
+    def _raw(self, key: Any, ns: int, msg: Any) -> None:
         conn = self._conn[key]
         self._writer.write(conn, ns, self.ts.serialize_cdr(msg, conn.msgtype))
         self.counts[conn.topic] = self.counts.get(conn.topic, 0) + 1
 
     def _write_static(self, ns: int) -> None:
+        x0, y0, yaw0 = self.spawn
+        chain = [(WORLD_FRAME, ODOM_FRAME, (x0, y0, 0.0), (0.0, 0.0, yaw0))]
+        for cam in self.cameras:
+            chain.append((BASE_FRAME, cam.link_frame, cam.xyz, cam.rpy))
+            chain.append((cam.link_frame, cam.optical_frame, (0.0, 0.0, 0.0), OPTICAL_RPY))
         tfs = []
-        for parent, child, xyz, rpy in static_transforms(self._camera_xyz, 0.0, self.spawn):
+        for parent, child, xyz, rpy in chain:
             tfs.append(self._transform(ns, parent, child, xyz, Rotation.from_euler("xyz", rpy).as_quat()))
         self._raw("tf_static", ns, self._M("tf2_msgs/msg/TFMessage")(transforms=tfs))
         self._static_written = True
@@ -255,20 +314,24 @@ class DriveBag:
         tf = M("tf2_msgs/msg/TFMessage")(transforms=[self._transform(ns, ODOM_FRAME, BASE_FRAME, xyz, q)])
         self._write("tf", ns, tf)
 
-    def frame(self, t: float, result: dict) -> None:
-        """One render (``rgb (H, W, 3) uint8``, ``depth (H, W)`` m with 0 = no hit, ``panoptic (H, W)``
-        segment ids, ``segments``) at sim time ``t`` (s)."""
+    def frame(self, t: float, result: dict, camera: int = 0) -> None:
+        """One render of camera number ``camera`` (``rgb (H, W, 3) uint8``, ``depth (H, W)`` m with 0 = no
+        hit, ``panoptic (H, W)`` segment ids, ``segments``) at sim time ``t`` (s)."""
         ns = to_ns(t)
+        cam = self.cameras[camera]
+        frame_id = cam.optical_frame
         if "rgb" in result:
-            self._write("rgb", ns, self._image(ns, result["rgb"], "rgb8"))
+            self._write((camera, "rgb"), ns, self._image(ns, result["rgb"], "rgb8", frame_id))
         if "depth" in result:
             d = np.asarray(result["depth"], np.float32)
-            self._write("depth", ns, self._image(ns, np.where(d > 0, d, np.float32(np.inf)), "32FC1"))
+            d = np.where(d > 0, d, np.float32(np.inf))
+            self._write((camera, "depth"), ns, self._image(ns, d, "32FC1", frame_id))
         if "panoptic" in result:
-            self._write("panoptic", ns, self._image(ns, id_to_rgb(result["panoptic"]), "rgb8"))
+            pan = id_to_rgb(result["panoptic"])
+            self._write((camera, "panoptic"), ns, self._image(ns, pan, "rgb8", frame_id))
             segs = json.dumps({"segments": result.get("segments", [])})
-            self._write("segments", ns, self._M("std_msgs/msg/String")(data=segs))
-        self._write("camera_info", ns, self._camera_info(ns))
+            self._write((camera, "segments"), ns, self._M("std_msgs/msg/String")(data=segs))
+        self._write((camera, "camera_info"), ns, self._camera_info(ns, cam))
 
     def close(self) -> Path:
         """Finish the bag and move it to ``path``; returns ``path``."""

@@ -15,6 +15,12 @@ millimetres, panoptic in the COCO id encoding), ``trajectory.json`` (per frame: 
 the gazebo convention, robot x, y, yaw, segments in view; the run's outcome), ``mjcf`` with the robot
 (``OUT/mjcf/<scene>_drive.xml``), ``drive.gif`` (RGB | depth | panoptic side by side) and, with ``--bag``,
 a ROS 2 bag of the images, camera info, odometry, TF and clock (:mod:`simgen.sim.bag`).
+
+With ``--rig FILE`` the robot carries several cameras (:func:`load_rig`; each one the Gazebo bridge's
+:class:`~simgen.sim.gazebo.BridgeConfig`, its ``camera_offset`` taken from ``base_link``), all rendered by
+one ``/render/rig`` request per frame -- through ``--server``, or in this process by the function the
+server's endpoint calls (:func:`simgen.serve.api.render_rig`). Each camera's images go to
+``frames/<name>/NNNNNN_*.png`` and, with ``--bag``, to its own topics and ``<name>_optical_frame``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,15 @@ from lxml import etree
 
 from simgen import folders
 from simgen.data import io
-from simgen.sim.gazebo import camera_pose
+from simgen.sim.gazebo import (
+    BridgeConfig,
+    BridgeConfigError,
+    camera_pose,
+    config_from_sdf,
+    rig_camera_name,
+    rig_configs,
+    rig_request,
+)
 from simgen.sim.world import (
     CAMERA_XYZ,
     CHASSIS,
@@ -97,7 +111,128 @@ class DriveConfig:
         default="/jackal",
         metadata={"help": "topic prefix in the bag, as simgen world --topic: <topic>/simgen/image, ..."},
     )
+    rig: str | None = field(
+        default=None,
+        metadata={
+            "help": "YAML or JSON file of several cameras on the robot (docs/ros2.md: 'Several cameras'): "
+            "'cameras: [{name, camera_offset, width, height, hfov_rad, outputs, topic}]', offsets from "
+            "base_link; all rendered by one /render/rig request per frame. Default: the one camera of "
+            "simgen world"
+        },
+    )
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+
+
+# -- camera rigs --------------------------------------------------------------------------------------------
+
+#: keys of a camera entry of a ``--rig`` file: a name plus the bridge's per-camera elements
+RIG_CAMERA_KEYS = ("name", "camera_offset", "width", "height", "hfov_rad", "outputs", "topic")
+#: keys a ``--rig`` file may set once for all its cameras (over --width, --height, --hfov-rad)
+RIG_SHARED_KEYS = ("width", "height", "hfov_rad", "outputs")
+
+
+@dataclass(frozen=True)
+class RigCamera:
+    """One camera of a drive's rig: ``name`` (files ``frames/<name>/``, TF ``<name>_link`` and
+    ``<name>_optical_frame``) and the Gazebo bridge's settings for it (``camera_offset``: the camera frame in
+    ``base_link``, ``x y z roll pitch yaw`` in m and rad with gazebo axes; size, field of view, outputs and
+    topic prefix)."""
+
+    name: str
+    cfg: BridgeConfig
+
+    @property
+    def link_frame(self) -> str:
+        return f"{self.name}_link"
+
+    @property
+    def optical_frame(self) -> str:
+        return f"{self.name}_optical_frame"
+
+
+def _sdf_text(value: Any, where: str) -> str:
+    """A YAML value as the text of an SDF element (what :func:`config_from_sdf` parses)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, int | float | str) and not isinstance(v, bool) for v in value
+    ):
+        return " ".join(str(v) for v in value)
+    raise DriveError(f"{where}: expected a number, a string or a list of them, got {value!r}")
+
+
+def load_rig(path: str | Path, cfg: DriveConfig) -> list[RigCamera]:
+    """The cameras of a ``--rig`` file (YAML; JSON is YAML too), parsed as the Gazebo plugin parses its
+    ``<camera>`` blocks (:func:`simgen.sim.gazebo.rig_configs`).
+
+    The file holds ``cameras``: a list of ``{name, camera_offset, width, height, hfov_rad, outputs, topic}``
+    (only ``name`` required: letters, digits, ``_``, ``-``; ``camera_offset`` defaults to the robot's camera
+    link), and optionally ``width``, ``height``, ``hfov_rad``, ``outputs`` for every camera. ``--width``,
+    ``--height``, ``--hfov-rad`` are the defaults of both. A camera's ``topic`` defaults to
+    ``<--topic>/simgen/<name>``.
+
+    Raises:
+        DriveError: naming the file and the camera's field.
+    """
+    import yaml
+
+    from simgen.serve.api import RIG_NAME_CHARS  # the names /render/rig accepts
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise DriveError(f"--rig {path}: cannot read ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise DriveError(f"--rig {path}: not valid YAML or JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cameras"), list) or not data["cameras"]:
+        raise DriveError(f"--rig {path}: expected a mapping with a non-empty list 'cameras'")
+    for key in data:
+        if key != "cameras" and key not in RIG_SHARED_KEYS:
+            raise DriveError(
+                f"--rig {path}: unknown key {key!r}; expected 'cameras' and some of {list(RIG_SHARED_KEYS)}"
+            )
+    shared = {"width": str(cfg.width), "height": str(cfg.height), "hfov_rad": repr(cfg.hfov_rad)}
+    shared.update({k: _sdf_text(v, f"--rig {path}: {k}") for k, v in data.items() if k != "cameras"})
+    try:
+        config_from_sdf(shared)
+    except BridgeConfigError as e:
+        raise DriveError(f"--rig {path}: {e.key}: {str(e).split(': ', 1)[1]}") from None
+    names: list[str] = []
+    cams: list[dict[str, str]] = []
+    base_topic = cfg.topic.rstrip("/")
+    for i, entry in enumerate(data["cameras"]):
+        where = f"--rig {path}: cameras[{i}]"
+        if not isinstance(entry, dict):
+            raise DriveError(f"{where}: expected a mapping of {list(RIG_CAMERA_KEYS)}")
+        for key in entry:
+            if key not in RIG_CAMERA_KEYS:
+                raise DriveError(f"{where}.{key}: unknown key; expected some of {list(RIG_CAMERA_KEYS)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= 64 or not set(name) <= RIG_NAME_CHARS:
+            raise DriveError(f"{where}.name: 1-64 letters, digits, '_' or '-' required, got {name!r}")
+        if name in names:
+            raise DriveError(f"{where}.name: {name!r} is already the name of cameras[{names.index(name)}]")
+        names.append(name)
+        cam = {k: _sdf_text(v, f"{where}.{k}") for k, v in entry.items() if k != "name"}
+        cam.setdefault("camera_offset", " ".join(repr(float(v)) for v in (*CAMERA_XYZ, 0.0, 0.0, 0.0)))
+        cam.setdefault("topic", f"{base_topic}/simgen/{name}")
+        cam["frame_id"] = f"{name}_optical_frame"
+        try:
+            config_from_sdf({**shared, **cam})  # first per camera, so the error can name the camera
+        except BridgeConfigError as e:
+            raise DriveError(f"{where}.{e.key}: {str(e).split(': ', 1)[1]}") from None
+        cams.append(cam)
+    try:
+        cfgs = rig_configs(shared, cams)
+    except BridgeConfigError as e:
+        raise DriveError(f"--rig {path}: {e}") from None
+    request_names = [rig_camera_name(c, i) for i, c in enumerate(cfgs)]
+    if len(set(request_names)) < len(request_names):
+        raise DriveError(f"--rig {path}: camera topics must differ in more than '/' ({request_names})")
+    return [RigCamera(n, c) for n, c in zip(names, cfgs, strict=True)]
 
 
 def robot_mjcf(x: float, y: float, yaw: float) -> tuple[etree._Element, etree._Element]:
@@ -196,6 +331,42 @@ def _renderer(out_dir: Path, cfg: DriveConfig, scene=None):
     return render
 
 
+def _rig_renderer(out_dir: Path, cams: list[RigCamera], cfg: DriveConfig, scene=None):
+    """``render(base_pose) -> [result per camera]``: one ``/render/rig`` request for the robot's base pose
+    (gazebo axes) through the server, or the same request parsed and rendered in process. Each result holds
+    the outputs asked for, ``segments`` and ``c2w_cv`` ``(4, 4)`` (the camera's OpenCV-axes pose rendered)."""
+    cfgs = [c.cfg for c in cams]
+    if cfg.server:
+        from simgen.serve.client import RenderClient
+
+        client = RenderClient(cfg.server, retries=3)
+        names = [rig_camera_name(c, i) for i, c in enumerate(cfgs)]
+
+        def render_remote(base_pose: dict) -> list[dict]:
+            out = client.post_rig(rig_request(cfgs, base_pose))
+            return [out[n] for n in names]
+
+        return render_remote
+    from simgen.serve import api
+    from simgen.serve.config import ServeConfig
+    from simgen.serve.scene import load_render_scene
+
+    scene = scene or load_render_scene(out_dir)
+    pixels = sum(c.width * c.height for c in cfgs)
+    limits = ServeConfig(
+        max_width=8192, max_height=8192, max_batch=max(32, len(cfgs)), max_batch_pixels=max(pixels, 1)
+    )
+
+    def render_local(base_pose: dict) -> list[dict]:
+        rig = api.parse_rig_body(rig_request(cfgs, base_pose), limits)
+        results = api.render_rig(scene, rig)
+        for r, p in zip(results, rig.cameras, strict=True):
+            r["c2w_cv"] = p.c2w_cv[0]
+        return results
+
+    return render_local
+
+
 def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None) -> dict[str, Any]:
     """Run the drive; returns the trajectory summary written to ``dest/trajectory.json``.
 
@@ -212,6 +383,7 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
     if cfg.max_time is not None and not cfg.max_time > 0:
         raise DriveError(f"--max-time must be > 0, got {cfg.max_time}")
     export_mjcf(out_dir)  # fail on a folder that is no export before any slow work
+    cams = load_rig(cfg.rig, cfg) if cfg.rig else None
     scene = None
     if cfg.spawn is not None:
         if len(cfg.spawn) != 3 or not all(math.isfinite(v) for v in cfg.spawn):
@@ -223,35 +395,73 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
 
         scene = load_render_scene(out_dir)
         spawn = free_spawn_pose(scene.mesh, raycaster=scene.raycaster)
-    render = _renderer(out_dir, cfg, None if cfg.server else scene)
+    if cams is None:
+        render = _renderer(out_dir, cfg, None if cfg.server else scene)
+    else:
+        render = _rig_renderer(out_dir, cams, cfg, None if cfg.server else scene)
     mjcf_path = scene_with_robot(out_dir, spawn)
-    bag = _open_bag(cfg, spawn) if cfg.bag else None
+    bag = _open_bag(cfg, spawn, cams) if cfg.bag else None
     try:
-        return _run(out_dir, cfg, dest, spawn, scene, render, mjcf_path, bag)
+        return _run(out_dir, cfg, dest, spawn, scene, render, mjcf_path, bag, cams)
     except BaseException:
         if bag is not None:
             bag.abort()
         raise
 
 
-def _open_bag(cfg: DriveConfig, spawn: tuple[float, float, float]):
+def _ros_K(width: int, height: int, hfov_rad: float) -> np.ndarray:
+    """``(3, 3)`` ROS-convention intrinsics the renderer uses for these settings (the server parses the
+    same body)."""
     from simgen.data.camera import ros_camera_matrix
     from simgen.serve import api
     from simgen.serve.config import ServeConfig
-    from simgen.sim.bag import DriveBag
+
+    body = {"pose": {"x": 0, "y": 0, "z": 0, "qx": 0, "qy": 0, "qz": 0, "qw": 1}, "width": width}
+    body.update(height=height, hfov_rad=hfov_rad, convention="gazebo")
+    params = api.parse_render_body(body, ServeConfig(max_width=8192, max_height=8192))
+    return ros_camera_matrix(params.camera.intrinsics().matrix())
+
+
+def _open_bag(cfg: DriveConfig, spawn: tuple[float, float, float], cams: list[RigCamera] | None = None):
+    from simgen.sim.bag import BagCamera, DriveBag, default_camera
     from simgen.sim.ros2 import ros_names
     from simgen.sim.world import WorldConfig, jackal_model_sdf
 
-    body = {"pose": {"x": 0, "y": 0, "z": 0, "qx": 0, "qy": 0, "qz": 0, "qw": 1}, "width": cfg.width}
-    body.update(height=cfg.height, hfov_rad=cfg.hfov_rad, convention="gazebo")
-    # The intrinsics the renderer uses for these settings (the server parses the same body).
-    params = api.parse_render_body(body, ServeConfig(max_width=8192, max_height=8192))
-    K = ros_camera_matrix(params.camera.intrinsics().matrix())
     names = ros_names(jackal_model_sdf(WorldConfig(topic=cfg.topic)))
-    return DriveBag(cfg.bag, names, spawn, CAMERA_XYZ, K, cfg.width, cfg.height)
+    if cams is None:
+        K = _ros_K(cfg.width, cfg.height, cfg.hfov_rad)
+        return DriveBag(cfg.bag, names, spawn, [default_camera(names, CAMERA_XYZ, K, cfg.width, cfg.height)])
+    bag_cams = []
+    for cam in cams:
+        c = cam.cfg
+        off = tuple(float(v) for v in c.camera_offset)
+        bag_cams.append(
+            BagCamera(
+                c.topics(),
+                cam.link_frame,
+                cam.optical_frame,
+                (off[0], off[1], off[2]),
+                (off[3], off[4], off[5]),
+                _ros_K(c.width, c.height, c.hfov_rad),
+                c.width,
+                c.height,
+                tuple(c.outputs),
+            )
+        )
+    return DriveBag(cfg.bag, names, spawn, bag_cams)
 
 
-def _run(out_dir: Path, cfg: DriveConfig, dest: Path, spawn, scene, render, mjcf_path: Path, bag) -> dict:
+def _run(
+    out_dir: Path,
+    cfg: DriveConfig,
+    dest: Path,
+    spawn,
+    scene,
+    render,
+    mjcf_path: Path,
+    bag,
+    cams: list[RigCamera] | None = None,
+) -> dict:
     import mujoco
     from tqdm.auto import tqdm
 
@@ -289,6 +499,11 @@ def _run(out_dir: Path, cfg: DriveConfig, dest: Path, spawn, scene, render, mjcf
         x, y = base + [data.qpos[jx], data.qpos[jy]]
         return float(x), float(y), float(data.qpos[jyaw])
 
+    def frame(x: float, y: float, yaw: float) -> dict:
+        if cams is None:
+            return _frame(render, frames_dir, len(frames), data.time, x, y, yaw, gif_frames, cfg, bag)
+        return _rig_frame(render, cams, frames_dir, len(frames), data.time, x, y, yaw, gif_frames, cfg, bag)
+
     def odometry() -> None:
         x, y, yaw = pose_now()
         c, s = math.cos(yaw), math.sin(yaw)
@@ -303,7 +518,7 @@ def _run(out_dir: Path, cfg: DriveConfig, dest: Path, spawn, scene, render, mjcf
             odometry()
             next_odom += 1.0 / ODOM_RATE_HZ
         if data.time + 1e-9 >= next_frame:  # frames on the simulation-time grid k / rate_hz
-            frames.append(_frame(render, frames_dir, len(frames), data.time, x, y, yaw, gif_frames, cfg, bag))
+            frames.append(frame(x, y, yaw))
             next_frame += period
         while target < len(waypoints) and math.hypot(*(waypoints[target] - [x, y])) < cfg.reach:
             target += 1
@@ -333,9 +548,7 @@ def _run(out_dir: Path, cfg: DriveConfig, dest: Path, spawn, scene, render, mjcf
                     outcome = {"status": "blocked", "blocked_by": hit}
                     if bag is not None:
                         odometry()
-                    frames.append(
-                        _frame(render, frames_dir, len(frames), data.time, *pose_now(), gif_frames, cfg, bag)
-                    )
+                    frames.append(frame(*pose_now()))
                     break
         else:
             stalled_since = None
@@ -355,7 +568,25 @@ def _run(out_dir: Path, cfg: DriveConfig, dest: Path, spawn, scene, render, mjcf
             "height": cfg.height,
             "hfov_rad": cfg.hfov_rad,
             "convention": "gazebo",
-        },
+        }
+        if cams is None
+        else None,
+        "cameras": None
+        if cams is None
+        else [
+            {
+                "name": c.name,
+                "offset": list(c.cfg.camera_offset),
+                "width": c.cfg.width,
+                "height": c.cfg.height,
+                "hfov_rad": c.cfg.hfov_rad,
+                "outputs": list(c.cfg.outputs),
+                "topic": c.cfg.topic,
+                "frame_id": c.optical_frame,
+                "convention": "gazebo",
+            }
+            for c in cams
+        ],
         "max_time": max_time,
         "touched": sorted(touched),
         **outcome,
@@ -424,6 +655,79 @@ def _blocking_geom(model, data, robot_geoms: set[int]) -> str | None:
             other = g2 if g1 in robot_geoms else g1
             best, best_f = model.geom(other).name or f"geom {other}", float(force[0])
     return best
+
+
+def _write_frame_images(stem: Path, out: dict) -> None:
+    if "rgb" in out:
+        io.write_image(f"{stem}_rgb.png", out["rgb"])
+    if "depth" in out:
+        from simgen.serve.api import depth_to_mm
+
+        io.write_image(f"{stem}_depth.png", depth_to_mm(out["depth"]))
+    if "panoptic" in out:
+        io.write_panoptic(f"{stem}_panoptic.png", out["panoptic"])
+
+
+def _gif_row(out: dict, height: int, width: int) -> np.ndarray:
+    """RGB | depth | panoptic of one render side by side (black where an output was not asked for)."""
+    from simgen.serve import api
+
+    blank = np.zeros((height, width, 3), np.uint8)
+    parts = [
+        out.get("rgb", blank),
+        api.colorize_depth(out["depth"], 8.0) if "depth" in out else blank,
+        api.colorize_panoptic(out["panoptic"]) if "panoptic" in out else blank,
+    ]
+    return np.concatenate(parts, 1)
+
+
+def _rig_frame(
+    render,
+    cams: list[RigCamera],
+    frames_dir: Path,
+    k: int,
+    t: float,
+    x: float,
+    y: float,
+    yaw: float,
+    gif_frames: list,
+    cfg: DriveConfig,
+    bag=None,
+) -> dict:
+    """Render every rig camera for the base pose ``(x, y, yaw)`` with one request; write each camera's
+    images to ``frames/<name>/`` (and the bag); returns the frame's ``trajectory.json`` entry."""
+    from simgen.data.poses import pose_from_c2w_cv
+
+    quat = (0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
+    base_pose = camera_pose((x, y, HOVER), quat)
+    results = render(base_pose)
+    cameras = {}
+    rows = []
+    for i, (cam, out) in enumerate(zip(cams, results, strict=True)):
+        if bag is not None:
+            bag.frame(t, out, i)
+        (frames_dir / cam.name).mkdir(parents=True, exist_ok=True)
+        _write_frame_images(frames_dir / cam.name / f"{k:06d}", out)
+        cameras[cam.name] = {
+            "pose": pose_from_c2w_cv(np.asarray(out["c2w_cv"], np.float64), "gazebo"),
+            "segments": out.get("segments", []),
+        }
+        if cfg.gif:
+            rows.append(_gif_row(out, cam.cfg.height, cam.cfg.width))
+    if cfg.gif:
+        # One row per camera, padded to the widest: the GIF shows the whole rig at each frame.
+        w = max(r.shape[1] for r in rows)
+        side = np.concatenate([np.pad(r, ((0, 0), (0, w - r.shape[1]), (0, 0))) for r in rows], 0)
+        gif_frames.append(side[::2, ::2] if w > 600 else side)
+    return {
+        "index": k,
+        "time": round(float(t), 4),
+        "x": x,
+        "y": y,
+        "yaw": yaw,
+        "base_pose": base_pose,
+        "cameras": cameras,
+    }
 
 
 def _frame(
