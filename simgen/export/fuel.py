@@ -215,7 +215,9 @@ class Confidence:
     value: float | None
     observed: int = 0  # keyframes the instance was associated in (instances.json frames_observed)
     in_view: int = 0  # keyframes whose camera had the instance in view (projection test)
-    reason: str = ""
+    reason: str = ""  # why value is None, naming local files (for export.json)
+    # why value is None in words without paths, for the model.config that travels with the model
+    public_reason: str = "not computed"
 
     def to_json(self) -> dict:
         out: dict = {"value": None if self.value is None else round(self.value, 4)}
@@ -249,7 +251,8 @@ def detection_confidence(
     keys = sorted(cameras)
     out: dict[int, Confidence] = {}
     if not keys:
-        return {i: Confidence(None, reason="the build records no keyframes") for i in instance_vertices}
+        why = "the build records no keyframes"
+        return {i: Confidence(None, reason=why, public_reason=why) for i in instance_vertices}
     w2c = np.linalg.inv(np.stack([cameras[k][1] for k in keys]))  # (K, 4, 4)
     Ks = [cameras[k][0] for k in keys]
     fx, fy = np.array([k.fx for k in Ks]), np.array([k.fy for k in Ks])
@@ -258,7 +261,8 @@ def detection_confidence(
     for inst, verts in instance_vertices.items():
         observed = set(frames_observed.get(inst, ())) & set(keys)
         if not observed:
-            out[inst] = Confidence(None, reason="instances.json records no keyframe it was observed in")
+            why = "the build records no keyframe it was detected in"
+            out[inst] = Confidence(None, reason=f"instances.json: {why}", public_reason=why)
             continue
         v = np.asarray(verts, np.float64)
         v = v[:: max(1, int(np.ceil(len(v) / MAX_CONFIDENCE_VERTICES)))]
@@ -286,11 +290,14 @@ def build_confidences(
     observed = {r.id: list(r.frames_observed) for r in records}
     keyframes = sorted({f for r in records for f in r.frames_observed})
 
-    def none(reason: str) -> tuple[dict[int, Confidence], str]:
-        return {i: Confidence(None, reason=reason) for i in ids}, reason
+    def none(reason: str, public: str = "the scan's cameras were not available at export") -> tuple:
+        return {i: Confidence(None, reason=reason, public_reason=public) for i in ids}, reason
 
     if not keyframes:
-        return none(f"{build_dir / folders.INSTANCES_FILE} records no frames_observed")
+        return none(
+            f"{build_dir / folders.INSTANCES_FILE} records no frames_observed",
+            "the build did not record the keyframes it detected this instance in",
+        )
     scene_dir, problem = folders.scene_of_build(build_dir)
     if scene_dir is None:
         return none(problem)
@@ -337,8 +344,9 @@ def describe(
     if kind != "thing":
         conf = " Confidence: not applicable (stuff is not tracked as an instance)."
     elif confidence is None or confidence.value is None:
-        # The reason (in export.json) names local files; a description that travels with the model must not.
-        conf = " Confidence: unknown (the build did not record the keyframes it detected this instance in)."
+        # The full reason (export.json) names local files; a description that travels with the model must not.
+        why = confidence.public_reason if confidence is not None else "not computed"
+        conf = f" Confidence: unknown ({why})."
     else:
         conf = (
             f" Confidence {confidence.value:.2f}: the segmentation detected this instance in "
