@@ -248,3 +248,69 @@ def test_confidence_is_the_detection_rate_over_keyframes_in_view():
     assert conf[3].value is None and "no keyframe" in conf[3].reason
     desc = fuel.describe("box", "thing", 9, 1, conf[1], "CC0-1.0")
     assert "Confidence 0.50: the segmentation detected this instance in 2 of the 4 keyframes" in desc
+
+
+def _scene_with_cameras(scene_dir: Path, cameras: list[np.ndarray], K: Intrinsics) -> Path:
+    """transforms.json with the given OpenCV camera-to-world poses (no images: only the cameras are read)."""
+    frames = []
+    for k, c2w_cv in enumerate(cameras):
+        c2w_gl = c2w_cv @ np.diag([1.0, -1.0, -1.0, 1.0])  # scene files store OpenGL camera axes
+        frames.append(
+            {
+                "file_path": f"rgb/{k:05d}.png",
+                "depth_file_path": f"depth/{k:05d}.png",
+                "transform_matrix": c2w_gl.tolist(),
+            }
+        )
+    scene_dir.mkdir(parents=True)
+    (scene_dir / "transforms.json").write_text(
+        json.dumps(
+            {
+                "fl_x": K.fx,
+                "fl_y": K.fy,
+                "cx": K.cx,
+                "cy": K.cy,
+                "w": K.width,
+                "h": K.height,
+                "categories": [
+                    {"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in CATEGORIES.values()
+                ],
+                "frames": frames,
+            }
+        )
+    )
+    return scene_dir
+
+
+def test_build_confidence_uses_the_scenes_cameras(tmp_path):
+    """GT: keyframes 0 and 1 see the whole table, 2 the cabinet, 3 the bin, each from 1.6 m above it
+    (every vertex of the target in the image, at most 15 % of any other thing's). The table was associated
+    in keyframe 0, the cabinet in 1 (a frame without it) and 2, the bin in 3: confidences 1/2, 2/2, 1/1."""
+    from simgen import folders
+
+    mesh = make_mesh()
+    build = write_build(tmp_path / "build", mesh)
+    K = Intrinsics(60, 60, 32, 24, 64, 48)
+    targets = {"table": (2.0, 2.0, 0.35), "cabinet": (1.0, 3.0, 0.45), "bin": (3.0, 1.0, 0.25)}
+    views = [
+        ("table", (0, -0.4, 1.6)),
+        ("table", (0.4, 0, 1.6)),
+        ("cabinet", (0, -0.4, 1.6)),
+        ("bin", (0, -0.4, 1.6)),
+    ]
+    cams = [_camera_at(np.add(targets[t], off), targets[t]) for t, off in views]
+    scene = _scene_with_cameras(tmp_path / "scene", cams, K)
+    records, cats = folders.read_instances(build / "instances.json")
+    for r, frames in zip(sorted(records, key=lambda r: r.id), ([0], [1, 2], [3]), strict=True):
+        r.frames_observed = frames
+    folders.write_instances(build / "instances.json", records, CATEGORIES)
+    (build / "build.json").write_text(json.dumps({"scene": str(scene)}))
+    records, _ = folders.read_instances(build / "instances.json")
+    conf, note = fuel.build_confidences(build, mesh, records)
+    assert note == ""
+    got = {i: (c.value, c.observed, c.in_view) for i, c in conf.items()}
+    assert got == {1: (0.5, 1, 2), 2: (1.0, 2, 2), 3: (1.0, 1, 1)}
+    (scene / "transforms.json").rename(scene / "moved.json")
+    conf, note = fuel.build_confidences(build, mesh, records)
+    assert str(scene) in note and all(c.value is None for c in conf.values())
+    assert conf[1].public_reason == "the scan's cameras were not available at export"
