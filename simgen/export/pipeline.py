@@ -908,6 +908,11 @@ def _physics(stage: Path, summary: dict, parts: list[Part], robot, cfg: ExportCo
 
 
 def _readme(scene: str, cfg: ExportConfig) -> str:
+    fuel_line = (
+        " `fuel/<name>.zip`: each model packaged for Gazebo Fuel (unzip, then upload the folder)."
+        if cfg.fuel
+        else ""
+    )
     return f"""# {scene}: simulation world exported by simgen
 
 Gazebo (Harmonic or newer; SDFormat {cfg.sdf_version}):
@@ -926,6 +931,7 @@ Check the export (libsdformat validator, mesh files, convex colliders): `simgen 
   (`world_from_scene`) and back (`scene_from_world`).
 - `panoptic.json`: each model's class, Gazebo label (0-255) and simgen instance id.
 - `export.json`: per-model faces, collider hull counts, volume errors and warnings.
+- `models/<name>/thumbnails/`: pictures of each model;{fuel_line}
 """
 
 
