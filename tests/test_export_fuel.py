@@ -19,6 +19,7 @@ from simgen.export.check import check_sdf_file, find_validator, resolve_uri, run
 from simgen.export.config import ExportConfig
 from simgen.export.pipeline import run_export
 from simgen.folders import read_panoptic_mesh
+from simgen.render.raycast import MeshRaycaster
 
 FAST = dict(
     max_hulls=6,
@@ -230,31 +231,53 @@ def _camera_at(eye, target) -> np.ndarray:
     return fuel.look_at(np.asarray(eye, float), np.asarray(target, float), np.array([0.0, 0.0, 1.0]))
 
 
-def test_confidence_is_the_detection_rate_over_keyframes_in_view():
-    """GT: a 0.5 m cube at the origin; keyframes 0-3 look at it from 3 m, 4 and 5 look away."""
+def test_confidence_is_the_detection_rate_over_keyframes_that_show_it():
+    """GT: a 0.5 m cube at the origin; keyframes 0-3 look at it from 3 m, but a board stands between
+    keyframe 3 and the cube; 4 and 5 look away. Depth images are ray cast from the exact geometry."""
     cube = trimesh.creation.box([0.5, 0.5, 0.5]).subdivide()
     K = Intrinsics(300, 300, 160, 120, 320, 240)
-    cameras = {
-        k: (K, _camera_at([3 * np.cos(a), 3 * np.sin(a), 1], [0, 0, 0]))
-        for k, a in enumerate([0, 1.5, 3, 4.5])
-    }
+    eyes = [[3 * np.cos(a), 3 * np.sin(a), 1] for a in (0, 1.5, 3, 4.5)]
+    cameras = {k: (K, _camera_at(e, [0, 0, 0])) for k, e in enumerate(eyes)}
     cameras[4] = (K, _camera_at([3, 0, 1], [6, 0, 1]))
     cameras[5] = (K, _camera_at([0, 3, 1], [0, 6, 1]))
+    board_pose = cameras[3][1].copy()
+    board_pose[:3, 3] = np.asarray(eyes[3]) / 2  # half way, facing the camera
+    board = trimesh.creation.box([1.2, 1.2, 0.02], transform=board_pose)
+    caster = MeshRaycaster(trimesh.util.concatenate([cube, board]))
+    depth = {k: caster.cast(*cam).depth for k, cam in cameras.items()}
+    calls = []
+
+    def read(k: int) -> np.ndarray:
+        calls.append(k)
+        return depth[k]
+
     verts = {1: np.asarray(cube.vertices), 2: np.asarray(cube.vertices), 3: np.asarray(cube.vertices)}
-    conf = fuel.detection_confidence(verts, {1: [0, 1], 2: [0, 1, 2, 3, 4], 3: []}, cameras)
-    assert (conf[1].value, conf[1].observed, conf[1].in_view) == (0.5, 2, 4)
-    # a detection in a frame that did not have it in view still counts, in both numerator and denominator
-    assert (conf[2].value, conf[2].observed, conf[2].in_view) == (1.0, 5, 5)
+    conf = fuel.detection_confidence(verts, {1: [0, 1], 2: [0, 1, 2, 3, 4], 3: []}, cameras, read)
+    assert sorted(calls) == list(range(6))  # each depth image read once
+    assert (conf[1].value, conf[1].observed, conf[1].shown) == (2 / 3, 2, 3)  # keyframe 3 is occluded
+    # a detection in a frame that does not show it still counts, in both numerator and denominator
+    assert (conf[2].value, conf[2].observed, conf[2].shown) == (1.0, 5, 5)
     assert conf[3].value is None and "no keyframe" in conf[3].reason
+    without_board = {k: MeshRaycaster(cube).cast(*cam).depth for k, cam in cameras.items()}
+    conf = fuel.detection_confidence(verts, {1: [0, 1]}, cameras, without_board.__getitem__)
+    assert (conf[1].observed, conf[1].shown) == (2, 4)
     desc = fuel.describe("box", "thing", 9, 1, conf[1], "CC0-1.0")
-    assert "Confidence 0.50: the segmentation detected this instance in 2 of the 4 keyframes" in desc
+    assert (
+        "Confidence 0.50: the segmentation detected this instance in 2 of the 4 keyframes that show it"
+        in desc
+    )
 
 
-def _scene_with_cameras(scene_dir: Path, cameras: list[np.ndarray], K: Intrinsics) -> Path:
-    """transforms.json with the given OpenCV camera-to-world poses (no images: only the cameras are read)."""
+def _scene_with_cameras(scene_dir: Path, cameras: list[np.ndarray], K: Intrinsics, mesh) -> Path:
+    """transforms.json with the given OpenCV camera-to-world poses and depth images ray cast from ``mesh``
+    (a PanopticMesh); no RGB or labels (only the cameras and depth are read)."""
+    from simgen.data.io import write_depth
+
+    caster = MeshRaycaster(trimesh.Trimesh(mesh.vertices, mesh.faces, process=False))
     frames = []
     for k, c2w_cv in enumerate(cameras):
         c2w_gl = c2w_cv @ np.diag([1.0, -1.0, -1.0, 1.0])  # scene files store OpenGL camera axes
+        write_depth(scene_dir / "depth" / f"{k:05d}.png", caster.cast(K, c2w_cv).depth)
         frames.append(
             {
                 "file_path": f"rgb/{k:05d}.png",
@@ -262,7 +285,6 @@ def _scene_with_cameras(scene_dir: Path, cameras: list[np.ndarray], K: Intrinsic
                 "transform_matrix": c2w_gl.tolist(),
             }
         )
-    scene_dir.mkdir(parents=True)
     (scene_dir / "transforms.json").write_text(
         json.dumps(
             {
@@ -283,14 +305,14 @@ def _scene_with_cameras(scene_dir: Path, cameras: list[np.ndarray], K: Intrinsic
 
 
 def test_build_confidence_uses_the_scenes_cameras(tmp_path):
-    """GT: keyframes 0 and 1 see the whole table, 2 the cabinet, 3 the bin, each from 1.6 m above it
-    (every vertex of the target in the image, at most 15 % of any other thing's). The table was associated
-    in keyframe 0, the cabinet in 1 (a frame without it) and 2, the bin in 3: confidences 1/2, 2/2, 1/1."""
+    """GT: keyframes 0 and 1 show the table, 2 the cabinet, 3 the bin, each from 1.6 m above it (20-55 % of
+    the target's vertices visible, no vertex of any other thing). The table was associated in keyframe 0,
+    the cabinet in 1 (a frame without it) and 2, the bin in 3: confidences 1/2, 2/2, 1/1."""
     from simgen import folders
 
     mesh = make_mesh()
     build = write_build(tmp_path / "build", mesh)
-    K = Intrinsics(60, 60, 32, 24, 64, 48)
+    K = Intrinsics(90, 90, 32, 24, 64, 48)
     targets = {"table": (2.0, 2.0, 0.35), "cabinet": (1.0, 3.0, 0.45), "bin": (3.0, 1.0, 0.25)}
     views = [
         ("table", (0, -0.4, 1.6)),
@@ -299,7 +321,7 @@ def test_build_confidence_uses_the_scenes_cameras(tmp_path):
         ("bin", (0, -0.4, 1.6)),
     ]
     cams = [_camera_at(np.add(targets[t], off), targets[t]) for t, off in views]
-    scene = _scene_with_cameras(tmp_path / "scene", cams, K)
+    scene = _scene_with_cameras(tmp_path / "scene", cams, K, mesh)
     records, cats = folders.read_instances(build / "instances.json")
     for r, frames in zip(sorted(records, key=lambda r: r.id), ([0], [1, 2], [3]), strict=True):
         r.frames_observed = frames
@@ -308,8 +330,11 @@ def test_build_confidence_uses_the_scenes_cameras(tmp_path):
     records, _ = folders.read_instances(build / "instances.json")
     conf, note = fuel.build_confidences(build, mesh, records)
     assert note == ""
-    got = {i: (c.value, c.observed, c.in_view) for i, c in conf.items()}
+    got = {i: (c.value, c.observed, c.shown) for i, c in conf.items()}
     assert got == {1: (0.5, 1, 2), 2: (1.0, 2, 2), 3: (1.0, 1, 1)}
+    (scene / "depth" / "00002.png").unlink()
+    conf, note = fuel.build_confidences(build, mesh, records)
+    assert str(scene / "depth" / "00002.png") in note and all(c.value is None for c in conf.values())
     (scene / "transforms.json").rename(scene / "moved.json")
     conf, note = fuel.build_confidences(build, mesh, records)
     assert str(scene) in note and all(c.value is None for c in conf.values())

@@ -6,9 +6,9 @@ A Fuel model is a Gazebo model folder (``model.config``, ``model.sdf``, ``meshes
 
 * :func:`render_thumbnails`: views of a model's textured visual mesh (model frame, metres, z up) ray cast
   with :class:`simgen.render.raycast.MeshRaycaster`, framing its bounding box, transparent background.
-* :func:`detection_confidence`: per instance, the fraction of the keyframes that had it in view in which
-  the build's segmentation associated it (from ``instances.json``'s ``frames_observed`` and the scene's
-  cameras).
+* :func:`detection_confidence`: per instance, the fraction of the keyframes that show it in which the
+  build's segmentation associated it (from ``instances.json``'s ``frames_observed``, and the scene's
+  cameras and depth images).
 * :func:`describe`: the ``model.config`` description with the class, instance id, confidence and licence
   (:func:`simgen.export.sdf.model_config` writes the file, :func:`read_model_config` reads it back).
 * :func:`write_model_zip`: ``<name>.zip`` holding the folder ``<name>/`` with the model's files only and
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io as _io
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +47,12 @@ THUMBNAIL_FOV_DEG = 35.0
 # 256-pixel view on a loaded 2-core machine, which would add about half the export's time on `room`).
 SUPERSAMPLE = 1
 FILL = 0.9  # fraction of the image side the model's projected bounding box spans
-# A keyframe "has the instance in view" when at least this fraction of its vertices projects into the
-# image in front of the camera (no occlusion test: see detection_confidence).
-IN_VIEW_FRACTION = 0.5
+# A keyframe "shows" an instance when at least this fraction of its (subsampled) vertices is visible: in
+# the image and within the depth tolerance of the keyframe's depth (see detection_confidence). An object
+# seen from one side shows under half its surface, so the bar is low; 10 % is a clear view of a part.
+VISIBLE_FRACTION = 0.1
+DEPTH_TOL_M = 0.05  # metres: sensor noise plus the reconstruction's voxel size
+DEPTH_TOL_REL = 0.03  # of the depth: sensor noise grows with distance
 MAX_CONFIDENCE_VERTICES = 500
 # Fixed zip timestamps: the same model gives the same bytes (1980-01-01 is the earliest zip allows).
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -208,13 +212,13 @@ def write_thumbnails(model_dir: Path, images: list[np.ndarray]) -> list[str]:
 class Confidence:
     """How consistently the build's segmentation found one instance.
 
-    ``value`` = observed / (observed | in view) over the build's keyframes, in (0, 1], or None with
+    ``value`` = observed / (observed | shown) over the build's keyframes, in (0, 1], or None with
     ``reason`` when the build or its scene does not record what it needs.
     """
 
     value: float | None
     observed: int = 0  # keyframes the instance was associated in (instances.json frames_observed)
-    in_view: int = 0  # keyframes whose camera had the instance in view (projection test)
+    shown: int = 0  # keyframes that show it or detected it (visibility test against their depth)
     reason: str = ""  # why value is None, naming local files (for export.json)
     # why value is None in words without paths, for the model.config that travels with the model
     public_reason: str = "not computed"
@@ -224,7 +228,7 @@ class Confidence:
         if self.value is None:
             out["reason"] = self.reason
         else:
-            out.update(keyframes_observed=self.observed, keyframes_in_view=self.in_view)
+            out.update(keyframes_observed=self.observed, keyframes_shown=self.shown)
         return out
 
 
@@ -232,49 +236,64 @@ def detection_confidence(
     instance_vertices: dict[int, np.ndarray],
     frames_observed: dict[int, list[int]],
     cameras: dict[int, tuple[Intrinsics, np.ndarray]],
+    depth: Callable[[int], np.ndarray],
 ) -> dict[int, Confidence]:
-    """Per instance: the fraction of the keyframes with the instance in view in which it was detected.
+    """Per instance: the fraction of the keyframes that show it in which it was detected.
 
     The keyframes are the frames in ``cameras`` (the union of every instance's ``frames_observed`` is the
-    best record a build keeps of them). A keyframe has the instance in view when at least
-    ``IN_VIEW_FRACTION`` of its vertices (a fixed subsample of at most ``MAX_CONFIDENCE_VERTICES``) project
-    into the image in front of the camera. Occlusion is not modelled (depth images are not read), so a
-    thing hidden behind another in some keyframes gets a lower value than its detector deserved: the value
-    is a lower bound. A frame the instance was observed in always counts as in view, so the value is in
-    (0, 1].
+    best record a build keeps of them). A keyframe shows an instance when at least ``VISIBLE_FRACTION`` of
+    its vertices (a fixed subsample of at most ``MAX_CONFIDENCE_VERTICES``) are visible in it: in front of
+    the camera, inside the image, and within ``max(DEPTH_TOL_M, DEPTH_TOL_REL * z)`` of the keyframe's
+    measured depth at their pixel (so a thing hidden behind another, or the far side of itself, does not
+    count). A frame the instance was detected in always counts as showing it, so the value is in (0, 1].
 
     Args:
         instance_vertices: instance id -> (N, 3) vertices, scene frame (the cameras' world), metres.
         frames_observed: instance id -> scene frame indices it was associated in.
         cameras: keyframe index -> (intrinsics, (4, 4) camera-to-world with OpenCV axes).
+        depth: keyframe index -> its (H, W) float32 z-depth image in metres (0 = invalid); called once per
+            keyframe.
     """
     keys = sorted(cameras)
     out: dict[int, Confidence] = {}
-    if not keys:
-        why = "the build records no keyframes"
-        return {i: Confidence(None, reason=why, public_reason=why) for i in instance_vertices}
-    w2c = np.linalg.inv(np.stack([cameras[k][1] for k in keys]))  # (K, 4, 4)
-    Ks = [cameras[k][0] for k in keys]
-    fx, fy = np.array([k.fx for k in Ks]), np.array([k.fy for k in Ks])
-    cx, cy = np.array([k.cx for k in Ks]), np.array([k.cy for k in Ks])
-    W, H = np.array([k.width for k in Ks]), np.array([k.height for k in Ks])
-    for inst, verts in instance_vertices.items():
-        observed = set(frames_observed.get(inst, ())) & set(keys)
-        if not observed:
+    observed = {i: set(frames_observed.get(i, ())) & set(keys) for i in instance_vertices}
+    for inst in instance_vertices:
+        if not keys:
+            why = "the build records no keyframes"
+            out[inst] = Confidence(None, reason=why, public_reason=why)
+        elif not observed[inst]:
             why = "the build records no keyframe it was detected in"
             out[inst] = Confidence(None, reason=f"instances.json: {why}", public_reason=why)
-            continue
-        v = np.asarray(verts, np.float64)
-        v = v[:: max(1, int(np.ceil(len(v) / MAX_CONFIDENCE_VERTICES)))]
-        p = np.einsum("kij,nj->kni", w2c[:, :3, :3], v) + w2c[:, None, :3, 3]  # (K, N, 3) camera frame
-        z = p[..., 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = fx[:, None] * p[..., 0] / z + cx[:, None]
-            r = fy[:, None] * p[..., 1] / z + cy[:, None]
-        inside = (z > 1e-3) & (u >= 0) & (u < W[:, None]) & (r >= 0) & (r < H[:, None])
-        in_view = {k for k, frac in zip(keys, inside.mean(1), strict=True) if frac >= IN_VIEW_FRACTION}
-        seen = in_view | observed
-        out[inst] = Confidence(len(observed) / len(seen), len(observed), len(seen))
+    todo = [i for i in instance_vertices if i not in out]
+    samples = {}
+    for inst in todo:
+        v = np.asarray(instance_vertices[inst], np.float64)
+        samples[inst] = v[:: max(1, int(np.ceil(len(v) / MAX_CONFIDENCE_VERTICES)))]
+    shown: dict[int, set[int]] = {i: set() for i in todo}
+    for k in keys if todo else []:
+        K, c2w = cameras[k]
+        d = np.asarray(depth(k), np.float32)
+        if d.shape != (K.height, K.width):
+            raise ValueError(f"keyframe {k}: depth image is {d.shape}, the camera {K.height}x{K.width}")
+        w2c = np.linalg.inv(np.asarray(c2w, np.float64))
+        for inst in todo:
+            p = samples[inst] @ w2c[:3, :3].T + w2c[:3, 3]
+            z = p[:, 2]
+            front = z > 1e-3
+            with np.errstate(divide="ignore", invalid="ignore"):
+                u = np.floor(K.fx * p[:, 0] / z + K.cx)
+                r = np.floor(K.fy * p[:, 1] / z + K.cy)
+            ok = front & (u >= 0) & (u < K.width) & (r >= 0) & (r < K.height)
+            measured = np.zeros(len(z), np.float32)
+            measured[ok] = d[r[ok].astype(np.int64), u[ok].astype(np.int64)]
+            visible = (
+                ok & (measured > 0) & (np.abs(measured - z) <= np.maximum(DEPTH_TOL_M, DEPTH_TOL_REL * z))
+            )
+            if visible.mean() >= VISIBLE_FRACTION:
+                shown[inst].add(k)
+    for inst in todo:
+        seen = shown[inst] | observed[inst]
+        out[inst] = Confidence(len(observed[inst]) / len(seen), len(observed[inst]), len(seen))
     return out
 
 
@@ -313,13 +332,19 @@ def build_confidences(
             f"{build_dir / folders.INSTANCES_FILE}: frames_observed {bad[:5]} not frames of {scene_dir}"
         )
     cameras = {f: (scene.frames[f].intrinsics, scene.frames[f].c2w_cv) for f in keyframes}
+    missing = [f for f in keyframes if not scene.frames[f].depth_path.is_file()]
+    if missing:
+        return none(f"{scene.frames[missing[0]].depth_path}: missing (the depth of keyframe {missing[0]})")
     order = np.argsort(pmesh.instance, kind="stable")
     sorted_ids = pmesh.instance[order]
     verts = {}
     for i in ids:
         a, b = np.searchsorted(sorted_ids, i), np.searchsorted(sorted_ids, i, side="right")
         verts[i] = pmesh.vertices[order[a:b]]
-    return detection_confidence(verts, observed, cameras), ""
+    try:
+        return detection_confidence(verts, observed, cameras, scene.depth), ""
+    except (OSError, ValueError) as e:  # an unreadable or mis-sized depth image: the export goes on
+        return none(f"scene folder {scene_dir}: {e}")
 
 
 # ----------------------------------------------------------------------------- model.config
@@ -350,7 +375,7 @@ def describe(
     else:
         conf = (
             f" Confidence {confidence.value:.2f}: the segmentation detected this instance in "
-            f"{confidence.observed} of the {confidence.in_view} keyframes that had it in view."
+            f"{confidence.observed} of the {confidence.shown} keyframes that show it."
         )
     return f"{head}{conf} License: {license}."
 

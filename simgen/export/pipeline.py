@@ -589,8 +589,8 @@ def run_export(
                 confidences,
             )
             summary["confidence_note"] = (
-                "per thing: the fraction of the build's keyframes with the thing in view (half its vertices "
-                "project into the image; occlusion not modelled, so a lower bound) in which the segmentation "
+                "per thing: the fraction of the build's keyframes that show the thing (at least 10 % of its "
+                "vertices in the image and at the depth the keyframe measured there) in which the segmentation "
                 "associated it (instances.json frames_observed)"
                 + (f"; not available here: {confidence_note}" if confidence_note else "")
             )
