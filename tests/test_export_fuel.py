@@ -131,6 +131,12 @@ def test_top_thumbnail_of_the_bin_is_its_disc():
     assert np.array_equal(images[4][top][:, :3].max(0), [30, 160, 60])  # lit head-on: the colour itself
     again = fuel.render_thumbnails(v, bin_.faces, None, None, np.array([30, 160, 60]), size=256)
     assert all(np.array_equal(a, b) for a, b in zip(images, again, strict=True))  # deterministic
+    # 2 x 2 rays per pixel: the same coverage, as fractional alpha along the rim
+    K, c2w = fuel.thumbnail_cameras(v.min(0), v.max(0), 256)[4]
+    caster = MeshRaycaster(trimesh.Trimesh(v, bin_.faces, process=False))
+    smooth = fuel.render_view(caster, K, c2w, None, None, np.array([30, 160, 60]), supersample=2)
+    alpha = smooth[..., 3] / 255.0
+    assert abs(alpha.mean() - expected) < 0.005 and ((alpha > 0.1) & (alpha < 0.9)).sum() > 100
 
 
 def test_thumbnails_sample_the_texture():

@@ -43,8 +43,8 @@ THUMBNAIL_VIEWS: tuple[tuple[float, float], ...] = (
     (0.0, 90.0),
 )
 THUMBNAIL_FOV_DEG = 35.0
-# Rays per pixel side. 1: one ray per pixel; 2 antialiased the edges at 4x the casting time (0.3 s per
-# 256-pixel view on a loaded 2-core machine, which would add about half the export's time on `room`).
+# Rays per pixel side. 2 antialiases the edges but costs 4x the casting time, the bulk of the thumbnails'
+# cost (docs/benchmarks.md, s22fuel), so the export casts one ray per pixel.
 SUPERSAMPLE = 1
 FILL = 0.9  # fraction of the image side the model's projected bounding box spans
 # A keyframe "shows" an instance when at least this fraction of its (subsampled) vertices is visible: in
