@@ -18,7 +18,8 @@ A **build folder** (``simgen build``; docs/build-output.md) holds the reconstruc
 An **export folder** (``simgen export``, by default the build folder itself; docs/export.md) holds
 ``export.json`` (the export record; ``build_dir`` is the build folder *relative to the export folder*),
 ``alignment.json`` (``world_from_scene``), ``panoptic.json``, ``README.md``, ``models/``, ``worlds/``,
-``mjcf/``. An **eval folder** ``eval/`` holds ``metrics.json``, ``metrics.md`` and ``report/``.
+``mjcf/`` and, with ``--fuel``, ``fuel/<model>.zip``. A model folder ``models/<name>/`` holds
+``model.config``, ``model.sdf``, ``meshes/`` and ``thumbnails/<k>.png``. An **eval folder** ``eval/`` holds ``metrics.json``, ``metrics.md`` and ``report/``.
 
 Writers are atomic (temporary file, then rename); readers raise :class:`FolderError` naming the file.
 """
@@ -57,6 +58,13 @@ EXPORT_README = "README.md"
 MODELS_DIR = "models"
 WORLDS_DIR = "worlds"
 MJCF_DIR = "mjcf"
+FUEL_DIR = "fuel"  # ``simgen export --fuel``: one <model>.zip per model, ready to upload to Gazebo Fuel
+# model folder (OUT/models/<name>/): Gazebo's model layout, which Gazebo Fuel also expects
+MODEL_CONFIG_FILE = "model.config"
+MODEL_SDF_FILE = "model.sdf"
+MODEL_MESHES_DIR = "meshes"
+MODEL_MATERIALS_DIR = "materials"
+MODEL_THUMBNAILS_DIR = "thumbnails"  # <k>.png, k = 1.. (Fuel shows them on the model's page)
 # eval folder
 EVAL_DIR = "eval"
 METRICS_JSON = "metrics.json"
@@ -64,7 +72,16 @@ METRICS_MD = "metrics.md"
 REPORT_DIR = "report"
 
 #: what ``simgen export`` owns in its output folder (replaced together, never anything else)
-EXPORT_ENTRIES = (MODELS_DIR, WORLDS_DIR, MJCF_DIR, PANOPTIC_FILE, ALIGNMENT_FILE, EXPORT_FILE, EXPORT_README)
+EXPORT_ENTRIES = (
+    MODELS_DIR,
+    WORLDS_DIR,
+    MJCF_DIR,
+    FUEL_DIR,
+    PANOPTIC_FILE,
+    ALIGNMENT_FILE,
+    EXPORT_FILE,
+    EXPORT_README,
+)
 #: what the reconstruction stage owns in a build folder
 RECON_ENTRIES = (
     MESH_FILE,

@@ -16,6 +16,7 @@ EXPORT_EXAMPLES = """examples:
   simgen export builds/scan -o out --up 0 -1 0    # no floor class: give the scene's up axis
   simgen export builds/room --max-hulls 8 --coacd-threshold 0.1 --face-budget 20000 --quiet
   simgen export builds/room --texture-source vertex  # textures from vertex colours, not the Gaussians
+  simgen export builds/room --fuel --fuel-author "Ada" --fuel-license CC-BY-4.0  # + fuel/<model>.zip to upload
 
 then: GZ_SIM_RESOURCE_PATH=OUT/models gz sim OUT/worlds/<scene>.sdf   (see OUT/README.md)
 """

@@ -140,6 +140,35 @@ class ExportConfig:
         default=32,
         metadata={"help": "training cameras (evenly spread) the Gaussians are rendered from for texturing"},
     )
+    thumbnails: bool = field(
+        default=True,
+        metadata={
+            "help": "render each model's thumbnails/1..5.png (4 views around, 1 from above; simgen's ray caster "
+            "on the textured visual mesh, transparent background)"
+        },
+    )
+    thumbnail_size: int = field(default=256, metadata={"help": "side of each thumbnail (pixels)"})
+    fuel: bool = field(
+        default=False,
+        metadata={
+            "help": "also write OUT/fuel/<model>.zip per model, ready to upload to Gazebo Fuel (the model "
+            "folder with mesh URIs relative to it, so it loads on its own once unzipped)"
+        },
+    )
+    fuel_author: str = field(
+        default="unspecified",
+        metadata={"help": "author name written into every model.config (<author><name>)"},
+    )
+    fuel_email: str = field(
+        default="", metadata={"help": "author e-mail written into every model.config (empty: left out)"}
+    )
+    fuel_license: str = field(
+        default="unspecified",
+        metadata={
+            "help": "licence named in every model.config (an SPDX id such as CC-BY-4.0 is clearest); Fuel "
+            "itself takes the licence from its upload form"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "random seed (RANSAC, CoACD)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar and no summary table"})
 
@@ -154,3 +183,22 @@ class ExportConfig:
             )
         if self.texture_views < 1:
             raise ValueError(f"ExportConfig: texture_views must be >= 1, got {self.texture_views}")
+        if self.fuel and self.format == "mjcf":
+            raise ValueError(
+                "ExportConfig: fuel packages Gazebo models: it needs format sdf or all, not mjcf"
+            )
+        if not 16 <= self.thumbnail_size <= 2048:
+            raise ValueError(f"ExportConfig: thumbnail_size must be in 16..2048, got {self.thumbnail_size}")
+        for name in ("fuel_author", "fuel_license"):
+            value = getattr(self, name)
+            if not value.strip() or any(ord(c) < 32 for c in value):
+                raise ValueError(
+                    f"ExportConfig: {name} must be non-empty text without control characters, got {value!r}"
+                )
+        email = self.fuel_email
+        if email and (
+            email.count("@") != 1
+            or any(c.isspace() or ord(c) < 32 for c in email)
+            or not all(email.split("@"))
+        ):
+            raise ValueError(f"ExportConfig: fuel_email must look like name@host, got {email!r}")

@@ -2,8 +2,9 @@
 
 Layout written (see docs/export.md)::
 
-    OUT/models/<name>/{model.config, model.sdf, meshes/visual.{obj,mtl,png}, meshes/hull_<k>.stl}
-    OUT/worlds/<scene>.sdf      OUT/mjcf/<scene>.xml
+    OUT/models/<name>/{model.config, model.sdf, meshes/visual.{obj,mtl,png}, meshes/hull_<k>.stl,
+                       thumbnails/<k>.png}
+    OUT/worlds/<scene>.sdf      OUT/mjcf/<scene>.xml      OUT/fuel/<name>.zip (--fuel)
     OUT/panoptic.json  OUT/alignment.json  OUT/export.json  OUT/README.md
 
 Everything is written to a staging folder first and swapped in only when the export completes.
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from simgen import folders as output
 from simgen.config import to_dict
 from simgen.data import io
-from simgen.export import colliders, fidelity, physics, policy, sdf, stuff
+from simgen.export import colliders, fidelity, fuel, physics, policy, sdf, stuff
 from simgen.export.align import AlignmentError, apply, estimate_alignment
 from simgen.export.appearance import AppearanceSource, prepare_appearance, texel_shader
 from simgen.export.clean import clean_mesh
@@ -517,6 +518,7 @@ def run_export(
         raise ExportError(f"{inst_path}: cannot read ({e})") from e
     categories = _categories(cat_list, inst_path)
     densities = load_densities(cfg.densities)
+    confidences, confidence_note = fuel.build_confidences(build_dir, pmesh, records)
     scene = sanitize(cfg.scene_name or build_dir.resolve().name)
 
     # 1. floor alignment
@@ -574,11 +576,29 @@ def run_export(
     with on_forced_exit(lambda: shutil.rmtree(stage, ignore_errors=True)):
         try:
             summary = _write_all(
-                stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings
+                stage,
+                scene,
+                parts,
+                results,
+                origins,
+                alignment,
+                categories,
+                densities,
+                cfg,
+                warnings,
+                confidences,
+            )
+            summary["confidence_note"] = (
+                "per thing: the fraction of the build's keyframes that show the thing (at least 10 % of its "
+                "vertices in the image and at the depth the keyframe measured there) in which the segmentation "
+                "associated it (instances.json frames_observed)"
+                + (f"; not available here: {confidence_note}" if confidence_note else "")
             )
             summary["texture"] = texture
             if cfg.physics:
                 _physics(stage, summary, parts, robot, cfg)
+            if cfg.fuel:  # after the physics checks, which may pin a model (rewrite its model.sdf)
+                summary["fuel"] = _fuel_packages(stage, parts, cfg, summary["warnings"])
             summary["seconds"] = round(time.perf_counter() - t_start, 2)
             summary.update(output.export_record_fields(out_dir, build_dir))
             io.write_json(stage / output.EXPORT_FILE, summary)
@@ -667,12 +687,14 @@ def _fallback_part(part: Part, origin, room_centre, cfg: ExportConfig) -> PartRe
 
 
 def _write_all(
-    stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings
+    stage, scene, parts, results, origins, alignment, categories, densities, cfg, warnings, confidences=None
 ) -> dict:
     labels = label_map([p.category_id for p in parts])
     models_dir = stage / "models"
     includes, bodies, rows, segments = [], [], [], []
     fallbacks = []
+    confidences = confidences or {}
+    thumb_seconds = 0.0
     for p in parts:
         r = results[p.name]
         mdir = models_dir / p.name / "meshes"
@@ -711,14 +733,35 @@ def _write_all(
             hull_files,
             r.colliders.boxes,
             inertial,
-            f"{p.category_name} ({p.kind}{f', instance {p.instance_id}' if p.instance_id else ''}) exported by simgen",
+            fuel.describe(
+                p.category_name,
+                p.kind,
+                p.category_id,
+                p.instance_id,
+                confidences.get(p.instance_id),
+                cfg.fuel_license,
+            ),
         )
         if cfg.format in ("sdf", "all"):
-            sdf.write_xml(sdf.model_sdf(spec, cfg.sdf_version), models_dir / p.name / "model.sdf")
+            sdf.write_xml(sdf.model_sdf(spec, cfg.sdf_version), models_dir / p.name / output.MODEL_SDF_FILE)
             sdf.write_xml(
-                sdf.model_config(p.name, spec.description, cfg.sdf_version),
-                models_dir / p.name / "model.config",
+                sdf.model_config(
+                    p.name,
+                    spec.description,
+                    cfg.sdf_version,
+                    cfg.fuel_author,
+                    cfg.fuel_email,
+                    cfg.fuel_license,
+                ),
+                models_dir / p.name / output.MODEL_CONFIG_FILE,
             )
+        if cfg.thumbnails and len(vf):
+            t0 = time.perf_counter()
+            fuel.write_thumbnails(
+                models_dir / p.name,
+                fuel.render_thumbnails(vv, vf, uv, tex, r.mean_rgb, cfg.thumbnail_size),
+            )
+            thumb_seconds += time.perf_counter() - t0
         pose = np.eye(4)
         pose[:3, 3] = origins[p.name]
         includes.append((p.name, pose))
@@ -749,6 +792,9 @@ def _write_all(
                 "seconds": round(r.seconds, 2),
                 "texture_source": r.texture_source if tex is not None else "plain colour",
                 "texture_coverage": r.texture_coverage,
+                "confidence": confidences[p.instance_id].to_json()
+                if p.kind == "thing" and p.instance_id in confidences
+                else None,
                 "warnings": list(r.notes),
             }
         )
@@ -808,7 +854,36 @@ def _write_all(
         "volume_error_note": "|sum of hull volumes - volume| / volume, against the mesh when it is watertight, "
         "else the hole-filled collider mesh when that is, else the convex hull; masses then use the hulls' "
         "union volume.",
+        "thumbnails": {
+            "views": len(fuel.THUMBNAIL_VIEWS) if cfg.thumbnails else 0,
+            "size": cfg.thumbnail_size,
+            "seconds": round(thumb_seconds, 2),
+        },
+        "fuel": None,
         "config": {**to_dict(cfg), "up": list(cfg.up) if cfg.up else None},
+    }
+
+
+def _fuel_packages(stage: Path, parts: list[Part], cfg: ExportConfig, warnings: list[str]) -> dict:
+    """``--fuel``: one upload-ready zip per model into ``stage/fuel`` (swapped in with the rest)."""
+    t0 = time.perf_counter()
+    zips = {}
+    for p in parts:
+        try:
+            rec = fuel.write_model_zip(
+                stage / output.MODELS_DIR / p.name, stage / output.FUEL_DIR / f"{p.name}.zip"
+            )
+        except fuel.FuelError as e:
+            raise ExportError(str(e)) from e
+        zips[p.name] = f"{output.FUEL_DIR}/{rec['zip']}"
+    if cfg.fuel_license == "unspecified":
+        warnings.append("fuel: no --fuel-license given; choose the licence in Fuel's upload form")
+    return {
+        "zips": zips,
+        "author": cfg.fuel_author,
+        "email": cfg.fuel_email,
+        "license": cfg.fuel_license,
+        "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
@@ -833,6 +908,11 @@ def _physics(stage: Path, summary: dict, parts: list[Part], robot, cfg: ExportCo
 
 
 def _readme(scene: str, cfg: ExportConfig) -> str:
+    fuel_line = (
+        " `fuel/<name>.zip`: each model packaged for Gazebo Fuel (unzip, then upload the folder)."
+        if cfg.fuel
+        else ""
+    )
     return f"""# {scene}: simulation world exported by simgen
 
 Gazebo (Harmonic or newer; SDFormat {cfg.sdf_version}):
@@ -851,6 +931,7 @@ Check the export (libsdformat validator, mesh files, convex colliders): `simgen 
   (`world_from_scene`) and back (`scene_from_world`).
 - `panoptic.json`: each model's class, Gazebo label (0-255) and simgen instance id.
 - `export.json`: per-model faces, collider hull counts, volume errors and warnings.
+- `models/<name>/thumbnails/`: pictures of each model;{fuel_line}
 """
 
 

@@ -100,14 +100,30 @@ def model_sdf(spec: ModelSpec, version: str = "1.9") -> etree._ElementTree:
     return etree.ElementTree(root)
 
 
-def model_config(name: str, description: str, version: str = "1.9") -> etree._ElementTree:
-    """``model.config`` (Gazebo model database manifest)."""
+def model_config(
+    name: str,
+    description: str,
+    version: str = "1.9",
+    author: str = "unspecified",
+    email: str = "",
+    license: str | None = None,
+) -> etree._ElementTree:
+    """``model.config``: the manifest Gazebo's ``<include>`` and Gazebo Fuel read (name, version, sdf,
+    author name / e-mail, description).
+
+    ``<license>`` (when given) is extra: Gazebo and Fuel ignore elements they do not know, and it keeps the
+    licence with the files (Fuel's own licence field is set in its upload form).
+    """
     root = etree.Element("model")
     _sub(root, "name", name)
     _sub(root, "version", "1.0")
     _sub(root, "sdf", "model.sdf", version=version)
-    author = _sub(root, "author")
-    _sub(author, "name", "simgen")
+    author_el = _sub(root, "author")
+    _sub(author_el, "name", author)
+    if email:
+        _sub(author_el, "email", email)
+    if license is not None:
+        _sub(root, "license", license)
     _sub(root, "description", description)
     return etree.ElementTree(root)
 
