@@ -64,6 +64,7 @@ MODEL_CONFIG_FILE = "model.config"
 MODEL_SDF_FILE = "model.sdf"
 MODEL_MESHES_DIR = "meshes"
 MODEL_MATERIALS_DIR = "materials"
+MODEL_VISUAL_FILE = "meshes/visual.obj"  # with visual.mtl and the baked texture visual.png beside it
 MODEL_THUMBNAILS_DIR = "thumbnails"  # <k>.png, k = 1.. (Fuel shows them on the model's page)
 # eval folder
 EVAL_DIR = "eval"

@@ -93,6 +93,20 @@ def test_folder_contract_and_server_stay_torch_free():
             )
 
 
+def test_test_modules_share_code_only_through_helpers():
+    """Shared test code lives in tests/helpers or conftest.py; a test module imported by another runs
+    its module fixtures and tests twice over and ties the two modules' order together."""
+    tests = Path(__file__).parent
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.append(node.module)
+            assert not [n for n in names if n.split(".")[0].startswith("test_")], (
+                f"{path.name}:{node.lineno} imports a test module; move the shared code to tests/helpers"
+            )
+
+
 @pytest.mark.slow
 def test_public_api_type_checks(monkeypatch):
     """mypy on the files pyproject's [tool.mypy] lists (the public API and the folder contract)."""

@@ -8,9 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from rosbags.rosbag2 import Reader
-from rosbags.typesys import Stores, get_typestore
-from scipy.spatial.transform import Rotation
+from helpers.rosbag_reader import read_bag, stamp_ns, transform_matrix
 
 from simgen.data.camera import Intrinsics
 from simgen.data.io import rgb_to_id
@@ -20,7 +18,6 @@ from simgen.sim.bag import BagError
 from simgen.sim.drive import HOVER, DriveConfig, drive
 from simgen.sim.world import CAMERA_XYZ
 
-TS = get_typestore(Stores.ROS2_HUMBLE)
 W, H, HFOV = 40, 30, 1.047
 CAMERA_TOPICS = ("image", "depth_image", "panoptic_image", "segments", "camera_info")
 
@@ -29,31 +26,6 @@ CAMERA_TOPICS = ("image", "depth_image", "panoptic_image", "segments", "camera_i
 def export(box_export_copy):
     """The box scene exported by the real pipeline (this module's own copy: tests here write into it)."""
     return box_export_copy
-
-
-def read_bag(path) -> tuple[dict[str, list[tuple[int, object]]], list[int], dict[str, str], dict]:
-    """``{topic: [(log ns, message)]}``, every log time in read order, ``{topic: type}``, ``{topic: qos}``."""
-    msgs: dict[str, list] = {}
-    order = []
-    with Reader(path) as reader:
-        types = {c.topic: c.msgtype for c in reader.connections}
-        qos = {c.topic: c.ext.offered_qos_profiles for c in reader.connections}
-        for conn, ns, raw in reader.messages():
-            msgs.setdefault(conn.topic, []).append((ns, TS.deserialize_cdr(raw, conn.msgtype)))
-            order.append(ns)
-    return msgs, order, types, qos
-
-
-def stamp_ns(header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-
-
-def transform_matrix(tf) -> np.ndarray:
-    t, q = tf.transform.translation, tf.transform.rotation
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-    T[:3, 3] = t.x, t.y, t.z
-    return T
 
 
 @pytest.fixture(scope="module")

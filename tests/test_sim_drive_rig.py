@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.rosbag_reader import read_bag, transform_matrix
 from helpers.sim import synthetic_export
 from PIL import Image
 from scipy.spatial.transform import Rotation
-from test_sim_bag import read_bag, transform_matrix
 
 from simgen.data.camera import Intrinsics
 from simgen.data.poses import parse_pose, to_c2w_cv

@@ -249,7 +249,7 @@ def test_simgen_drive_cli(export, tmp_path, capsys):
     args = ["drive", str(export), "--spawn", "-1", "-1", "0", "--width", "32", "--height", "24", "--quiet"]
     assert main([*args, "--waypoints", "-0.5", "-1", "-o", str(tmp_path / "d"), "--no-gif"]) == 0
     assert "reached: 1/1 waypoints" in capsys.readouterr().out
-    assert main([*args, "--waypoints", "1"]) == 1
+    assert main([*args, "--waypoints", "1"]) == 2  # a bad setting, refused before anything runs
     assert "x y pairs" in capsys.readouterr().err
     # No --waypoints (the README's `simgen drive OUT`): the planned loop from the default spawn.
     quick = ["--width", "32", "--height", "24", "--quiet", "--no-gif", "--rate-hz", "2"]
@@ -257,7 +257,7 @@ def test_simgen_drive_cli(export, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("reached (default route: a loop past") and "waypoints" in out
     assert main([*args, "--max-time", "0"]) == 2
-    assert "--max-time must be > 0" in capsys.readouterr().err
+    assert "max_time must be > 0" in capsys.readouterr().err
     assert main(["drive", str(tmp_path), "--waypoints", "0", "0"]) == 1
     assert "export.json: missing" in capsys.readouterr().err
 

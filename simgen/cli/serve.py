@@ -262,24 +262,17 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_drive(args: argparse.Namespace) -> int:
-    from simgen.config import dataclass_from_args
+    from simgen.cli.common import config_from_args
     from simgen.serve.client import RenderError
     from simgen.serve.scene import SceneLoadError
     from simgen.sim.bag import BagError
     from simgen.sim.drive import DriveConfig, DriveError, drive
     from simgen.sim.world import WorldError
 
-    cfg = dataclass_from_args(DriveConfig, args)
+    cfg = config_from_args(DriveConfig, args)
     if not Path(args.out_dir).is_dir():
         print(f"error: {args.out_dir}: not a folder", file=sys.stderr)
         return 1
-    bad_time = cfg.max_time is not None and cfg.max_time <= 0
-    if cfg.rate_hz <= 0 or cfg.speed <= 0 or bad_time or cfg.width < 1 or cfg.height < 1 or cfg.clearance < 0:
-        print(
-            "error: --rate-hz, --speed, --max-time must be > 0, --width/--height >= 1, --clearance >= 0",
-            file=sys.stderr,
-        )
-        return 2
     if cfg.bag:
         import signal
 

@@ -192,7 +192,7 @@ def check_void(out_dir, n: int = 40, seed: int = 0) -> dict | None:
     meshes, floor = [], []
     for body in etree.parse(str(mjcfs[0])).getroot().find("worldbody").findall("body"):
         name = body.get("name")
-        path = out_dir / "models" / str(name) / "meshes" / "visual.obj"
+        path = out_dir / folders.MODELS_DIR / str(name) / folders.MODEL_VISUAL_FILE
         if name not in kinds or not path.is_file():
             continue
         m = trimesh.load(path, force="mesh", process=False)

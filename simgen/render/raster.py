@@ -219,7 +219,6 @@ def _sdf_pose(text: str | None, where: str) -> np.ndarray:
     return T
 
 
-VISUAL_MESH = "meshes/visual.obj"  # a model's visual in its folder, as simgen export writes it
 
 
 def read_export_parts(export_dir: str | Path) -> list[TexturedPart]:
@@ -271,7 +270,7 @@ def read_export_parts(export_dir: str | Path) -> list[TexturedPart]:
         if visual is not None:
             T = T @ _sdf_pose(link.findtext("pose"), f"{sdf_path} <link>")
             T = T @ _sdf_pose(visual.findtext("pose"), f"{sdf_path} <visual>")
-        path = model_dir / VISUAL_MESH
+        path = model_dir / folders.MODEL_VISUAL_FILE
         try:
             mesh = trimesh.load(path, force="mesh", process=False)
         except Exception as e:  # trimesh raises many types on a missing or corrupt file

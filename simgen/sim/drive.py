@@ -34,6 +34,7 @@ import numpy as np
 from lxml import etree
 
 from simgen import folders
+from simgen.config import ConfigError
 from simgen.data import io
 from simgen.sim.gazebo import (
     BridgeConfig,
@@ -121,6 +122,28 @@ class DriveConfig:
         },
     )
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+
+    def __post_init__(self) -> None:
+        def bad(message: str) -> ConfigError:
+            return ConfigError(f"DriveConfig: {message}")
+
+        if len(self.waypoints) % 2:
+            raise bad(f"waypoints needs x y pairs, got {len(self.waypoints)} numbers")
+        if not all(math.isfinite(v) for v in self.waypoints):
+            raise bad(f"waypoints must be finite numbers, got {self.waypoints}")
+        if self.spawn is not None and (len(self.spawn) != 3 or not all(math.isfinite(v) for v in self.spawn)):
+            raise bad(f"spawn must be 3 finite numbers x y yaw, got {self.spawn}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise bad(f"max_time must be > 0, got {self.max_time}")
+        if not (self.rate_hz > 0 and self.speed > 0 and self.width >= 1 and self.height >= 1):
+            raise bad(
+                f"rate_hz and speed must be > 0, width and height >= 1; got {self.rate_hz}, {self.speed}, "
+                f"{self.width}x{self.height}"
+            )
+        if not 0 < self.hfov_rad < math.pi:
+            raise bad(f"hfov_rad must be in (0, pi), got {self.hfov_rad}")
+        if self.clearance < 0 or self.reach <= 0:
+            raise bad(f"clearance must be >= 0 and reach > 0 (m), got {self.clearance}, {self.reach}")
 
 
 # -- camera rigs --------------------------------------------------------------------------------------------
@@ -376,18 +399,10 @@ def drive(out_dir: str | Path, cfg: DriveConfig, dest: str | Path | None = None)
     """
     out_dir = Path(out_dir)
     dest = Path(dest) if dest else out_dir / "drive"
-    if len(cfg.waypoints) % 2:
-        raise DriveError(f"--waypoints needs x y pairs, got {len(cfg.waypoints)} numbers")
-    if not all(math.isfinite(v) for v in cfg.waypoints):
-        raise DriveError("--waypoints must be finite numbers")
-    if cfg.max_time is not None and not cfg.max_time > 0:
-        raise DriveError(f"--max-time must be > 0, got {cfg.max_time}")
     export_mjcf(out_dir)  # fail on a folder that is no export before any slow work
     cams = load_rig(cfg.rig, cfg) if cfg.rig else None
     scene = None
     if cfg.spawn is not None:
-        if len(cfg.spawn) != 3 or not all(math.isfinite(v) for v in cfg.spawn):
-            raise DriveError(f"--spawn must be 3 finite numbers x y yaw, got {cfg.spawn}")
         spawn = tuple(float(v) for v in cfg.spawn)
     else:
         from simgen.serve.scene import load_render_scene
