@@ -46,10 +46,14 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+def add_dataclass_args(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, prefix: str = ""
+) -> None:
     """Add one ``--flag`` per field of dataclass ``cls`` (recursively for nested dataclasses)."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(f"{cls.__name__} options") if not prefix else parser
+    # A caller that already made a group (argparse deprecates nesting them) gets the flags in that group.
+    nest = not prefix and isinstance(parser, argparse.ArgumentParser)
+    group = parser.add_argument_group(f"{cls.__name__} options") if nest else parser
     for f in dataclasses.fields(cls):
         tp, _ = _base_type(hints[f.name])
         if dataclasses.is_dataclass(tp):
