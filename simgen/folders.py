@@ -18,7 +18,8 @@ A **build folder** (``simgen build``; docs/build-output.md) holds the reconstruc
 An **export folder** (``simgen export``, by default the build folder itself; docs/export.md) holds
 ``export.json`` (the export record; ``build_dir`` is the build folder *relative to the export folder*),
 ``alignment.json`` (``world_from_scene``), ``panoptic.json``, ``README.md``, ``models/``, ``worlds/``,
-``mjcf/``. An **eval folder** ``eval/`` holds ``metrics.json``, ``metrics.md`` and ``report/``.
+``mjcf/`` and, when floor / walls were completed, ``stuff_fill.ply`` (:func:`write_stuff_fill`: the completed
+surfaces in the export's world frame, so the render server draws what the Gazebo visuals show). An **eval folder** ``eval/`` holds ``metrics.json``, ``metrics.md`` and ``report/``.
 
 Writers are atomic (temporary file, then rename); readers raise :class:`FolderError` naming the file.
 """
@@ -57,6 +58,7 @@ EXPORT_README = "README.md"
 MODELS_DIR = "models"
 WORLDS_DIR = "worlds"
 MJCF_DIR = "mjcf"
+STUFF_FILL_FILE = "stuff_fill.ply"
 # eval folder
 EVAL_DIR = "eval"
 METRICS_JSON = "metrics.json"
@@ -64,7 +66,16 @@ METRICS_MD = "metrics.md"
 REPORT_DIR = "report"
 
 #: what ``simgen export`` owns in its output folder (replaced together, never anything else)
-EXPORT_ENTRIES = (MODELS_DIR, WORLDS_DIR, MJCF_DIR, PANOPTIC_FILE, ALIGNMENT_FILE, EXPORT_FILE, EXPORT_README)
+EXPORT_ENTRIES = (
+    MODELS_DIR,
+    WORLDS_DIR,
+    MJCF_DIR,
+    PANOPTIC_FILE,
+    ALIGNMENT_FILE,
+    EXPORT_FILE,
+    EXPORT_README,
+    STUFF_FILL_FILE,
+)
 #: what the reconstruction stage owns in a build folder
 RECON_ENTRIES = (
     MESH_FILE,
@@ -288,7 +299,9 @@ class InstanceRecord:
     frames_observed: list[int] = field(default_factory=list)
 
 
-def write_panoptic_mesh(path: str | Path, mesh: PanopticMesh) -> None:
+def _panoptic_ply(
+    mesh: PanopticMesh, face_flags: dict[str, np.ndarray] | None = None, comments: Sequence[str] = ()
+) -> PlyData:
     v = np.empty(
         len(mesh.vertices),
         dtype=[
@@ -305,16 +318,66 @@ def write_panoptic_mesh(path: str | Path, mesh: PanopticMesh) -> None:
     v["x"], v["y"], v["z"] = mesh.vertices.T
     v["red"], v["green"], v["blue"] = mesh.colors.T
     v["semantic"], v["instance"] = mesh.semantic, mesh.instance
-    f = np.empty(len(mesh.faces), dtype=[("vertex_indices", "i4", (3,))])
+    flags = face_flags or {}
+    f = np.empty(len(mesh.faces), dtype=[("vertex_indices", "i4", (3,))] + [(k, "u1") for k in flags])
     f["vertex_indices"] = mesh.faces
-    ply = PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")], text=False)
+    for k, a in flags.items():
+        f[k] = np.asarray(a, dtype=np.uint8).reshape(len(mesh.faces))
+    return PlyData(
+        [PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")],
+        text=False,
+        comments=list(comments),
+    )
+
+
+def write_panoptic_mesh(path: str | Path, mesh: PanopticMesh) -> None:
+    ply = _panoptic_ply(mesh)
     with io.atomic_path(path) as tmp:
         ply.write(str(tmp))
 
 
+def write_stuff_fill(
+    path: str | Path, mesh: PanopticMesh, filled: np.ndarray, build: str | None = None
+) -> None:
+    """Write ``stuff_fill.ply``: the completed floor / wall surfaces of an export (simgen.export.stuff).
+
+    A panoptic mesh PLY (:func:`write_panoptic_mesh`'s vertex properties; vertices in the export's world
+    frame, metres, z up, floor z = 0; ``semantic`` the stuff part's category id, ``instance`` 0) whose
+    faces carry one more property, ``filled`` (uchar, 1 = in a cell the scan never saw, 0 = behind scanned
+    surface). ``build``: the id of the build the export was cut from, kept as a PLY comment
+    (``BUILD_ID_COMMENT``) so the server never draws it into another build's mesh.
+    """
+    comments = [f"{BUILD_ID_COMMENT} {build}"] if build else []
+    ply = _panoptic_ply(mesh, {"filled": np.asarray(filled, bool)}, comments)
+    with io.atomic_path(path) as tmp:
+        ply.write(str(tmp))
+
+
+def read_stuff_fill(path: str | Path) -> tuple[PanopticMesh, np.ndarray]:
+    """``stuff_fill.ply`` as (mesh in the export's world frame, ``filled`` ``(F,)`` bool per face); raises
+    :class:`FolderError` naming the file when it is unreadable or not a fill file."""
+    path = Path(path)
+    try:
+        ply = PlyData.read(str(path))
+        mesh = _mesh_from_ply(ply, path)
+    except Exception as e:  # plyfile raises many types on corrupt input
+        raise FolderError(f"{path}: cannot read ({e})") from None
+    names = ply["face"].data.dtype.names or ()
+    if "filled" not in names:
+        raise FolderError(f"{path}: faces have no 'filled' property (not a simgen stuff fill file)")
+    if len(mesh.faces) and (mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices)):
+        raise FolderError(f"{path}: face indices outside the {len(mesh.vertices)} vertices")
+    if (mesh.instance != 0).any() or (mesh.semantic < 0).any():
+        raise FolderError(f"{path}: fill vertices must be stuff (instance 0) with a category (semantic >= 0)")
+    return mesh, np.asarray(ply["face"].data["filled"], dtype=bool)
+
+
 def read_panoptic_mesh(path: str | Path) -> PanopticMesh:
     """Read ``panoptic_mesh.ply``; raises ValueError naming the file if a property is missing."""
-    ply = PlyData.read(str(path))
+    return _mesh_from_ply(PlyData.read(str(path)), path)
+
+
+def _mesh_from_ply(ply: PlyData, path: str | Path) -> PanopticMesh:
     v = ply["vertex"].data
     names = set(v.dtype.names)
     missing = {"x", "y", "z", "semantic", "instance"} - names

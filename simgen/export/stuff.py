@@ -7,6 +7,10 @@ just behind the scanned surface (``BEHIND``): where the scan exists it is in fro
 only the holes show it. Cells the scan saw take the colour of the scan there; the others are filled with
 the colour of the nearest seen cell (a plausible fill, not a reconstruction) and are marked as filled.
 
+The export also writes every part's fill, in the world frame and labelled with its part's category, to
+``stuff_fill.ply`` (:func:`write_fill_file`, simgen.folders.STUFF_FILL_FILE), which the render server
+appends to the mesh it draws.
+
 Measure (:func:`void_fraction`): level cameras 0.3 m above the scanned floor look in random directions;
 void is the fraction of rays that meet no visual surface.
 """
@@ -19,6 +23,7 @@ import numpy as np
 import trimesh
 from scipy import ndimage
 
+from simgen import folders
 from simgen.export.colliders import Box
 
 BEHIND = 0.005  # m the fill surface sits behind the scanned surface (scan in front where it exists)
@@ -130,6 +135,43 @@ def fill_surfaces(
     if not vs:
         return None
     return Fill(np.concatenate(vs), np.concatenate(fs), np.concatenate(cs), np.concatenate(fl), area, filled)
+
+
+def write_fill_file(
+    path, fills: list[tuple[Fill | None, np.ndarray, int]], build: str | None = None
+) -> dict | None:
+    """Write the fills of an export's stuff parts as one world-frame ``stuff_fill.ply``.
+
+    Args:
+        path: the file (simgen.folders.STUFF_FILL_FILE in the export's staging folder).
+        fills: per part ``(fill in the part's model frame or None, model origin (3,) in the world frame,
+            category id)``. Stuff models are placed by a translation only (pipeline ``_write_all``), so
+            world = model + origin.
+        build: the build id (kept in the file so the server never pairs it with another build's mesh).
+
+    Returns:
+        ``{"file", "faces", "filled_faces"}`` for export.json, or None (and no file) when no part has one.
+    """
+    vs, fs, cs, ss, fl = [], [], [], [], []
+    off = 0
+    for fill, origin, category in fills:
+        if fill is None or not len(fill.faces):
+            continue
+        vs.append(np.asarray(fill.vertices, np.float64) + np.asarray(origin, np.float64))
+        fs.append(np.asarray(fill.faces, np.int64) + off)
+        cs.append(fill.colors)
+        ss.append(np.full(len(fill.vertices), int(category)))
+        fl.append(np.asarray(fill.filled, bool))
+        off += len(fill.vertices)
+    if not vs:
+        return None
+    v = np.concatenate(vs)
+    mesh = folders.PanopticMesh(
+        v, np.concatenate(fs), np.concatenate(cs), np.concatenate(ss), np.zeros(len(v))
+    )
+    filled = np.concatenate(fl)
+    folders.write_stuff_fill(path, mesh, filled, build)
+    return {"file": folders.STUFF_FILL_FILE, "faces": int(len(filled)), "filled_faces": int(filled.sum())}
 
 
 def level_poses(
