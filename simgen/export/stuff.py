@@ -65,7 +65,7 @@ def fill_surfaces(
     Args:
         boxes: the stuff part's box colliders (simgen.export.colliders.stuff_boxes).
         vertices: (N, 3) scanned vertices of the part, faces (F, 3) its triangles, colors: (N, 3) uint8
-            its vertex colours. A cell counts as seen when scanned surface (area samples, about 4 per
+            its vertex colours. A cell counts as seen when scanned surface (area samples, about 16 per
             cell) lies in it within NEAR of the plane.
         pitch: cell size (m).
     """
@@ -73,7 +73,9 @@ def fill_surfaces(
     vcolors = np.asarray(colors, np.float64).reshape(-1, 3)
     mesh = trimesh.Trimesh(vertices, faces, process=False)
     if len(faces) and mesh.area > 0:
-        n = int(min(max(4 * mesh.area / pitch**2, 1000), 2_000_000))
+        # 16 random samples leave a fully scanned cell without any with probability e^-16; at 4 per cell
+        # about 2 % of the scanned cells came out "unseen" and were counted as filled.
+        n = int(min(max(16 * mesh.area / pitch**2, 1000), 2_000_000))
         samples, fidx = trimesh.sample.sample_surface(mesh, n, seed=0)
         colors = vcolors[np.asarray(faces)[fidx, 0]]
         vertices = np.concatenate([np.asarray(samples, np.float64), vertices])
