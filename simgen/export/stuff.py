@@ -78,8 +78,10 @@ def fill_surfaces(
         n = int(min(max(16 * mesh.area / pitch**2, 1000), 2_000_000))
         samples, fidx = trimesh.sample.sample_surface(mesh, n, seed=0)
         colors = vcolors[np.asarray(faces)[fidx, 0]]
-        vertices = np.concatenate([np.asarray(samples, np.float64), vertices])
-        colors = np.concatenate([colors, vcolors])
+        # Only vertices of faces are scanned surface: a vertex left behind by removed faces saw nothing.
+        used = np.unique(np.asarray(faces))
+        vertices = np.concatenate([np.asarray(samples, np.float64), vertices[used]])
+        colors = np.concatenate([colors, vcolors[used]])
     else:
         colors = vcolors
     mean = colors.mean(0) if len(colors) else np.full(3, 180.0)
