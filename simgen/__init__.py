@@ -6,8 +6,8 @@ The library API, one function per capability, arguments in one order (inputs, ou
 
     scene = simgen.load_scene("scenes/room")                     # validated scene folder
     result = simgen.build("scenes/room", "builds/room")          # reconstruct + Gaussians + worlds
-    problems, stats = simgen.check("builds/room")                # libsdformat, colliders, MJCF
-    metrics = simgen.evaluate("builds/room", "scenes/room")      # PQ^scene, mIoU, Chamfer, ...
+    report = simgen.check("builds/room")                         # libsdformat, colliders, MJCF, physics
+    scores = simgen.evaluate("builds/room", "scenes/room")       # .pq_scene, .metrics (mIoU, Chamfer, ...)
     cam = simgen.load_render_scene("builds/room")                # RGB / depth / panoptic for any pose
 
 Stage by stage: :func:`build` runs :mod:`simgen.recon` (fusion or neural), :func:`train_gaussians`
@@ -38,6 +38,10 @@ _API = {
     "check": "simgen.api",
     "evaluate": "simgen.api",
     "run_server": "simgen.api",
+    "GaussiansResult": "simgen.api",
+    "ExportResult": "simgen.api",
+    "CheckResult": "simgen.api",
+    "EvalResult": "simgen.api",
     "load_render_scene": "simgen.serve.scene",
     "RenderScene": "simgen.serve.scene",
     "PanopticMesh": "simgen.folders",
@@ -48,6 +52,10 @@ __all__ = [
     "BuildConfig",
     "BuildError",
     "BuildResult",
+    "CheckResult",
+    "EvalResult",
+    "ExportResult",
+    "GaussiansResult",
     "PanopticMesh",
     "RenderScene",
     "Scene",
@@ -66,7 +74,17 @@ __all__ = [
 assert set(__all__) == {"__version__", *_API}
 
 if TYPE_CHECKING:
-    from simgen.api import check, evaluate, export_worlds, run_server, train_gaussians
+    from simgen.api import (
+        CheckResult,
+        EvalResult,
+        ExportResult,
+        GaussiansResult,
+        check,
+        evaluate,
+        export_worlds,
+        run_server,
+        train_gaussians,
+    )
     from simgen.data.scene import Scene, SceneError, load_scene
     from simgen.folders import PanopticMesh, read_panoptic_mesh
     from simgen.pipeline import BuildConfig, BuildError, BuildResult, build

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from plyfile import PlyData, PlyElement
+from plyfile import PlyData, PlyElement, PlyElementParseError
 
 from simgen.data import io
 
@@ -358,7 +358,7 @@ def read_stuff_fill(path: str | Path) -> tuple[PanopticMesh, np.ndarray]:
     :class:`FolderError` naming the file when it is unreadable or not a fill file."""
     path = Path(path)
     try:
-        ply = PlyData.read(str(path))
+        ply = _read_triangles(path)
         mesh = _mesh_from_ply(ply, path)
     except Exception as e:  # plyfile raises many types on corrupt input
         raise FolderError(f"{path}: cannot read ({e})") from None
@@ -374,7 +374,18 @@ def read_stuff_fill(path: str | Path) -> tuple[PanopticMesh, np.ndarray]:
 
 def read_panoptic_mesh(path: str | Path) -> PanopticMesh:
     """Read ``panoptic_mesh.ply``; raises ValueError naming the file if a property is missing."""
-    return _mesh_from_ply(PlyData.read(str(path)), path)
+    return _mesh_from_ply(_read_triangles(path), path)
+
+
+def _read_triangles(path: str | Path) -> PlyData:
+    """A PLY of triangles, its face block memory-mapped when every face is a triangle."""
+    try:
+        # Told the list length, plyfile memory-maps the face block in one go; otherwise it parses it
+        # face by face in Python (seconds for a 200 k-face mesh). A file whose faces are not all
+        # triangles is refused by that fast path and read the slow way.
+        return PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
+    except PlyElementParseError:
+        return PlyData.read(str(path))
 
 
 def _mesh_from_ply(ply: PlyData, path: str | Path) -> PanopticMesh:
@@ -383,14 +394,24 @@ def _mesh_from_ply(ply: PlyData, path: str | Path) -> PanopticMesh:
     missing = {"x", "y", "z", "semantic", "instance"} - names
     if missing:
         raise ValueError(f"{path}: vertex properties {sorted(missing)} missing (not a simgen panoptic mesh)")
-    faces = np.stack(ply["face"].data["vertex_indices"]) if len(ply["face"].data) else np.zeros((0, 3))
+    face_data = ply["face"].data["vertex_indices"]
+    if not len(face_data):
+        faces = np.zeros((0, 3), np.int64)
+    elif face_data.dtype == object:
+        faces = np.stack(face_data)
+    else:
+        faces = np.array(face_data)  # a copy: nothing keeps the memory map (and the file) open
     colors = (
         np.stack([v["red"], v["green"], v["blue"]], axis=1)
         if {"red", "green", "blue"} <= names
         else np.full((len(v), 3), 200)
     )
     return PanopticMesh(
-        np.stack([v["x"], v["y"], v["z"]], axis=1), faces, colors, v["semantic"], v["instance"]
+        np.stack([v["x"], v["y"], v["z"]], axis=1),
+        faces,
+        colors,
+        np.array(v["semantic"]),
+        np.array(v["instance"]),
     )
 
 

@@ -6,6 +6,7 @@ it is made, so tests can run in any order.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,6 +30,31 @@ def tiny_scene(tiny_scene_dir):
     from simgen.data.scene import load_scene
 
     return load_scene(tiny_scene_dir)
+
+
+@pytest.fixture(scope="session")
+def served_gt(tmp_path_factory):
+    """The noise-free ``tiny`` scene's exact GT mesh as a served folder (tests/helpers/served_gt.py):
+    ``(scene with GT, served folder, {GT segment id: expected server segment id})``. Read-only."""
+    from helpers.served_gt import make_served_gt
+
+    return make_served_gt(tmp_path_factory.mktemp("served_gt"))
+
+
+@pytest.fixture(scope="session")
+def _box_export(tmp_path_factory) -> Path:
+    from helpers.sim import box_export
+
+    return box_export(tmp_path_factory.mktemp("box_export"))
+
+
+@pytest.fixture(scope="module")
+def box_export_copy(_box_export, tmp_path_factory) -> Path:
+    """The box scene (tests/helpers/serve_scenes.py) built and exported by the real pipeline once per
+    session; each module gets its own copy (build beside export, as made) to write into."""
+    root = tmp_path_factory.mktemp("box")
+    shutil.copytree(_box_export.parent, root, dirs_exist_ok=True)
+    return root / _box_export.name
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,16 @@ from simgen.export.config import ExportConfig
 from simgen.splat.config import SplatConfig
 from simgen.synth import synthesize
 
-# small but real stages: the export and the Gaussians run for real, with few hulls and steps
+# small but real stages: the export and the Gaussians run for real, with few hulls and steps (the physics
+# checks have their own tests; test_stage_functions_return_typed_results runs them through the pipeline)
 EXPORT = ExportConfig(
-    max_hulls=2, coacd_iterations=10, texture_size=128, face_budget=5000, collider_faces=200, workers=0
+    max_hulls=2,
+    coacd_iterations=10,
+    texture_size=128,
+    face_budget=5000,
+    collider_faces=200,
+    workers=0,
+    physics=False,
 )
 SPLAT = SplatConfig(iterations=5, evaluate=False)
 FAST = simgen.BuildConfig(gaussians=False, progress=False, export=EXPORT, splat=SPLAT)
@@ -104,12 +111,33 @@ def test_the_server_never_pairs_a_mesh_with_another_builds_gaussians(tiny_scene_
 def test_retraining_gaussians_records_them_like_build_does(tiny_scene_dir, tmp_path):
     out = tmp_path / "r"
     simgen.build(tiny_scene_dir, out, FAST)
-    summary = simgen.train_gaussians(
+    result = simgen.train_gaussians(
         tiny_scene_dir, out, SplatConfig(iterations=5, evaluate=False), progress=False
     )
     record = folders.read_build_record(out)
-    assert record["gaussians"]["count"] == summary["count"] > 0
+    assert isinstance(result, simgen.GaussiansResult) and result.path == out / folders.GAUSSIANS_FILE
+    assert record["gaussians"]["count"] == result.summary["count"] > 0
     assert folders.ply_build_id(out / folders.GAUSSIANS_FILE) == record["id"]
+
+
+@pytest.mark.slow
+def test_stage_functions_return_typed_results(tiny_scene_dir, tmp_path):
+    """export_worlds / check / evaluate as a notebook calls them: typed results that agree with what
+    the stages wrote, and a PQ^scene that a correct build of the exact tiny scene reaches."""
+    build = simgen.build(tiny_scene_dir, tmp_path / "b", replace(FAST, worlds=False))
+    assert build.export is None
+    exported = simgen.export_worlds(build.build_dir, tmp_path / "e", replace(EXPORT, physics=True))
+    assert isinstance(exported, simgen.ExportResult) and exported.out_dir == tmp_path / "e"
+    assert exported.record == json.loads((tmp_path / "e" / folders.EXPORT_FILE).read_text())
+    assert exported.world is not None and exported.world.is_file() and exported.mjcf is not None
+    n_instances = len(json.loads((build.build_dir / folders.INSTANCES_FILE).read_text())["instances"])
+    assert sum(m["kind"] == "thing" for m in exported.models) == n_instances
+    report = simgen.check(exported.out_dir)
+    assert isinstance(report, simgen.CheckResult) and report.ok == (report.problems == [])
+    assert report.ok, report.problems
+    scores = simgen.evaluate(build.build_dir, tiny_scene_dir)
+    assert isinstance(scores, simgen.EvalResult)
+    assert scores.pq_scene == scores.metrics["panoptic"]["pq"] > 0.7
 
 
 def test_invalid_scene_is_refused_before_the_folder_is_touched(tiny_scene_dir, tmp_path):

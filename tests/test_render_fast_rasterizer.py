@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.rasterize_reference import rasterize_reference
 
 from simgen.render import rasterize as R
-from simgen.render.rasterize import rasterize, rasterize_reference
+from simgen.render.rasterize import rasterize
 
 pytest.importorskip("numba")
 torch.set_num_threads(1)

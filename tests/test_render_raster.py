@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers.served_gt import FRAMES, WORLD_FROM_SCENE, expected_panoptic, make_served_gt
+from helpers.served_gt import FRAMES, WORLD_FROM_SCENE, expected_panoptic
 from helpers.server import Server
 from scipy.ndimage import minimum_filter
 
@@ -24,9 +24,9 @@ from simgen.serve.scene import load_render_scene
 
 
 @pytest.fixture(scope="module")
-def gt(tmp_path_factory):
+def gt(served_gt):
     """(scene with GT, served folder, {GT segment id: expected server segment id})."""
-    return make_served_gt(tmp_path_factory.mktemp("serve"))
+    return served_gt
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+from helpers.rasterize_reference import rasterize_reference
 
 from simgen.render import rasterize as R
-from simgen.render.rasterize import project_gaussians, rasterize, rasterize_reference
+from simgen.render.rasterize import project_gaussians, rasterize
 
 # One thread: on the shared 2-core machine, 2 OpenMP threads under load ran 30x slower (spin waits).
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.served_gt import FRAMES, WORLD_FROM_SCENE, expected_panoptic, make_served_gt, post
+from helpers.served_gt import FRAMES, WORLD_FROM_SCENE, expected_panoptic, post
 from helpers.server import Server
 
 from simgen.data.poses import from_c2w_cv, pose_from_c2w_cv
@@ -38,9 +38,9 @@ RIG = np.array(
 
 
 @pytest.fixture(scope="module")
-def gt(tmp_path_factory):
+def gt(served_gt):
     """(scene with GT, served folder, {GT segment id: expected server segment id})."""
-    return make_served_gt(tmp_path_factory.mktemp("serve"))
+    return served_gt
 
 
 @pytest.fixture(scope="module")

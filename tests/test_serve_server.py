@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from helpers.served_gt import FRAMES, WORLD_FROM_SCENE, expected_panoptic, get, make_served_gt, post
+from helpers.served_gt import FRAMES, WORLD_FROM_SCENE, expected_panoptic, get, post
 from helpers.server import Server
 from PIL import Image
 
@@ -32,9 +32,9 @@ from simgen.serve.client import RenderClient, RenderError
 
 
 @pytest.fixture(scope="module")
-def gt(tmp_path_factory):
+def gt(served_gt):
     """(scene with GT, served folder, {GT segment id: expected server segment id})."""
-    return make_served_gt(tmp_path_factory.mktemp("serve"))
+    return served_gt
 
 
 @pytest.fixture(scope="module")

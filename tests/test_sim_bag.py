@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-from helpers.sim import box_export
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 from scipy.spatial.transform import Rotation
@@ -27,9 +26,9 @@ CAMERA_TOPICS = ("image", "depth_image", "panoptic_image", "segments", "camera_i
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    """The box scene exported by the real pipeline (its own copy: tests here write into it)."""
-    return box_export(tmp_path_factory.mktemp("world"))
+def export(box_export_copy):
+    """The box scene exported by the real pipeline (this module's own copy: tests here write into it)."""
+    return box_export_copy
 
 
 def read_bag(path) -> tuple[dict[str, list[tuple[int, object]]], list[int], dict[str, str], dict]:

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import yaml
 from helpers.gazebo import FakeSdf
-from helpers.sim import box_export
 from lxml import etree
 from scipy.spatial.transform import Rotation
 
@@ -54,9 +53,9 @@ SUPPORTED_PAIRS = {
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    """The box scene exported by the real pipeline (its own copy: tests here write into it)."""
-    return box_export(tmp_path_factory.mktemp("world"))
+def export(box_export_copy):
+    """The box scene exported by the real pipeline (this module's own copy: tests here write into it)."""
+    return box_export_copy
 
 
 def check_bridge_schema(entries: list) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import trimesh
 from helpers.serve_scenes import BOX1, BOX2, K, gazebo_pose
-from helpers.sim import box_export, synthetic_export
+from helpers.sim import synthetic_export
 from lxml import etree
 from scipy.spatial.transform import Rotation
 
@@ -36,9 +36,9 @@ IGN = shutil.which("ign")
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    """The box scene built and exported by the real pipeline, export folder apart from the build."""
-    return box_export(tmp_path_factory.mktemp("world"))
+def export(box_export_copy):
+    """The box scene exported by the real pipeline (this module's own copy: tests here write into it)."""
+    return box_export_copy
 
 
 def validate(sdf_file: Path, models: Path) -> subprocess.CompletedProcess:
