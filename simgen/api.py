@@ -105,10 +105,9 @@ def export_worlds(
 ) -> ExportResult:
     """Export a build folder to Gazebo (SDFormat) and MuJoCo (MJCF) worlds in ``out_dir`` (default: the
     build folder). Raises :class:`simgen.export.pipeline.ExportError` naming the file or setting."""
+    from simgen import folders
     from simgen.export.pipeline import run_export
     from simgen.sim.drive import robot_mjcf
-
-    from simgen import folders
 
     out = Path(out_dir if out_dir is not None else build_dir)
     run_export(build_dir, out, cfg, robot=robot_mjcf)
@@ -118,11 +117,17 @@ def export_worlds(
 def check(export_dir: str | Path, validator: bool = True, workers: int = 2) -> CheckResult:
     """Check every model and world of an export folder: libsdformat's validator, mesh URIs, convex
     colliders, MJCF loading in MuJoCo, the physics checks (spawn overlaps, rest test, robot push tests)
-    and the void seen by level cameras."""
+    and the void seen by level cameras (in the exported visuals: ``stats["void"]``; through the render
+    server: ``stats["served_void"]``)."""
     from simgen.export.check import check_export
+    from simgen.serve.scene import SceneLoadError, served_void
     from simgen.sim.drive import robot_mjcf
 
     problems, stats = check_export(export_dir, validator=validator, workers=workers, robot=robot_mjcf)
+    try:  # what the render server shows a robot camera (`void` measures the exported visual meshes)
+        stats["served_void"] = served_void(export_dir)
+    except SceneLoadError as e:
+        stats["served_void"] = f"not measured: {e}"
     return CheckResult(problems, stats)
 
 

@@ -269,3 +269,14 @@ def test_fill_problems_name_the_file(holed, tmp_path, recwarn):
     (folder / folders.STUFF_FILL_FILE).write_bytes(b"ply\nformat binary_little_endian 1.0\nend_header\n")
     with pytest.raises(SceneLoadError, match=r"stuff_fill\.ply"):
         load_render_scene(folder, rgb="mesh", warm=False)
+
+
+def test_simgen_check_reports_the_served_void(holed, capsys):
+    from simgen.cli import main
+
+    _, out = holed
+    assert main(["check", str(out), "--no-validator", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)["summary"]
+    assert stats["served_void"] == served_void(out)
+    assert stats["served_void"]["fill"] and stats["served_void"]["void_mean_percent"] < 1.0
+    assert stats["void"]["void_mean_percent"] < 1.0  # the exported visuals, as before
