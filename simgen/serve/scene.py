@@ -278,11 +278,10 @@ class RenderScene:
         # load_render_scene applied to the mesh), not the Gaussians here.
         c2w_scene = self.scene_from_world @ np.asarray(c2w_cv, dtype=np.float64)
         Kmat = np.array([[K.fx, 0.0, K.cx], [0.0, K.fy, K.cy], [0.0, 0.0, 1.0]])
-        over = backdrop is not None and bool(backdrop.any())
-        want = ("rgb", "alpha") if over else ("rgb",)
-        g = render_gaussians(self.gaussians, Kmat, c2w_scene, K.width, K.height, outputs=want)
-        if not over:
-            return g["rgb"]
+        if backdrop is None or not backdrop.any():  # nothing behind: the splats over black, as rendered
+            alone = render_gaussians(self.gaussians, Kmat, c2w_scene, K.width, K.height, outputs=("rgb",))
+            return alone["rgb"]
+        g = render_gaussians(self.gaussians, Kmat, c2w_scene, K.width, K.height, outputs=("rgb", "alpha"))
         # The rasterizer composites over black, i.e. its rgb is alpha-premultiplied: adding the backdrop
         # times the remaining transmittance is compositing over the backdrop instead.
         mixed = g["rgb"].astype(np.float32) + (1.0 - g["alpha"][..., None]) * backdrop.astype(np.float32)
