@@ -117,11 +117,17 @@ def export_worlds(
 def check(export_dir: str | Path, validator: bool = True, workers: int = 2) -> CheckResult:
     """Check every model and world of an export folder: libsdformat's validator, mesh URIs, convex
     colliders, MJCF loading in MuJoCo, the physics checks (spawn overlaps, rest test, robot push tests)
-    and the void seen by level cameras."""
+    and the void seen by level cameras (in the exported visuals: ``stats["void"]``; through the render
+    server: ``stats["served_void"]``)."""
     from simgen.export.check import check_export
+    from simgen.serve.scene import SceneLoadError, served_void
     from simgen.sim.drive import robot_mjcf
 
     problems, stats = check_export(export_dir, validator=validator, workers=workers, robot=robot_mjcf)
+    try:  # what the render server shows a robot camera (`void` measures the exported visual meshes)
+        stats["served_void"] = served_void(export_dir)
+    except SceneLoadError as e:
+        stats["served_void"] = f"not measured: {e}"
     return CheckResult(problems, stats)
 
 

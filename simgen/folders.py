@@ -18,8 +18,11 @@ A **build folder** (``simgen build``; docs/build-output.md) holds the reconstruc
 An **export folder** (``simgen export``, by default the build folder itself; docs/export.md) holds
 ``export.json`` (the export record; ``build_dir`` is the build folder *relative to the export folder*),
 ``alignment.json`` (``world_from_scene``), ``panoptic.json``, ``README.md``, ``models/``, ``worlds/``,
-``mjcf/`` and, with ``--fuel``, ``fuel/<model>.zip``. A model folder ``models/<name>/`` holds
-``model.config``, ``model.sdf``, ``meshes/`` and ``thumbnails/<k>.png``. An **eval folder** ``eval/`` holds ``metrics.json``, ``metrics.md`` and ``report/``.
+``mjcf/``, with ``--fuel`` ``fuel/<model>.zip``, and, when floor / walls were completed, ``stuff_fill.ply``
+(:func:`write_stuff_fill`: the completed surfaces in the export's world frame, so the render server draws
+what the Gazebo visuals show). A model folder ``models/<name>/`` holds ``model.config``, ``model.sdf``,
+``meshes/`` and ``thumbnails/<k>.png``. An **eval folder** ``eval/`` holds ``metrics.json``, ``metrics.md``
+and ``report/``.
 
 Writers are atomic (temporary file, then rename); readers raise :class:`FolderError` naming the file.
 """
@@ -66,6 +69,7 @@ MODEL_MESHES_DIR = "meshes"
 MODEL_MATERIALS_DIR = "materials"
 MODEL_VISUAL_FILE = "meshes/visual.obj"  # with visual.mtl and the baked texture visual.png beside it
 MODEL_THUMBNAILS_DIR = "thumbnails"  # <k>.png, k = 1.. (Fuel shows them on the model's page)
+STUFF_FILL_FILE = "stuff_fill.ply"
 # eval folder
 EVAL_DIR = "eval"
 METRICS_JSON = "metrics.json"
@@ -82,6 +86,7 @@ EXPORT_ENTRIES = (
     ALIGNMENT_FILE,
     EXPORT_FILE,
     EXPORT_README,
+    STUFF_FILL_FILE,
 )
 #: what the reconstruction stage owns in a build folder
 RECON_ENTRIES = (
@@ -306,7 +311,9 @@ class InstanceRecord:
     frames_observed: list[int] = field(default_factory=list)
 
 
-def write_panoptic_mesh(path: str | Path, mesh: PanopticMesh) -> None:
+def _panoptic_ply(
+    mesh: PanopticMesh, face_flags: dict[str, np.ndarray] | None = None, comments: Sequence[str] = ()
+) -> PlyData:
     v = np.empty(
         len(mesh.vertices),
         dtype=[
@@ -323,22 +330,77 @@ def write_panoptic_mesh(path: str | Path, mesh: PanopticMesh) -> None:
     v["x"], v["y"], v["z"] = mesh.vertices.T
     v["red"], v["green"], v["blue"] = mesh.colors.T
     v["semantic"], v["instance"] = mesh.semantic, mesh.instance
-    f = np.empty(len(mesh.faces), dtype=[("vertex_indices", "i4", (3,))])
+    flags = face_flags or {}
+    f = np.empty(len(mesh.faces), dtype=[("vertex_indices", "i4", (3,))] + [(k, "u1") for k in flags])
     f["vertex_indices"] = mesh.faces
-    ply = PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")], text=False)
+    for k, a in flags.items():
+        f[k] = np.asarray(a, dtype=np.uint8).reshape(len(mesh.faces))
+    return PlyData(
+        [PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")],
+        text=False,
+        comments=list(comments),
+    )
+
+
+def write_panoptic_mesh(path: str | Path, mesh: PanopticMesh) -> None:
+    ply = _panoptic_ply(mesh)
     with io.atomic_path(path) as tmp:
         ply.write(str(tmp))
 
 
+def write_stuff_fill(
+    path: str | Path, mesh: PanopticMesh, filled: np.ndarray, build: str | None = None
+) -> None:
+    """Write ``stuff_fill.ply``: the completed floor / wall surfaces of an export (simgen.export.stuff).
+
+    A panoptic mesh PLY (:func:`write_panoptic_mesh`'s vertex properties; vertices in the export's world
+    frame, metres, z up, floor z = 0; ``semantic`` the stuff part's category id, ``instance`` 0) whose
+    faces carry one more property, ``filled`` (uchar, 1 = in a cell the scan never saw, 0 = behind scanned
+    surface). ``build``: the id of the build the export was cut from, kept as a PLY comment
+    (``BUILD_ID_COMMENT``) so the server never draws it into another build's mesh.
+    """
+    comments = [f"{BUILD_ID_COMMENT} {build}"] if build else []
+    ply = _panoptic_ply(mesh, {"filled": np.asarray(filled, bool)}, comments)
+    with io.atomic_path(path) as tmp:
+        ply.write(str(tmp))
+
+
+def read_stuff_fill(path: str | Path) -> tuple[PanopticMesh, np.ndarray]:
+    """``stuff_fill.ply`` as (mesh in the export's world frame, ``filled`` ``(F,)`` bool per face); raises
+    :class:`FolderError` naming the file when it is unreadable or not a fill file."""
+    path = Path(path)
+    try:
+        ply = _read_triangles(path)
+        mesh = _mesh_from_ply(ply, path)
+    except Exception as e:  # plyfile raises many types on corrupt input
+        raise FolderError(f"{path}: cannot read ({e})") from None
+    names = ply["face"].data.dtype.names or ()
+    if "filled" not in names:
+        raise FolderError(f"{path}: faces have no 'filled' property (not a simgen stuff fill file)")
+    if len(mesh.faces) and (mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices)):
+        raise FolderError(f"{path}: face indices outside the {len(mesh.vertices)} vertices")
+    if (mesh.instance != 0).any() or (mesh.semantic < 0).any():
+        raise FolderError(f"{path}: fill vertices must be stuff (instance 0) with a category (semantic >= 0)")
+    return mesh, np.asarray(ply["face"].data["filled"], dtype=bool)
+
+
 def read_panoptic_mesh(path: str | Path) -> PanopticMesh:
     """Read ``panoptic_mesh.ply``; raises ValueError naming the file if a property is missing."""
+    return _mesh_from_ply(_read_triangles(path), path)
+
+
+def _read_triangles(path: str | Path) -> PlyData:
+    """A PLY of triangles, its face block memory-mapped when every face is a triangle."""
     try:
         # Told the list length, plyfile memory-maps the face block in one go; otherwise it parses it
         # face by face in Python (seconds for a 200 k-face mesh). A file whose faces are not all
         # triangles is refused by that fast path and read the slow way.
-        ply = PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
+        return PlyData.read(str(path), known_list_len={"face": {"vertex_indices": 3}})
     except PlyElementParseError:
-        ply = PlyData.read(str(path))
+        return PlyData.read(str(path))
+
+
+def _mesh_from_ply(ply: PlyData, path: str | Path) -> PanopticMesh:
     v = ply["vertex"].data
     names = set(v.dtype.names)
     missing = {"x", "y", "z", "semantic", "instance"} - names

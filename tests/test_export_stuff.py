@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from helpers.export_scenes import CATEGORIES, make_mesh, plane, write_build
+from helpers.export_scenes import CATEGORIES, ROOM, holed, holed_room, make_mesh, plane, write_build
 
 from simgen.export import stuff
 from simgen.export.colliders import stuff_boxes
@@ -16,33 +16,10 @@ from simgen.export.config import ExportConfig
 from simgen.export.pipeline import run_export
 
 FAST = dict(max_hulls=6, texture_size=128, face_budget=20000, quiet=True, physics=False, workers=0)
-ROOM, HEIGHT = 4.0, 2.5
-
-
-def _holed(mesh: trimesh.Trimesh, lo, hi) -> trimesh.Trimesh:
-    """``mesh`` without the faces whose centre lies in the box [lo, hi] (a region the scan never saw)."""
-    c = mesh.triangles_center
-    keep = ~((c >= lo) & (c <= hi)).all(1)
-    return trimesh.Trimesh(mesh.vertices, mesh.faces[keep], process=False)
-
-
-def holed_room() -> list:
-    """Floor and four walls with unseen patches: 1 x 1 m of floor, the top 0.5 m of two walls, a 1 x 1.2 m
-    corner of a third."""
-    floor = _holed(plane([0, 0, 0], [ROOM, 0, 0], [0, ROOM, 0], n=40), [1, 1, -1], [2, 2, 1])
-    walls = [
-        _holed(plane([ROOM, 0, 0], [0, ROOM, 0], [0, 0, HEIGHT], n=40), [-9, -9, 2.0], [9, 9, 9]),
-        _holed(plane([0, ROOM, 0], [0, 0, HEIGHT], [ROOM, 0, 0], n=40), [-9, -9, 2.0], [9, 9, 9]),
-        _holed(plane([0, 0, 0], [0, 0, HEIGHT], [0, ROOM, 0], n=40), [-1, 3.0, -1], [1, 9, 1.2]),
-        plane([0, 0, 0], [ROOM, 0, 0], [0, 0, HEIGHT], n=40),
-    ]
-    parts = [(floor, 1, 0, (150, 120, 90))] + [(w, 2, 0, (210, 210, 200)) for w in walls]
-    box = trimesh.creation.box([0.5, 0.5, 0.5], trimesh.transformations.translation_matrix([2.5, 2.5, 0.25]))
-    return parts + [(box.subdivide(), 11, 1, (60, 90, 160))]
 
 
 def test_fill_covers_exactly_the_unseen_part_of_the_floor():
-    floor = _holed(plane([0, 0, 0], [ROOM, 0, 0], [0, ROOM, 0], n=40), [1, 1, -1], [2, 2, 1])
+    floor = holed(plane([0, 0, 0], [ROOM, 0, 0], [0, ROOM, 0], n=40), [1, 1, -1], [2, 2, 1])
     v = np.asarray(floor.vertices)
     colors = np.tile([150, 120, 90], (len(v), 1)).astype(np.uint8)
     boxes = stuff_boxes(v, floor.faces, "floor", np.array([2.0, 2.0, 1.0]))

@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-physics",
         action="store_true",
-        help="skip the MuJoCo physics checks (spawn overlaps, 3 s rest test, robot push tests)",
+        help="skip the MuJoCo physics checks (spawn overlaps, 3 s rest test, robot push tests) and the void "
+        "figures",
     )
     p.set_defaults(func=cmd_check)
 
@@ -99,6 +100,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems, stats = check_export(
         args.out_dir, validator=not args.no_validator, physics=not args.no_physics, robot=robot_mjcf
     )
+    if not args.no_physics:  # next to `void` (the export's visual meshes): what the render server shows
+        from simgen.serve.scene import SceneLoadError, served_void
+
+        try:
+            stats["served_void"] = served_void(args.out_dir)
+        except SceneLoadError as e:
+            stats["served_void"] = f"not measured: {e}"
     if args.json:
         print(json.dumps({"summary": stats, "problems": [vars(p) for p in problems]}, indent=2))
     else:

@@ -110,6 +110,7 @@ class PartResult:
     texture_coverage: float | None = None  # fraction of covered texels the views coloured (Gaussians only)
     collider_p95: float | None = None  # m, collider outer surface -> visual surface (fidelity.py)
     fill: dict | None = None  # stuff only: completed surface figures (stuff.py)
+    fill_mesh: stuff.Fill | None = None  # stuff only: the completed surfaces themselves (model frame)
 
 
 def _process_part(
@@ -143,7 +144,7 @@ def _process_part(
         notes += [f"{part.name}: {n}" for n in clean_notes]
         if len(vis_f) == 0:  # cleaning removed everything: fall back to the raw part
             vis_v, vis_f, vis_c, col_v, col_f = v, part.faces, part.colors, v, part.faces
-    boxes, fill_record = None, None
+    boxes, fill_record, fill = None, None, None
     if part.kind != "thing" and len(vis_f):
         boxes = colliders.stuff_boxes(
             vis_v, vis_f, part.kind, room_centre - origin, cfg.wall_thickness, seed=cfg.seed
@@ -246,6 +247,7 @@ def _process_part(
         coverage,
         p95,
         fill_record,
+        fill,
     )
 
 
@@ -593,6 +595,12 @@ def run_export(
                 "vertices in the image and at the depth the keyframe measured there) in which the segmentation "
                 "associated it (instances.json frames_observed)"
                 + (f"; not available here: {confidence_note}" if confidence_note else "")
+            )
+            # The render server draws the completed surfaces too (what the Gazebo visuals show).
+            summary["stuff_fill"] = stuff.write_fill_file(
+                stage / output.STUFF_FILL_FILE,
+                [(results[p.name].fill_mesh, origins[p.name], p.category_id) for p in parts],
+                output.build_id(build_dir),
             )
             summary["texture"] = texture
             if cfg.physics:

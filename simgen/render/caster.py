@@ -22,6 +22,9 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     _njit = None
 
 OUTPUTS = ("rgb", "depth", "panoptic")  # what a mesh render can give, in this order
+# Also accepted by the mesh backends, never served: ``(H, W) int32`` index of the face hit (-1 on a miss),
+# which tells the server which pixels show the export's completed stuff surfaces (appended faces).
+FACE = "face"
 
 STUFF_ID_OFFSET = 1_000_000  # segment id of a category-only region = STUFF_ID_OFFSET + category_id
 
@@ -95,7 +98,8 @@ class FastCaster:
         return cached[1], cached[2]
 
     def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
-        """Like :meth:`RenderScene.render` without ``segments``: ``rgb``, ``depth``, ``panoptic`` arrays.
+        """Like :meth:`RenderScene.render` without ``segments``: ``rgb``, ``depth``, ``panoptic`` arrays
+        (and :data:`FACE` when asked).
 
         With numba, ray generation and everything after embree's traversal run as two compiled passes
         (:func:`_rays`, :func:`_shade`); profiling 640x480 depth + panoptic on a 418 k-face mesh, the numpy
@@ -126,6 +130,8 @@ class FastCaster:
             out["segment_ids"] = self.segment_values[seen]  # sorted distinct ids of the hit pixels
         if want[2]:
             out["rgb"] = rgb.reshape(*shape, 3)
+        if FACE in outputs:
+            out[FACE] = r["primID"].astype(np.int32).reshape(shape)
         return out
 
     def _render_numpy(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...]) -> dict[str, Any]:
@@ -169,6 +175,8 @@ class FastCaster:
             rgb = np.zeros((K.height * K.width, 3), np.uint8)
             rgb[hit] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
             out["rgb"] = rgb.reshape(*shape, 3)
+        if FACE in outputs:
+            out[FACE] = np.where(prim >= 0, prim, -1).astype(np.int32).reshape(shape)
         return out
 
 

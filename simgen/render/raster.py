@@ -1,15 +1,16 @@
 """OpenGL rasterizing mesh backend (moderngl, headless EGL): depth, panoptic ids and RGB in one pass.
 
-The render server's GPU path for mesh outputs. It draws the panoptic mesh once per camera into three
-colour attachments -- camera z-depth (``R32F``), the panoptic segment code (``R32I``) and the vertex colour
-(``RGBA8``) -- with the same conventions as the ray caster (:class:`simgen.render.caster.FastCaster`):
+The render server's GPU path for mesh outputs. It draws the panoptic mesh once per camera into four
+colour attachments -- camera z-depth (``R32F``), the panoptic segment code (``R32I``), the vertex colour
+(``RGBA8``) and the face index (``R32I``) -- with the same conventions as the ray caster (:class:`simgen.render.caster.FastCaster`):
 
 * pixel ``(row i, column j)`` samples the ray through its centre ``(j + 0.5, i + 0.5)`` (OpenGL's pixel
   centres; the projection below puts image row 0 at framebuffer row 0, so no flip on read-back);
 * depth is the interpolated camera z of the front-most surface (not the depth buffer), 0 where nothing is hit;
 * panoptic: the segment id of the hit triangle's corner nearest to the hit point (a geometry shader hands
   the three corners to the fragment shader), 0 on a miss;
-* rgb: the vertex colours interpolated with perspective-correct barycentrics, black on a miss.
+* rgb: the vertex colours interpolated with perspective-correct barycentrics, black on a miss;
+* face (on request, :data:`simgen.render.caster.FACE`): the index of the face drawn, -1 on a miss.
 
 Textured meshes (:class:`TexturedPart`: UVs, a texture image and one segment id per part) are drawn in the
 same pass by a second program: RGB is the texture sampled bilinearly (``GL_LINEAR``, clamped at the edges,
@@ -46,7 +47,7 @@ import numpy as np
 from simgen import folders
 from simgen.data.camera import Intrinsics
 from simgen.folders import PanopticMesh
-from simgen.render.caster import OUTPUTS, STUFF_ID_OFFSET, segment_ids
+from simgen.render.caster import FACE, OUTPUTS, STUFF_ID_OFFSET, segment_ids
 
 BACKENDS = ("raycast", "raster", "auto")
 SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "software rasterizer", "lavapipe")
@@ -90,6 +91,7 @@ flat out vec3 g_c0;
 flat out vec3 g_c1;
 flat out vec3 g_c2;
 flat out ivec3 g_codes;
+flat out int g_face;
 void main() {
     for (int k = 0; k < 3; k++) {
         g_world = v_world[k];
@@ -99,6 +101,7 @@ void main() {
         g_c1 = v_world[1];
         g_c2 = v_world[2];
         g_codes = ivec3(v_code[0], v_code[1], v_code[2]);
+        g_face = gl_PrimitiveIDIn + 1;  // the face's index in the index buffer, + 1 (0 = nothing drawn)
         gl_Position = gl_in[k].gl_Position;
         EmitVertex();
     }
@@ -115,9 +118,11 @@ flat in vec3 g_c0;
 flat in vec3 g_c1;
 flat in vec3 g_c2;
 flat in ivec3 g_codes;
+flat in int g_face;
 layout(location = 0) out float out_depth;
 layout(location = 1) out int out_code;
 layout(location = 2) out vec4 out_color;
+layout(location = 3) out int out_face;
 void main() {
     vec3 d0 = g_world - g_c0, d1 = g_world - g_c1, d2 = g_world - g_c2;
     float e0 = dot(d0, d0), e1 = dot(d1, d1), e2 = dot(d2, d2);
@@ -128,6 +133,7 @@ void main() {
     out_depth = g_z;
     out_code = c + 1;  // 0 stays "nothing drawn"
     out_color = vec4(g_color, 1.0);
+    out_face = g_face;
 }
 """
 
@@ -217,8 +223,6 @@ def _sdf_pose(text: str | None, where: str) -> np.ndarray:
     T[:3, :3] = Rotation.from_euler("xyz", vals[3:]).as_matrix()
     T[:3, 3] = vals[:3]
     return T
-
-
 
 
 def read_export_parts(export_dir: str | Path) -> list[TexturedPart]:
@@ -442,16 +446,18 @@ class GLRasterizer:
                 self.ctx.renderbuffer(size, 1, dtype="f4"),
                 self.ctx.renderbuffer(size, 1, dtype="i4"),
                 self.ctx.renderbuffer(size, 4, dtype="f1"),
+                self.ctx.renderbuffer(size, 1, dtype="i4"),
                 self.ctx.depth_renderbuffer(size),
             ]
-            fbo = self.ctx.framebuffer(color_attachments=att[:3], depth_attachment=att[3])
+            fbo = self.ctx.framebuffer(color_attachments=att[:4], depth_attachment=att[4])
             self._fbo = (size, fbo, att)
         return self._fbo[1]
 
     def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
         """``depth`` ``(H, W) float32`` metres (0 = no hit), ``panoptic`` ``(H, W) int32`` segment ids,
         ``rgb`` ``(H, W, 3) uint8`` for camera-to-world ``c2w_cv`` ``(4, 4)`` (OpenCV axes, world frame);
-        with panoptic also ``segment_ids``: the sorted distinct ids drawn. Only the outputs asked for."""
+        with panoptic also ``segment_ids``: the sorted distinct ids drawn; :data:`FACE` ``(H, W) int32``
+        the index of the face drawn (-1 = none) when asked. Only the outputs asked for."""
         w2c = np.linalg.inv(np.asarray(c2w_cv, dtype=np.float64))
         mvp = clip_matrix(K) @ w2c
         W, H = K.width, K.height
@@ -483,6 +489,9 @@ class GLRasterizer:
             if "rgb" in outputs:
                 rgba = np.frombuffer(fbo.read(components=3, attachment=2), np.uint8)
                 out["rgb"] = rgba.reshape(H, W, 3).copy()
+            if FACE in outputs:
+                face = np.frombuffer(fbo.read(components=1, attachment=3, dtype="i4"), "i4").reshape(H, W)
+                out[FACE] = face - 1
         if "panoptic" in outputs:
             out["panoptic"] = self._lut[code]
             seen = np.bincount(code.reshape(-1), minlength=len(self._lut)) > 0

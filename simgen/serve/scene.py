@@ -1,9 +1,12 @@
 """The scene a render server holds: a panoptic mesh in the served world frame, ray cast per request.
 
-:func:`load_render_scene` is the one place that decides *what* is rendered. Today it is the build's
-single ``panoptic_mesh.ply`` (moved into the export's floor-aligned Gazebo world frame when the folder
-holds ``alignment.json``), which is the geometry the exported per-object meshes are cut from. Switching
-to the exported per-model meshes later changes only this function.
+:func:`load_render_scene` is the one place that decides *what* is rendered: the build's single
+``panoptic_mesh.ply`` (moved into the export's floor-aligned Gazebo world frame when the folder holds
+``alignment.json``), which is the geometry the exported per-object meshes are cut from, plus, for an
+export with completed floor and walls, the export's ``stuff_fill.ply`` (simgen.export.stuff: closed
+planar surfaces just behind the scanned floor / walls, labelled as their stuff part) appended after the
+mesh's faces. The scan hides the fill where it exists, so only the scan's holes show it, as in the Gazebo
+visuals. Switching to the exported per-model meshes later changes only this function.
 
 RGB source (``rgb``: :data:`RGB_MODES`): ``"gaussians"`` renders the build's trained ``gaussians.ply``
 (next to the panoptic mesh) with :func:`simgen.render.gaussians.render_gaussians`; ``"mesh"`` interpolates
@@ -20,7 +23,8 @@ Images (all ``(H, W)`` row-major, pixel centres, OpenCV camera axes, see :mod:`s
   ``STUFF_ID_OFFSET + category_id``. The segments in view come with the image as
   ``{id, category_id, category_name, isthing, instance}``;
 * rgb: ``(H, W, 3) uint8``: mesh source, vertex colours interpolated (barycentric) at the hit point, black
-  on a miss; Gaussian source, the splats composited over black.
+  on a miss; Gaussian source, the splats composited over black, or over the fill's colour where the pixel's
+  ray hits the fill (the Gaussians were trained on the scan and do not cover its holes).
 
 Labels and colours follow :mod:`simgen.render.mesh` (the hit triangle's corner nearest to the hit point;
 barycentric colour). Requests take :class:`FastCaster`, an embree path that computes both from embree's
@@ -48,7 +52,7 @@ from simgen.folders import (
     instance_records,
     read_panoptic_mesh,
 )
-from simgen.render.caster import OUTPUTS, STUFF_ID_OFFSET, FastCaster, segment_ids
+from simgen.render.caster import FACE, OUTPUTS, STUFF_ID_OFFSET, FastCaster, segment_ids
 from simgen.serve.config import RGB_MODES
 
 
@@ -76,6 +80,11 @@ class RenderScene:
         gaussians: the build's :class:`simgen.render.gaussians.GaussianScene` (build frame, CPU), rendered
             for ``rgb`` when set; None renders RGB from the mesh's vertex colours.
         gaussians_path: the ``gaussians.ply`` it was read from.
+        fill_from: index of the first face of the export's completed stuff surfaces in ``mesh.faces`` (they
+            are appended after the build's faces); None when none are drawn. ``fill_vertex_from``: the
+            same for ``mesh.vertices``.
+        filled: ``(F_fill,)`` bool per fill face: True where the scan never saw the cell (from the file).
+        fill_path: the ``stuff_fill.ply`` they were read from.
     """
 
     mesh: PanopticMesh
@@ -93,6 +102,10 @@ class RenderScene:
     gaussians_device: str = "auto"  # where the Gaussians render: cpu | cuda | auto (cuda with gsplat)
     _raster: Any = field(default=None, repr=False)
     _backend_used: str | None = field(default=None, repr=False)
+    fill_from: int | None = None
+    fill_vertex_from: int | None = None
+    filled: np.ndarray | None = None
+    fill_path: Path | None = None
 
     def __post_init__(self) -> None:
         m = self.mesh
@@ -233,25 +246,46 @@ class RenderScene:
             ids = out.pop("segment_ids", None)  # the compiled caster lists them; else sort the image
             ids = np.unique(out["panoptic"]) if ids is None else ids
             out["segments"] = [self.segments[i] for i in ids.tolist() if i in self.segments]
-        if "rgb" in outputs and "rgb" not in mesh_outputs:
-            out["rgb"] = self.render_gaussian_rgb(K, c2w_cv)
+        if "rgb" in outputs and self.gaussians is not None:
+            backdrop = self._fill_backdrop(out.pop("rgb", None), out.pop(FACE, None))
+            out["rgb"] = self.render_gaussian_rgb(K, c2w_cv, backdrop)
         return out
 
     def _mesh_outputs(self, outputs: tuple[str, ...]) -> tuple[str, ...]:
         if self.gaussians is None:
             return tuple(outputs)
-        return tuple(o for o in outputs if o != "rgb")
+        mesh = tuple(o for o in outputs if o != "rgb")
+        if "rgb" in outputs and self.fill_from is not None:
+            mesh += ("rgb", FACE)  # the fill's colour, the Gaussians' backdrop where the ray hits the fill
+        return mesh
 
-    def render_gaussian_rgb(self, K: Intrinsics, c2w_cv: np.ndarray) -> np.ndarray:
+    def _fill_backdrop(self, mesh_rgb: np.ndarray | None, face: np.ndarray | None) -> np.ndarray | None:
+        """``(H, W, 3) uint8``: the mesh colour where the ray's first hit is a fill face, black elsewhere
+        (None when the scene has no fill)."""
+        if mesh_rgb is None or face is None or self.fill_from is None:
+            return None
+        return np.where((face >= self.fill_from)[..., None], mesh_rgb, 0).astype(np.uint8)
+
+    def render_gaussian_rgb(
+        self, K: Intrinsics, c2w_cv: np.ndarray, backdrop: np.ndarray | None = None
+    ) -> np.ndarray:
         """``(H, W, 3) uint8`` RGB of the Gaussians for a camera-to-world ``c2w_cv`` ``(4, 4)`` (OpenCV axes)
-        in the served world frame; black where no splat covers a pixel."""
+        in the served world frame, composited over ``backdrop`` ``(H, W, 3) uint8`` (default black): a
+        pixel is ``gaussians + (1 - alpha) * backdrop``, so the backdrop shows where no splat covers it."""
         from simgen.render.gaussians import render_gaussians
 
         # The Gaussians live in the build frame: move the camera there (exactly the inverse of what
         # load_render_scene applied to the mesh), not the Gaussians here.
         c2w_scene = self.scene_from_world @ np.asarray(c2w_cv, dtype=np.float64)
         Kmat = np.array([[K.fx, 0.0, K.cx], [0.0, K.fy, K.cy], [0.0, 0.0, 1.0]])
-        return render_gaussians(self.gaussians, Kmat, c2w_scene, K.width, K.height, outputs=("rgb",))["rgb"]
+        if backdrop is None or not backdrop.any():  # nothing behind: the splats over black, as rendered
+            alone = render_gaussians(self.gaussians, Kmat, c2w_scene, K.width, K.height, outputs=("rgb",))
+            return alone["rgb"]
+        g = render_gaussians(self.gaussians, Kmat, c2w_scene, K.width, K.height, outputs=("rgb", "alpha"))
+        # The rasterizer composites over black, i.e. its rgb is alpha-premultiplied: adding the backdrop
+        # times the remaining transmittance is compositing over the backdrop instead.
+        mixed = g["rgb"].astype(np.float32) + (1.0 - g["alpha"][..., None]) * backdrop.astype(np.float32)
+        return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
     def render_reference(
         self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS
@@ -263,7 +297,10 @@ class RenderScene:
         hits = self.raycaster.cast(K, c2w_cv)
         out: dict[str, Any] = {}
         if "rgb" in outputs and self.gaussians is not None:
-            out["rgb"] = self.render_gaussian_rgb(K, c2w_cv)
+            backdrop = None
+            if self.fill_from is not None:
+                backdrop = self._fill_backdrop(colors_at_hits(self.mesh, hits), np.asarray(hits.face))
+            out["rgb"] = self.render_gaussian_rgb(K, c2w_cv, backdrop)
         if "depth" in outputs:
             out["depth"] = hits.depth
         if "panoptic" in outputs:
@@ -456,6 +493,18 @@ def load_render_scene(
         v = mesh.vertices.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
         mesh = PanopticMesh(v, mesh.faces, mesh.colors, mesh.semantic, mesh.instance)
         frame = "gazebo"
+    fill = _read_fill(folder, mesh_dir, frame)
+    fill_from = fill_vertex_from = filled = None
+    if fill is not None:
+        fmesh, filled = fill
+        fill_from, fill_vertex_from = len(mesh.faces), len(mesh.vertices)
+        mesh = PanopticMesh(
+            np.concatenate([mesh.vertices, fmesh.vertices]),
+            np.concatenate([mesh.faces, fmesh.faces + len(mesh.vertices)]),
+            np.concatenate([mesh.colors, fmesh.colors]),
+            np.concatenate([mesh.semantic, fmesh.semantic]),
+            np.concatenate([mesh.instance, fmesh.instance]),
+        )
     gaussians = None
     if gauss_path is not None:
         from simgen.render.gaussians import load_ply
@@ -474,4 +523,90 @@ def load_render_scene(
         mesh, _read_categories(mesh_dir, mesh), T, frame, folder.resolve(), gaussians, gauss_path
     )
     scene.backend = backend
+    if fill is not None:
+        scene.fill_from, scene.fill_vertex_from = fill_from, fill_vertex_from
+        scene.filled, scene.fill_path = filled, folder / folders.STUFF_FILL_FILE
     return scene.warm() if warm else scene
+
+
+def _read_fill(folder: Path, mesh_dir: Path, frame: str) -> tuple[PanopticMesh, np.ndarray] | None:
+    """The export's completed stuff surfaces (``stuff_fill.ply``, world frame) and their ``filled`` mask,
+    or None when ``folder`` has none or they belong to another build (a warning says so)."""
+    path = folder / folders.STUFF_FILL_FILE
+    if not path.is_file():
+        return None
+    if frame != "gazebo":  # the fill is in the export's world frame; without the alignment it would float
+        raise SceneLoadError(
+            f"{path}: present without {folder / folders.ALIGNMENT_FILE} (export folder is incomplete)"
+        )
+    try:
+        fill = folders.read_stuff_fill(path)
+    except folders.FolderError as e:
+        raise SceneLoadError(str(e)) from e
+    theirs, ours = folders.ply_build_id(path), folders.build_id(mesh_dir)
+    if theirs is not None and ours is not None and theirs != ours:
+        import warnings
+
+        warnings.warn(
+            f"serving without the completed floor / walls: {path} was exported from build {theirs}, but "
+            f"{mesh_dir / MESH_FILE} is build {ours}",
+            stacklevel=3,
+        )
+        return None
+    return fill
+
+
+def served_void(
+    out_dir: str | Path,
+    n: int = 40,
+    seed: int = 0,
+    width: int = 80,
+    height: int = 60,
+    hfov_deg: float = 60.0,
+    backend: str = "raycast",
+) -> dict | None:
+    """Void figures of what the render server shows a robot camera in the scanned rooms.
+
+    ``n`` level cameras (:func:`simgen.export.stuff.level_poses`: 0.3 m above random *scanned* floor
+    vertices, i.e. the build's floor, not the fill; random yaw; ``width`` x ``height`` pixels, ``hfov_deg``
+    horizontal field of view) rendered by :meth:`RenderScene.render` exactly as a request would be; void is
+    the fraction of pixels that see nothing: depth 0 and panoptic 0.
+
+    Returns:
+        ``{"poses", "camera", "void_mean_percent", "poses_over_5_percent", "fill"}`` (``fill``: whether the
+        export's completed surfaces were drawn), or None when the served mesh has no floor.
+
+    Raises:
+        SceneLoadError: the folder cannot be served (naming the file).
+    """
+    from simgen.export.split import is_floor
+    from simgen.export.stuff import level_poses
+
+    scene = load_render_scene(out_dir, rgb="mesh", backend=backend)
+    m = scene.mesh
+    nv = scene.fill_vertex_from if scene.fill_vertex_from is not None else len(m.vertices)
+    floor_ids = [c.id for c in scene.categories.values() if is_floor(c.name) and not c.isthing]
+    floor = np.isin(m.semantic[:nv], floor_ids) & (m.instance[:nv] <= 0)
+    if not floor.any():
+        return None
+    f = (width / 2) / np.tan(np.deg2rad(hfov_deg) / 2)
+    K = Intrinsics(f, f, width / 2, height / 2, width, height)
+    void = []
+    for pos, yaw in level_poses(m.vertices[:nv][floor].astype(np.float64), n, seed=seed):
+        fwd = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+        left = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
+        c2w = np.eye(4)
+        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = -left, [0.0, 0.0, -1.0], fwd, pos  # OpenCV axes
+        img = scene.render(K, c2w, ("depth", "panoptic"))
+        # A pixel of a camera placed exactly on a scanned surface (a floor vertex under a wall) hits it at
+        # distance 0, depth 0 too; its label tells it from a pixel that sees nothing.
+        void.append(float(((img["depth"] <= 0) & (img["panoptic"] == 0)).mean()))
+    v = np.asarray(void)
+    return {
+        "poses": int(n),
+        "camera": f"level, 0.3 m above random scanned floor vertices, {hfov_deg:g} deg hfov, {width} x {height} "
+        f"pixels, through the render server ({scene.mesh_backend})",
+        "void_mean_percent": round(100 * float(v.mean()), 2),
+        "poses_over_5_percent": round(100 * float((v > 0.05).mean()), 1),
+        "fill": scene.fill_from is not None,
+    }

@@ -83,6 +83,28 @@ def room_parts() -> list[tuple[trimesh.Trimesh, int, int, tuple[int, int, int]]]
     ]
 
 
+def holed(mesh: trimesh.Trimesh, lo, hi) -> trimesh.Trimesh:
+    """``mesh`` without the faces whose centre lies in the box [lo, hi] (a region the scan never saw)."""
+    c = mesh.triangles_center
+    keep = ~((c >= lo) & (c <= hi)).all(1)
+    return trimesh.Trimesh(mesh.vertices, mesh.faces[keep], process=False)
+
+
+def holed_room() -> list:
+    """Floor and four walls with unseen patches: 1 x 1 m of floor, the top 0.5 m of two walls, a 1 x 1.2 m
+    corner of a third."""
+    floor = holed(plane([0, 0, 0], [ROOM, 0, 0], [0, ROOM, 0], n=40), [1, 1, -1], [2, 2, 1])
+    walls = [
+        holed(plane([ROOM, 0, 0], [0, ROOM, 0], [0, 0, HEIGHT], n=40), [-9, -9, 2.0], [9, 9, 9]),
+        holed(plane([0, ROOM, 0], [0, 0, HEIGHT], [ROOM, 0, 0], n=40), [-9, -9, 2.0], [9, 9, 9]),
+        holed(plane([0, 0, 0], [0, 0, HEIGHT], [0, ROOM, 0], n=40), [-1, 3.0, -1], [1, 9, 1.2]),
+        plane([0, 0, 0], [ROOM, 0, 0], [0, 0, HEIGHT], n=40),
+    ]
+    parts = [(floor, 1, 0, (150, 120, 90))] + [(w, 2, 0, (210, 210, 200)) for w in walls]
+    box = trimesh.creation.box([0.5, 0.5, 0.5], trimesh.transformations.translation_matrix([2.5, 2.5, 0.25]))
+    return parts + [(box.subdivide(), 11, 1, (60, 90, 160))]
+
+
 def make_mesh(parts=None, transform: np.ndarray | None = None) -> PanopticMesh:
     parts = room_parts() if parts is None else parts
     vs, fs, cs, ss, is_ = [], [], [], [], []
