@@ -82,8 +82,8 @@ def ros2_world(export):
 
 def test_bridge_yaml_follows_the_schema_and_wires_everything(ros2_world):
     result, cfg = ros2_world
-    assert result["bridge"].parent == result["world"].parent
-    entries = yaml.safe_load(result["bridge"].read_text())
+    assert result.bridge.parent == result.world.parent
+    entries = yaml.safe_load(result.bridge.read_text())
     check_bridge_schema(entries)
     by_ros = {e["ros_topic_name"]: e for e in entries}
     assert len(by_ros) == len(entries)  # one entry per ROS topic
@@ -101,7 +101,7 @@ def test_bridge_yaml_follows_the_schema_and_wires_everything(ros2_world):
     }
     # The DiffDrive block of the written model publishes and listens where the bridge looks, with REP 105
     # frame ids.
-    model = etree.parse(str(result["model"] / "model.sdf")).getroot().find("model")
+    model = etree.parse(str(result.model / "model.sdf")).getroot().find("model")
     dd = model.find("plugin[@name='gz::sim::systems::DiffDrive']")
     assert dd.findtext("topic") == by_ros["/rover/cmd_vel"]["gz_topic_name"]
     assert dd.findtext("odom_topic") == by_ros["/rover/odometry"]["gz_topic_name"]
@@ -117,7 +117,7 @@ def test_bridge_covers_what_the_camera_plugin_publishes(ros2_world, plugin_modul
     camera topics of the bridge, with the bridge's Gazebo types and the optical frame id."""
     result, cfg = ros2_world
     module, world, _ = plugin_module
-    model = etree.parse(str(result["model"] / "model.sdf")).getroot().find("model")
+    model = etree.parse(str(result.model / "model.sdf")).getroot().find("model")
     block = model.find("plugin[@name='gz::sim::systems::PythonSystemLoader']")
     values = {e.tag: e.text for e in block} | {"width": "16", "height": "12", "asynchronous": "false"}
     system = module.get_system()
@@ -128,7 +128,7 @@ def test_bridge_covers_what_the_camera_plugin_publishes(ros2_world, plugin_modul
         system.pre_update(info, object())
     system.shutdown()
     published = {(topic, "gz.msgs." + t.__name__) for topic, t, _ in world["published"]}
-    entries = yaml.safe_load(result["bridge"].read_text())
+    entries = yaml.safe_load(result.bridge.read_text())
     camera = {
         (e["gz_topic_name"], e["gz_type_name"])
         for e in entries
@@ -215,10 +215,10 @@ def test_launch_file_starts_gazebo_bridge_server_and_tfs(ros2_world, export, tmp
     # Moved as a whole, the export still launches: every path is relative to the launch file.
     moved = tmp_path / "moved"
     shutil.copytree(export, moved)
-    launch = moved / result["launch"].relative_to(export)
+    launch = moved / result.launch.relative_to(export)
     acts = _actions(load_launch(launch))
     args = {a.args[0]: a.kwargs["default_value"] for a in acts["DeclareLaunchArgument"]}
-    world = moved / result["world"].relative_to(export)
+    world = moved / result.world.relative_to(export)
     assert args["gz_args"] == f"-r {world}" and world.is_file()
     env = {a.args[0]: a.args[1] for a in acts["AppendEnvironmentVariable"]}
     models = Path(env["GZ_SIM_RESOURCE_PATH"])
@@ -244,7 +244,7 @@ def test_launch_file_starts_gazebo_bridge_server_and_tfs(ros2_world, export, tmp
     assert bridge.kwargs["executable"] == "parameter_bridge"
     params = bridge.kwargs["parameters"][0]
     bridge_file = Path(params["config_file"])
-    assert bridge_file == moved / result["bridge"].relative_to(export) and params["use_sim_time"] is True
+    assert bridge_file == moved / result.bridge.relative_to(export) and params["use_sim_time"] is True
     check_bridge_schema(yaml.safe_load(bridge_file.read_text()))
     tfs = []
     for n in nodes:
@@ -254,7 +254,7 @@ def test_launch_file_starts_gazebo_bridge_server_and_tfs(ros2_world, export, tmp
         a = n.kwargs["arguments"]
         vals = tuple(float(a[a.index(f) + 1]) for f in ("--x", "--y", "--z", "--roll", "--pitch", "--yaw"))
         tfs.append((a[a.index("--frame-id") + 1], a[a.index("--child-frame-id") + 1], vals))
-    spawn = result["spawn"]
+    spawn = result.spawn
     expected = ros2.static_transforms(CAMERA_XYZ, cfg.camera_pitch, spawn)
     assert [(p, c) for p, c, _ in tfs] == [(p, c) for p, c, _, _ in expected]
     for (_, _, vals), (_, _, xyz, rpy) in zip(tfs, expected, strict=True):

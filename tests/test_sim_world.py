@@ -64,14 +64,14 @@ def test_served_export_is_in_the_gazebo_world_frame(export):
 
 def test_compose_world_spawns_in_free_space(export):
     result = compose_world(export)
-    x, y, yaw = result["spawn"]
+    x, y, yaw = result.spawn
     # Clear of both boxes, the wall at x = -3 and the floor's edges (+-3 m), by the footprint radius.
     for centre, ext in (BOX1, BOX2):
         dx = max(abs(x - centre[0]) - ext[0] / 2, 0.0)
         dy = max(abs(y - centre[1]) - ext[1] / 2, 0.0)
         assert np.hypot(dx, dy) > FOOTPRINT_RADIUS
     assert -3 + FOOTPRINT_RADIUS < x < 3 - FOOTPRINT_RADIUS and abs(y) < 3 - FOOTPRINT_RADIUS
-    world = etree.parse(str(result["world"])).getroot().find("world")
+    world = etree.parse(str(result.world)).getroot().find("world")
     inc = [i for i in world.findall("include") if i.findtext("name") == "jackal"]
     assert len(inc) == 1 and inc[0].findtext("uri") == "model://simgen_jackal"
     pose = [float(v) for v in inc[0].findtext("pose").split()]
@@ -79,11 +79,11 @@ def test_compose_world_spawns_in_free_space(export):
     # The export's own models are all still there.
     exported = {p.name for p in (export / "models").iterdir()} - {"simgen_jackal"}
     assert exported <= {i.findtext("name") for i in world.findall("include")}
-    assert oct(result["world"].stat().st_mode & 0o777) == "0o644"
+    assert oct(result.world.stat().st_mode & 0o777) == "0o644"
     # Composing again starts from the export's untouched world: same file, still one robot.
     again = compose_world(export)
-    assert again["world"] == result["world"] and again["spawn"] == result["spawn"]
-    world = etree.parse(str(again["world"])).getroot().find("world")
+    assert again.world == result.world and again.spawn == result.spawn
+    world = etree.parse(str(again.world)).getroot().find("world")
     assert sum(i.findtext("name") == "jackal" for i in world.findall("include")) == 1
     with pytest.raises(WorldError, match="already has a model named 'box_1'"):
         compose_world(export, WorldConfig(name="box_1"))
@@ -91,7 +91,7 @@ def test_compose_world_spawns_in_free_space(export):
 
 @pytest.mark.skipif(IGN is None, reason="ign (ignition-tools + libsdformat) not installed")
 def test_composed_world_is_valid_sdformat(export, tmp_path):
-    world = compose_world(export, WorldConfig(name="rover", spawn=(0.5, -1.0, 0.3)))["world"]
+    world = compose_world(export, WorldConfig(name="rover", spawn=(0.5, -1.0, 0.3))).world
     r = validate(world, export / "models")
     assert r.returncode == 0 and "Valid." in r.stdout, r.stdout + r.stderr
     # The validator really reads the included robot: break one of its joints and it says so.

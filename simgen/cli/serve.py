@@ -243,21 +243,21 @@ def cmd_world(args: argparse.Namespace) -> int:
     except (WorldError, SceneLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    x, y, yaw = result["spawn"]
+    x, y, yaw = result.spawn
     print(
-        f"wrote {result['world']} (robot {cfg.name!r} at x={x:.2f} y={y:.2f} yaw={yaw:.2f}) and {result['model']}"
+        f"wrote {result.world} (robot {cfg.name!r} at x={x:.2f} y={y:.2f} yaw={yaw:.2f}) and {result.model}"
     )
     print(
         f"run: simgen serve {args.out_dir} &  GZ_SIM_RESOURCE_PATH={Path(args.out_dir) / 'models'} "
-        f"GZ_SIM_SYSTEM_PLUGIN_PATH=<simgen checkout>/sensor_plugin gz sim {result['world']}"
+        f"GZ_SIM_SYSTEM_PLUGIN_PATH=<simgen checkout>/sensor_plugin gz sim {result.world}"
     )
     if cfg.ros2:
         from simgen.sim.ros2 import clearpath_command
 
-        print(f"wrote {result['bridge']} (ros_gz_bridge) and {result['launch']}")
-        print(f"ROS 2 + Gazebo: ros2 launch {result['launch']}")
+        print(f"wrote {result.bridge} (ros_gz_bridge) and {result.launch}")
+        print(f"ROS 2 + Gazebo: ros2 launch {result.launch}")
         print("clearpath_simulator (its own Jackal, the export's world without this robot):")
-        print(clearpath_command(result["scene"], result["spawn"], Path(args.out_dir)))
+        print(clearpath_command(result.scene, result.spawn, Path(args.out_dir)))
     return 0
 
 

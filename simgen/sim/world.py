@@ -352,9 +352,26 @@ def _export_world(out_dir: Path) -> tuple[str, Path]:
     return scene, world
 
 
-def compose_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict:
-    """Add the robot to an export's world; returns ``{"world", "model", "spawn"}`` (paths, ``(x, y, yaw)``),
-    with ``cfg.ros2`` also ``{"bridge", "launch"}`` (:func:`simgen.sim.ros2.write_ros2_files`).
+@dataclass(frozen=True)
+class WorldResult:
+    """What :func:`compose_world` wrote."""
+
+    world: Path
+    """``worlds/<scene>_<robot name>.sdf``: the export's world with the robot included"""
+    model: Path
+    """the robot's model folder ``models/simgen_<name>``"""
+    spawn: tuple[float, float, float]
+    """the robot's spawn pose ``(x, y, yaw)`` in the world frame (m, m, rad)"""
+    scene: str
+    """the export's scene (world) name"""
+    bridge: Path | None = None
+    """with ``ros2``: the ros_gz_bridge YAML (:func:`simgen.sim.ros2.write_ros2_files`)"""
+    launch: Path | None = None
+    """with ``ros2``: the ROS 2 Python launch file"""
+
+
+def compose_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> WorldResult:
+    """Add the robot to an export's world (with ``cfg.ros2`` also the ROS 2 bridge and launch files).
 
     Raises:
         WorldError / SceneLoadError: naming the missing or unreadable file.
@@ -389,13 +406,12 @@ def compose_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict:
     model_dir = write_robot_model(out_dir / "models", cfg)
     out_world = world_path.with_name(f"{scene_name}_{cfg.name}.sdf")
     _write(out_world, xml_bytes(tree))
-    result = {"world": out_world, "model": model_dir, "spawn": spawn, "scene": scene_name}
+    ros2_files: dict[str, Path] = {}
     if cfg.ros2:
         from simgen.sim.ros2 import write_ros2_files
 
-        result.update(
-            write_ros2_files(
-                out_world, jackal_model_sdf(cfg), cfg.server, CAMERA_XYZ, cfg.camera_pitch, spawn
-            )
+        ros2_files = write_ros2_files(
+            out_world, jackal_model_sdf(cfg), cfg.server, CAMERA_XYZ, cfg.camera_pitch, spawn
         )
-    return result
+    x, y, yaw = spawn
+    return WorldResult(out_world, model_dir, (x, y, yaw), scene_name, **ros2_files)
