@@ -42,7 +42,11 @@ from pathlib import Path
 import numpy as np
 from machine import machine  # bench/ is on sys.path when run as a script
 
-OUTPUT_SETS = {"depth+panoptic": ["depth", "panoptic"], "rgb+depth+panoptic": ["rgb", "depth", "panoptic"]}
+OUTPUT_SETS = {
+    "rgb": ["rgb"],  # a colour camera alone (the Gaussian RGB rate)
+    "depth+panoptic": ["depth", "panoptic"],
+    "rgb+depth+panoptic": ["rgb", "depth", "panoptic"],
+}
 
 
 def load() -> str:
