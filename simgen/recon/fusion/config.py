@@ -29,6 +29,32 @@ class FusionConfig:
     min_valid_depth_fraction: float = field(
         default=0.01, metadata={"help": "a frame with less valid depth than this fraction is skipped"}
     )
+    # --- depth pre-filter and sensor-noise weights (depthfilter.py)
+    flying_pixel_tol: float = field(
+        default=0.0,
+        metadata={
+            "help": "drop flying pixels: a depth pixel needs flying_pixel_support of its 8 neighbours within "
+            "this fraction of its depth (e.g. 0.03), else it is removed before fusion; 0 = off"
+        },
+    )
+    flying_pixel_support: int = field(
+        default=3, metadata={"help": "same-surface neighbours (of 8) a depth pixel needs to be kept"}
+    )
+    noise_weighting: bool = field(
+        default=False,
+        metadata={
+            "help": "weight each depth pixel's TSDF update by its inverse noise variance, "
+            "(sigma(1 m) / sigma(z))^2 capped at 1, with sigma(z) = sensor_sigma_m + sensor_sigma_quad * z^2"
+        },
+    )
+    sensor_sigma_m: float = field(
+        default=0.0012,
+        metadata={"help": "depth noise model: constant term in metres (for --noise-weighting)"},
+    )
+    sensor_sigma_quad: float = field(
+        default=0.0019,
+        metadata={"help": "depth noise model: metres per squared metre of depth (for --noise-weighting)"},
+    )
     # --- keyframes and fragments
     keyframe_translation: float = field(
         default=0.05, metadata={"help": "a frame is a keyframe once the camera moved this many metres"}
@@ -106,6 +132,12 @@ class FusionConfig:
             (self.min_frames >= 1, "min_frames must be >= 1"),
             (self.lookup_stride >= 1, "lookup_stride must be >= 1"),
             (0 <= self.match_weight_3d <= 1, "match_weight_3d must lie in [0, 1]"),
+            (0 <= self.flying_pixel_tol < 1, "flying_pixel_tol must lie in [0, 1)"),
+            (0 <= self.flying_pixel_support <= 8, "flying_pixel_support must lie in 0..8"),
+            (
+                self.sensor_sigma_m > 0 and self.sensor_sigma_quad >= 0,
+                "need sensor_sigma_m > 0, sensor_sigma_quad >= 0",
+            ),
             (self.keyframe_translation >= 0 and self.keyframe_rotation_deg >= 0, "keyframe thresholds >= 0"),
         ]
         for ok, msg in checks:

@@ -35,6 +35,7 @@ from simgen.recon.fusion.association import (
     merge_instances,
 )
 from simgen.recon.fusion.config import FusionConfig
+from simgen.recon.fusion.depthfilter import noise_weight
 from simgen.recon.fusion.keyframes import KeyframeSelector
 from simgen.recon.fusion.mesh import panoptic_mesh
 from simgen.recon.fusion.reader import FrameData, FrameReader
@@ -56,6 +57,15 @@ class FusionState:
         self.vol = VoxelBlockVolume(cfg.voxel_size, cfg.trunc, len(self.class_ids), cfg.max_weight)
         self.table = InstanceTable(len(self.class_ids))
         self.timings: dict[str, float] = defaultdict(float)
+
+    def min_weight(self) -> float:
+        """TSDF weight of one observation at the far end of the range: a voxel with less was never seen.
+        1 without noise weighting (every observation weighs 1)."""
+        cfg = self.cfg
+        if not cfg.noise_weighting:
+            return 1.0
+        far = noise_weight(np.array([cfg.max_depth], np.float32), cfg.sensor_sigma_m, cfg.sensor_sigma_quad)
+        return 0.999 * float(far[0])
 
     def _tick(self, key: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -84,6 +94,9 @@ class FusionState:
         lut_col = np.append(seg.column, -1)
         lut_w = np.append(seg.score, 0.0).astype(np.float32)
         lut_inst = np.append(assigned, -1).astype(np.int32)
+        pixel_weight = (
+            noise_weight(depth, cfg.sensor_sigma_m, cfg.sensor_sigma_quad) if cfg.noise_weighting else None
+        )
         self.vol.integrate(
             depth,
             K,
@@ -93,6 +106,7 @@ class FusionState:
             label_weight=lut_w[seg.index],
             label_instance=lut_inst[seg.index],
             label_band=cfg.label_band_voxels * cfg.voxel_size,
+            depth_weight=pixel_weight,
         )
         self._tick("integrate", t)
 
@@ -130,7 +144,9 @@ class FusionState:
             if iid not in table.instances:
                 lut[iid] = 0
         instance_class = {k: inst.column for k, inst in table.instances.items()}
-        mesh = panoptic_mesh(self.vol, self.class_ids, self.thing_columns, instance_class, lut)
+        mesh = panoptic_mesh(
+            self.vol, self.class_ids, self.thing_columns, instance_class, lut, min_weight=self.min_weight()
+        )
         self._tick("mesh", t)
         return mesh, {k: inst.frames for k, inst in table.instances.items()}
 
@@ -169,7 +185,9 @@ def run_fusion(
     correction = np.eye(4)  # refined @ inv(stored) of the last aligned keyframe (align_to_model)
     with (
         tqdm(total=len(frames), desc="fusion", unit="frame", disable=not progress, dynamic_ncols=True) as bar,
-        FrameReader(scene, cfg.min_depth, cfg.max_depth, background=cfg.prefetch) as reader,
+        FrameReader(
+            scene, cfg.min_depth, cfg.max_depth, cfg.prefetch, cfg.flying_pixel_tol, cfg.flying_pixel_support
+        ) as reader,  # fmt: skip
     ):
         pos = selector.next_candidate(poses, 0)
         while pos is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simgen.data.scene import Scene
+from simgen.recon.fusion.depthfilter import remove_flying_pixels
 
 
 @dataclass
@@ -27,8 +28,15 @@ class FrameData:
     panoptic: np.ndarray
 
 
-def read_frame(scene: Scene, i: int, min_depth: float, max_depth: float) -> FrameData:
+def read_frame(
+    scene: Scene, i: int, min_depth: float, max_depth: float, flying_tol: float = 0.0, flying_support: int = 3
+) -> FrameData:
+    """Frame ``i`` with its depth range-filtered and, when ``flying_tol > 0``, flying pixels removed
+    (:func:`depthfilter.remove_flying_pixels`; before the range cut, so that a neighbour beyond the
+    range still supports a pixel on its surface)."""
     depth = scene.depth(i)
+    if flying_tol > 0:
+        depth = remove_flying_pixels(depth, flying_tol, flying_support)
     depth[(depth < min_depth) | (depth > max_depth)] = 0
     return FrameData(depth, scene.rgb(i), scene.panoptic(i))
 
@@ -40,13 +48,22 @@ class FrameReader:
     stopped when the build ends or is interrupted.
     """
 
-    def __init__(self, scene: Scene, min_depth: float, max_depth: float, background: bool = True):
+    def __init__(
+        self,
+        scene: Scene,
+        min_depth: float,
+        max_depth: float,
+        background: bool = True,
+        flying_tol: float = 0.0,
+        flying_support: int = 3,
+    ):
         self.scene, self.min_depth, self.max_depth = scene, min_depth, max_depth
+        self.flying_tol, self.flying_support = flying_tol, flying_support
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fusion-read") if background else None
         self._ahead: tuple[int, Future[FrameData]] | None = None
 
     def _read(self, i: int) -> FrameData:
-        return read_frame(self.scene, i, self.min_depth, self.max_depth)
+        return read_frame(self.scene, i, self.min_depth, self.max_depth, self.flying_tol, self.flying_support)
 
     def prefetch(self, i: int | None) -> None:
         """Start reading frame ``i`` (None: nothing); a pending read of another frame is dropped."""
