@@ -93,3 +93,27 @@ def test_config_validates_the_filter_fields():
         FusionConfig(flying_pixel_support=9)
     with pytest.raises(ValueError, match="sensor_sigma"):
         FusionConfig(sensor_sigma_m=0.0)
+
+
+def test_alignment_degeneracy_check_leaves_sliding_along_a_wall_alone():
+    """A camera facing a lone wall (at 2 m) whose pose is off by 4 cm along the wall and 3 cm towards it:
+    the wall fixes the distance (and the tilt) but says nothing about the slide. With the degeneracy
+    check the three unconstrained directions are found and the distance is corrected while the slide
+    stays exactly as it was."""
+    from simgen.recon.fusion.align import align_to_model
+
+    Kw = Intrinsics(120.0, 120.0, 80.0, 60.0, 160, 120)
+    wall = np.full((120, 160), 2.0, np.float32)
+    vol = VoxelBlockVolume(0.02, 0.06, n_classes=1)
+    for dx in (-0.1, 0.0, 0.1):
+        c2w = np.eye(4)
+        c2w[0, 3] = dx
+        vol.integrate(wall, Kw, c2w, block_stride=1)
+    rng = np.random.default_rng(1)
+    noisy = wall + rng.normal(0.0, 0.004, wall.shape).astype(np.float32)
+    start = np.eye(4)
+    start[:3, 3] = (0.04, 0.0, 0.03)  # slide along x, 3 cm too close to the wall
+    res = align_to_model(vol, noisy, Kw, start, stride=2, degeneracy_ratio=0.05)
+    assert res.accepted and res.degenerate == 3  # x, y slides and the roll about the wall normal
+    assert abs(res.c2w[2, 3]) < 0.005  # distance to the wall corrected
+    np.testing.assert_allclose(res.c2w[:2, 3], start[:2, 3], atol=1e-6)  # slide untouched

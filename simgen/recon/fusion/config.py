@@ -109,6 +109,13 @@ class FusionConfig:
             "alignment against tracking drift); measured not to improve two-rooms builds yet (docs/benchmarks.md)"
         },
     )
+    align_degeneracy: float = field(
+        default=0.0,
+        metadata={
+            "help": "with --fusion.align-to-model: update directions carrying less than this fraction of the "
+            "best-constrained one's information are left unchanged (e.g. sliding along a lone wall); 0 = off"
+        },
+    )
     prefetch: bool = field(
         default=True,
         metadata={
@@ -132,6 +139,7 @@ class FusionConfig:
             (self.min_frames >= 1, "min_frames must be >= 1"),
             (self.lookup_stride >= 1, "lookup_stride must be >= 1"),
             (0 <= self.match_weight_3d <= 1, "match_weight_3d must lie in [0, 1]"),
+            (0 <= self.align_degeneracy < 1, "align_degeneracy must lie in [0, 1)"),
             (0 <= self.flying_pixel_tol < 1, "flying_pixel_tol must lie in [0, 1)"),
             (0 <= self.flying_pixel_support <= 8, "flying_pixel_support must lie in 0..8"),
             (

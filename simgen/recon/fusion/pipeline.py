@@ -211,8 +211,17 @@ def run_fusion(
                 if cfg.align_to_model and counters["keyframes"] > 0:
                     # Drift changes slowly: start from the last correction, refine against the model.
                     t = time.perf_counter()
-                    res = align_to_model(state.vol, frame.depth, scene.frames[i].intrinsics,
-                                         correction @ poses[pos])  # fmt: skip
+                    res = align_to_model(
+                        state.vol,
+                        frame.depth,
+                        scene.frames[i].intrinsics,
+                        correction @ poses[pos],
+                        noise_model=(cfg.sensor_sigma_m, cfg.sensor_sigma_quad)
+                        if cfg.noise_weighting
+                        else None,
+                        min_weight=state.min_weight(),
+                        degeneracy_ratio=cfg.align_degeneracy,
+                    )
                     pose = res.c2w
                     correction = pose @ np.linalg.inv(poses[pos])
                     counters["aligned"] = counters.get("aligned", 0) + int(res.accepted)
