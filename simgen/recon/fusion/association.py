@@ -213,6 +213,67 @@ def associate(
     return out
 
 
+def merged_segments(
+    table: InstanceTable,
+    seg: FrameSegments,
+    seg_of_point: np.ndarray,
+    rendered: np.ndarray,
+    assigned: np.ndarray,
+    frame: int,
+    cfg: FusionConfig,
+) -> dict[int, list[int]]:
+    """Thing segments that cover two or more established instances of their class: under-segmentation.
+
+    A 2D segmenter often returns two touching objects of one class as one mask. Association gives the
+    whole mask to the best-matching instance, and its votes then overwrite the neighbour's voxels.
+    Here a segment assigned to instance ``a`` also covers instance ``r`` when ``r`` is of the segment's
+    class, is visible in the frame, matched no other segment of the frame, was observed in at least
+    ``min_frames`` keyframes, and at least ``split_merged_coverage`` of ``r``'s rendered pixels lie
+    inside the segment. The caller then lets each pixel of the segment vote for the instance already
+    rendered there. ``r`` counts as observed in ``frame`` and as separate from ``a``.
+
+    Args:
+        seg_of_point, rendered: ``(N,)`` segment index and rendered global id of each sampled pixel.
+        assigned: ``(S,)`` global id per segment from :func:`associate`.
+
+    Returns:
+        ``{segment index: [other instance ids it covers]}`` (empty for most frames).
+    """
+    out: dict[int, list[int]] = {}
+    taken = {int(a) for a in assigned if a > 0}
+    area_scale = cfg.lookup_stride**2
+    min_px = max(1.0, cfg.min_segment_pixels / area_scale)
+    gid, n_g = np.unique(rendered[rendered > 0], return_counts=True)
+    visible = dict(zip(gid.tolist(), n_g.tolist(), strict=True))
+    for s in np.flatnonzero(seg.isthing & (assigned > 0)):
+        inside = rendered[(seg_of_point == s) & (rendered > 0)]
+        if inside.size == 0:
+            continue
+        rid, cnt = np.unique(inside, return_counts=True)
+        others = []
+        for r, c in zip(rid.tolist(), cnt.tolist(), strict=True):
+            inst = table.instances.get(r)
+            if (
+                r == assigned[s]
+                or r in taken
+                or inst is None
+                or inst.column != seg.column[s]
+                or len(inst.frames) < cfg.min_frames
+                or c < min_px
+                or c < cfg.split_merged_coverage * visible[r]
+            ):
+                continue
+            others.append(r)
+        if others:
+            out[int(s)] = others
+            a = int(assigned[s])
+            for r in others:
+                table.instances[r].frames.add(int(frame))
+                table.separate.add((min(a, r), max(a, r)))
+            table.counters["split"] = table.counters.get("split", 0) + 1
+    return out
+
+
 def instance_voxel_boxes(
     instance: np.ndarray, centres: np.ndarray, q: float = 0.02
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -97,6 +97,17 @@ class FusionConfig:
         },
     )
     merge_margin: float = field(default=0.05, metadata={"help": "box inflation (metres) for the merge test"})
+    split_merged: bool = field(
+        default=False,
+        metadata={
+            "help": "a thing segment that also covers another established instance of its class (two touching "
+            "objects segmented as one) votes, pixel by pixel, for the instance already there"
+        },
+    )
+    split_merged_coverage: float = field(
+        default=0.5,
+        metadata={"help": "... when it covers at least this share of that instance's visible pixels"},
+    )
     min_frames: int = field(default=3, metadata={"help": "instances observed in fewer keyframes are dropped"})
     lookup_stride: int = field(
         default=2, metadata={"help": "pixel stride of the global-instance lookup used for association"}
@@ -139,6 +150,7 @@ class FusionConfig:
             (self.min_frames >= 1, "min_frames must be >= 1"),
             (self.lookup_stride >= 1, "lookup_stride must be >= 1"),
             (0 <= self.match_weight_3d <= 1, "match_weight_3d must lie in [0, 1]"),
+            (0 < self.split_merged_coverage <= 1, "split_merged_coverage must lie in (0, 1]"),
             (0 <= self.align_degeneracy < 1, "align_degeneracy must lie in [0, 1)"),
             (0 <= self.flying_pixel_tol < 1, "flying_pixel_tol must lie in [0, 1)"),
             (0 <= self.flying_pixel_support <= 8, "flying_pixel_support must lie in 0..8"),

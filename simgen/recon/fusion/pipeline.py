@@ -33,6 +33,7 @@ from simgen.recon.fusion.association import (
     frame_segments,
     instance_voxel_boxes,
     merge_instances,
+    merged_segments,
 )
 from simgen.recon.fusion.config import FusionConfig
 from simgen.recon.fusion.depthfilter import noise_weight
@@ -87,13 +88,28 @@ class FusionState:
         R, tr = c2w[:3, :3].astype(np.float32), c2w[:3, 3].astype(np.float32)
         pts = (directions(K)[::s, ::s][valid] * d_s[valid][:, None]) @ R.T + tr
         rendered = self.vol.lookup_instance(pts)
-        assigned = associate(self.table, seg, seg.index[::s, ::s][valid], pts, rendered, i, cfg)
+        seg_of_point = seg.index[::s, ::s][valid]
+        assigned = associate(self.table, seg, seg_of_point, pts, rendered, i, cfg)
+        merged = (
+            merged_segments(self.table, seg, seg_of_point, rendered, assigned, i, cfg)
+            if cfg.split_merged
+            else {}
+        )
         t = self._tick("associate", t)
 
         # Per-pixel label maps through lookup tables indexed by segment index (-1 -> the appended last entry).
         lut_col = np.append(seg.column, -1)
         lut_w = np.append(seg.score, 0.0).astype(np.float32)
         lut_inst = np.append(assigned, -1).astype(np.int32)
+        label_instance = lut_inst[seg.index]
+        for m, others in merged.items():
+            # Every pixel of the merged mask votes for the instance its voxel already holds if that is
+            # one of the covered instances (full resolution: look each pixel's point up in the volume).
+            pix = np.flatnonzero((seg.index == m).reshape(-1) & (depth.reshape(-1) > 0))
+            p_world = (directions(K).reshape(-1, 3)[pix] * depth.reshape(-1)[pix, None]) @ R.T + tr
+            there = self.vol.lookup_instance(p_world)
+            hit = np.isin(there, others)
+            label_instance.reshape(-1)[pix[hit]] = there[hit]
         pixel_weight = (
             noise_weight(depth, cfg.sensor_sigma_m, cfg.sensor_sigma_quad) if cfg.noise_weighting else None
         )
@@ -104,7 +120,7 @@ class FusionState:
             rgb=rgb,
             label_class=lut_col[seg.index],
             label_weight=lut_w[seg.index],
-            label_instance=lut_inst[seg.index],
+            label_instance=label_instance,
             label_band=cfg.label_band_voxels * cfg.voxel_size,
             depth_weight=pixel_weight,
         )
