@@ -474,3 +474,28 @@ def test_a_segment_covering_two_instances_is_recognised_as_a_merge():
             assert 3 in table.instances[other].frames and (1, 2) in table.separate
         else:
             assert out.tolist() == [1] and got == {}
+
+
+def test_fuse_keeps_a_second_object_apart_but_fuses_a_piece():
+    """Instance 1 was built from a mask over two chairs 0.5 m apart. A frame now segments them apart: the
+    first chair's mask matches instance 1; the second chair's mask lies inside instance 1's rendered
+    region. Plain fusing makes it part of instance 1 forever; with ``fuse_max_gap`` it becomes a new
+    instance, while a piece of the first chair that touches its mask (over-segmentation) is still fused."""
+    rng = np.random.default_rng(0)
+    chair1 = rng.uniform(0, 0.4, (60, 3))
+    piece = rng.uniform(0, 0.4, (20, 3)) + [0.4, 0, 0]  # adjoins chair 1
+    chair2 = rng.uniform(0, 0.4, (40, 3)) + [0.9, 0, 0]  # 0.5 m away
+    pts = np.concatenate([chair1, piece, chair2])
+    rendered = np.ones(len(pts), np.int32)  # all of it was voted instance 1
+    pan = np.repeat([5, 6, 7], [60, 20, 40]).astype(np.int32)[None]
+    thing = np.array([False, True, True])
+    for gap, expect in ((0.0, [1, 1, 1]), (0.1, [1, 1, 2])):
+        cfg = FusionConfig(min_segment_pixels=1, lookup_stride=1, fuse_max_gap=gap, fuse_containment=0.6)
+        table = assoc.InstanceTable(n_classes=3)
+        inst = table.create()
+        inst.class_weight[2] = 1.0
+        inst.box_min, inst.box_max = np.zeros(3), np.array([1.3, 0.4, 0.4])
+        segs = tuple(assoc.Segment(i, 3, 0.9) for i in (5, 6, 7))
+        seg = assoc.frame_segments(pan, segs, {1: 0, 2: 1, 3: 2}, thing)
+        out = assoc.associate(table, seg, seg.index[0], pts, rendered, frame=0, cfg=cfg)
+        assert out.tolist() == expect, gap

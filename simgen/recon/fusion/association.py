@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
 
 from simgen.data.scene import Segment
 from simgen.recon.fusion.config import FusionConfig
@@ -185,13 +186,21 @@ def associate(
             if ok[r, c]:
                 out[c] = gid[r]
                 table.counters["matched"] += 1
-    # fuse: an unmatched segment lying mostly inside a visible instance of its class is a piece of it.
+    # fuse: an unmatched segment lying mostly inside a visible instance of its class is a piece of it,
+    # unless that instance matched another segment of this frame that lies apart from it in 3D: parts
+    # of one over-segmented object touch, two objects once seen as one mask (and so made one instance)
+    # do not, and fusing the second into the first would keep them one instance for good.
     for s in np.flatnonzero(thing & (out < 0)):
         if G == 0:
             break
         cand = np.where(same_class[:, s], contain_2d[:, s], 0.0)
         best = int(np.argmax(cand))
         if cand[best] >= cfg.fuse_containment:
+            if cfg.fuse_max_gap > 0 and _apart(
+                s, np.flatnonzero(out == gid[best]), seg_of_point, points, cfg
+            ):
+                table.counters["kept_apart"] = table.counters.get("kept_apart", 0) + 1
+                continue
             out[s] = gid[best]
             table.counters["fused"] += 1
     # add: the rest are objects seen for the first time.
@@ -211,6 +220,23 @@ def associate(
         for b in distinct[i + 1 :]:
             table.separate.add((a, b))
     return out
+
+
+def _apart(
+    s: int, partners: np.ndarray, seg_of_point: np.ndarray, points: np.ndarray, cfg: FusionConfig
+) -> bool:
+    """Whether segment ``s``'s points lie farther than ``cfg.fuse_max_gap`` metres from every point of
+    the ``partners`` segments (``(N,)`` segment index and ``(N, 3)`` world point per sampled pixel)."""
+    if partners.size == 0:
+        return False
+    a = points[seg_of_point == s]
+    b = points[np.isin(seg_of_point, partners)]
+    if len(a) == 0 or len(b) == 0:
+        return False
+    rng = np.random.default_rng(0)  # subsample: the gap test needs the nearest points, not all pairs
+    a = a[rng.permutation(len(a))[:800]] if len(a) > 800 else a
+    gap, _ = cKDTree(b).query(a, k=1, distance_upper_bound=cfg.fuse_max_gap)
+    return bool(np.all(np.isinf(gap)))
 
 
 def merged_segments(

@@ -89,6 +89,13 @@ class FusionConfig:
             "fused into it (over-segmented pseudo-labels)"
         },
     )
+    fuse_max_gap: float = field(
+        default=0.0,
+        metadata={
+            "help": "... but not when it lies farther than this many metres (3D) from the segment that instance "
+            "matched in the same frame: a second object, not a piece (e.g. 0.1); 0 = always fuse"
+        },
+    )
     merge_overlap: float = field(
         default=0.5,
         metadata={
@@ -150,6 +157,7 @@ class FusionConfig:
             (self.min_frames >= 1, "min_frames must be >= 1"),
             (self.lookup_stride >= 1, "lookup_stride must be >= 1"),
             (0 <= self.match_weight_3d <= 1, "match_weight_3d must lie in [0, 1]"),
+            (self.fuse_max_gap >= 0, "fuse_max_gap must be >= 0"),
             (0 < self.split_merged_coverage <= 1, "split_merged_coverage must lie in (0, 1]"),
             (0 <= self.align_degeneracy < 1, "align_degeneracy must lie in [0, 1)"),
             (0 <= self.flying_pixel_tol < 1, "flying_pixel_tol must lie in [0, 1)"),
