@@ -9,7 +9,7 @@ depth-only TSDF (voxel 3 cm, truncation 9 cm, depth 0.1-6 m), once per variant:
 * ``stored``: at the stored poses;
 * ``align``: at poses refined by :func:`simgen.recon.fusion.align.align_to_model` (the correction
   carried forward, as ``simgen build --fusion.align-to-model`` does), raw depth, equal weights;
-* ``robust``: the same on depth with flying pixels removed (``--flying-tol``), inverse-noise-variance
+* ``robust``: the same on depth with flying pixels removed (``--flying-slope``), inverse-noise-variance
   weights in the volume and the alignment (``--noise-model``) and the degeneracy check
   (``--degeneracy``), as ``simgen build --fusion.align-to-model`` does with the fusion defaults.
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from simgen.data.camera import opengl_to_opencv
     from simgen.data.scene import load_scene
     from simgen.recon.fusion.align import align_to_model
-    from simgen.recon.fusion.depthfilter import noise_weight, remove_flying_pixels
+    from simgen.recon.fusion.depthfilter import noise_weight, remove_flying_pixels, surface_tolerance
     from simgen.recon.fusion.tsdf import VoxelBlockVolume
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=["stored", "align", "robust"],
                     choices=["stored", "align", "robust"])  # fmt: skip
-    ap.add_argument("--flying-tol", type=float, default=0.03, help="'robust': flying-pixel tolerance")
+    ap.add_argument("--flying-slope", type=float, default=3.0, help="'robust': flying-pixel slope")
     ap.add_argument(
         "--noise-model", type=float, nargs=2, default=[0.0012, 0.0019], metavar=("SIGMA_M", "QUAD")
     )
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(0, n, args.every):
             d = scene.depth(i)
             if robust:
-                d = remove_flying_pixels(d, args.flying_tol)
+                d = remove_flying_pixels(d, surface_tolerance(d, K.fx, args.flying_slope, *model))
             d[(d < 0.1) | (d > 6.0)] = 0
             pose = scene.frames[i].c2w_cv
             if align and i > 0:

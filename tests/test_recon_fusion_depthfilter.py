@@ -7,7 +7,12 @@ import pytest
 
 from simgen.data.camera import Intrinsics
 from simgen.recon.fusion import FusionConfig
-from simgen.recon.fusion.depthfilter import flying_pixels, noise_weight, remove_flying_pixels
+from simgen.recon.fusion.depthfilter import (
+    flying_pixels,
+    noise_weight,
+    remove_flying_pixels,
+    surface_tolerance,
+)
 from simgen.recon.fusion.mesh import extract_mesh
 from simgen.recon.fusion.tsdf import VoxelBlockVolume
 
@@ -23,7 +28,7 @@ def _box_in_front_of_wall() -> np.ndarray:
     return d
 
 
-def test_flying_pixels_at_a_known_edge_are_removed_and_nothing_else():
+def test_flying_pixels_at_a_known_edge_are_removed_and_little_else():
     truth = _box_in_front_of_wall()
     rng = np.random.default_rng(0)
     noisy = truth + rng.normal(0.0, 0.0015, truth.shape).astype(np.float32) * truth**2  # sigma ~ z^2
@@ -34,11 +39,13 @@ def test_flying_pixels_at_a_known_edge_are_removed_and_nothing_else():
     fly = edge & (rng.random(truth.shape) < 0.5)
     t = rng.uniform(0.2, 0.8, truth.shape).astype(np.float32)
     noisy[fly] = (1.2 + t * 1.8)[fly]
-    out = remove_flying_pixels(noisy, rel_tol=0.03, min_support=3)
+    # Slope 3: surfaces seen up to 72 deg from their normal keep their pixels; 3 sigma of this noise.
+    out = remove_flying_pixels(noisy, surface_tolerance(noisy, K.fx, 3.0, 0.0, 0.0015), min_support=3)
     removed = (noisy > 0) & (out == 0)
-    # Every flying pixel goes; no surface pixel off the silhouette does, and of the silhouette's own
+    # Nearly every flying pixel goes (two mixed returns side by side with similar depths can support each
+    # other); no surface pixel off the silhouette does, and of the silhouette's own
     # (true) pixels only the odd corner whose neighbours along the edge both flew loses its support.
-    assert removed[fly].all()
+    assert removed[fly].mean() >= 0.95, removed[fly].mean()
     assert not removed[~edge].any()
     assert removed[edge & ~fly].sum() <= 0.05 * (edge & ~fly).sum()
     np.testing.assert_array_equal(out[~removed], noisy[~removed])
@@ -48,10 +55,11 @@ def test_thin_structures_and_holes_keep_their_pixels():
     d = np.full((30, 30), 2.5, np.float32)
     d[:, 14:16] = 1.0  # a 2-pixel-wide pole in front of the wall
     d[5:10, 5:10] = 0.0  # a hole (invalid depth) is not a reason to drop its border
-    assert not flying_pixels(d, 0.03, 3).any()
+    tol = surface_tolerance(d, 60.0, 3.0)  # 5 % of z at this toy focal length
+    assert not flying_pixels(d, tol, 3).any()
     lone = d.copy()
     lone[20, 5] = 1.8  # one isolated return in mid-air
-    assert np.flatnonzero(flying_pixels(lone, 0.03, 3)).tolist() == [20 * 30 + 5]
+    assert np.flatnonzero(flying_pixels(lone, tol, 3)).tolist() == [20 * 30 + 5]
 
 
 def test_noise_weight_is_inverse_variance():
@@ -87,8 +95,8 @@ def test_noise_weighting_favours_the_near_view_of_a_surface():
 
 
 def test_config_validates_the_filter_fields():
-    with pytest.raises(ValueError, match="flying_pixel_tol"):
-        FusionConfig(flying_pixel_tol=1.5)
+    with pytest.raises(ValueError, match="flying_pixel_slope"):
+        FusionConfig(flying_pixel_slope=-1.0)
     with pytest.raises(ValueError, match="flying_pixel_support"):
         FusionConfig(flying_pixel_support=9)
     with pytest.raises(ValueError, match="sensor_sigma"):

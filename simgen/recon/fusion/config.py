@@ -30,11 +30,12 @@ class FusionConfig:
         default=0.01, metadata={"help": "a frame with less valid depth than this fraction is skipped"}
     )
     # --- depth pre-filter and sensor-noise weights (depthfilter.py)
-    flying_pixel_tol: float = field(
-        default=0.0,
+    flying_pixel_slope: float = field(
+        default=3.0,
         metadata={
             "help": "drop flying pixels: a depth pixel needs flying_pixel_support of its 8 neighbours within "
-            "this fraction of its depth (e.g. 0.03), else it is removed before fusion; 0 = off"
+            "slope * z / focal_px + 3 sigma(z) of its depth (a surface seen up to atan(slope) from its normal "
+            "keeps its pixels; sigma from the sensor noise model), else it is removed before fusion; 0 = off"
         },
     )
     flying_pixel_support: int = field(
@@ -90,10 +91,10 @@ class FusionConfig:
         },
     )
     fuse_max_gap: float = field(
-        default=0.0,
+        default=0.1,
         metadata={
             "help": "... but not when it lies farther than this many metres (3D) from the segment that instance "
-            "matched in the same frame: a second object, not a piece (e.g. 0.1); 0 = always fuse"
+            "matched in the same frame: a second object, not a piece; 0 = always fuse"
         },
     )
     merge_overlap: float = field(
@@ -105,7 +106,7 @@ class FusionConfig:
     )
     merge_margin: float = field(default=0.05, metadata={"help": "box inflation (metres) for the merge test"})
     split_merged: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "a thing segment that also covers another established instance of its class (two touching "
             "objects segmented as one) votes, pixel by pixel, for the instance already there"
@@ -160,7 +161,7 @@ class FusionConfig:
             (self.fuse_max_gap >= 0, "fuse_max_gap must be >= 0"),
             (0 < self.split_merged_coverage <= 1, "split_merged_coverage must lie in (0, 1]"),
             (0 <= self.align_degeneracy < 1, "align_degeneracy must lie in [0, 1)"),
-            (0 <= self.flying_pixel_tol < 1, "flying_pixel_tol must lie in [0, 1)"),
+            (self.flying_pixel_slope >= 0, "flying_pixel_slope must be >= 0"),
             (0 <= self.flying_pixel_support <= 8, "flying_pixel_support must lie in 0..8"),
             (
                 self.sensor_sigma_m > 0 and self.sensor_sigma_quad >= 0,

@@ -6,7 +6,8 @@ the two, i.e. a point floating in free space. TSDF fusion turns such points into
 fragments near silhouettes and into wrong free-space carving, and frame-to-model alignment is pulled by
 them. The filter here is the usual neighbourhood-support test (a surface point has neighbours on the
 same surface; a flying pixel has none): a pixel is kept when enough of its 8 neighbours lie within a
-depth tolerance that grows with z (pixel footprint and sensor noise both grow with depth). True
+depth tolerance that grows with z (:func:`surface_tolerance`: the step of a steeply slanted surface,
+which scales with the pixel footprint, plus the sensor noise, which does not). True
 silhouette pixels keep the support of their own side, so edges are not eroded, and thin structures two
 or more pixels wide keep theirs.
 
@@ -25,12 +26,12 @@ import numpy as np
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def neighbour_support(depth: np.ndarray, rel_tol: float) -> np.ndarray:
+def neighbour_support(depth: np.ndarray, tol: np.ndarray | float) -> np.ndarray:
     """How many of each pixel's 8 neighbours lie on the same surface.
 
     Args:
         depth: ``(H, W) float32`` z-depth in metres, 0 = invalid.
-        rel_tol: a neighbour is on the same surface when ``|z_n - z| <= rel_tol * z``.
+        tol: a neighbour is on the same surface when ``|z_n - z| <= tol``; metres, scalar or ``(H, W)``.
 
     Returns:
         ``(H, W) int8`` count in 0..8 (0 at invalid pixels; neighbours outside the image or invalid
@@ -40,7 +41,7 @@ def neighbour_support(depth: np.ndarray, rel_tol: float) -> np.ndarray:
     H, W = z.shape
     pad = np.zeros((H + 2, W + 2), np.float32)
     pad[1:-1, 1:-1] = z
-    tol = np.float32(rel_tol) * z
+    tol = np.asarray(tol, dtype=np.float32)
     count = np.zeros((H, W), np.int8)
     for dy, dx in _NEIGHBOURS:
         n = pad[1 + dy : 1 + dy + H, 1 + dx : 1 + dx + W]
@@ -49,24 +50,35 @@ def neighbour_support(depth: np.ndarray, rel_tol: float) -> np.ndarray:
     return count
 
 
-def flying_pixels(depth: np.ndarray, rel_tol: float = 0.03, min_support: int = 3) -> np.ndarray:
+def surface_tolerance(
+    depth: np.ndarray, focal_px: float, slope: float, sigma_m: float = 0.0, sigma_quad: float = 0.0
+) -> np.ndarray:
+    """Largest depth step ``(H, W) float32`` (metres) between neighbouring pixels of one surface.
+
+    ``slope * z / focal_px`` is the step on a surface seen at ``atan(slope)`` from its normal (the pixel
+    footprint is ``z / focal_px``), and ``3 sigma(z)`` covers the sensor noise of the two readings
+    (:func:`noise_sigma`), which does not shrink with the pixel size.
+    """
+    z = np.asarray(depth, dtype=np.float32)
+    return np.float32(slope / focal_px) * z + np.float32(3.0) * noise_sigma(z, sigma_m, sigma_quad)
+
+
+def flying_pixels(depth: np.ndarray, tol: np.ndarray | float, min_support: int = 3) -> np.ndarray:
     """``(H, W) bool`` mask of valid pixels with fewer than ``min_support`` same-surface neighbours.
 
     Args:
         depth: ``(H, W) float32`` z-depth in metres, 0 = invalid.
-        rel_tol: same-surface tolerance as a fraction of z (see :func:`neighbour_support`). It must
-            exceed the depth change between neighbouring pixels on a slanted surface (``z`` times
-            the pixel's angular size times ``tan(incidence)``) plus the sensor noise.
+        tol: same-surface tolerance in metres (:func:`surface_tolerance`).
         min_support: neighbours needed to keep a pixel. A point on a straight silhouette has 5,
             a corner 3, an isolated mixed return typically 0 or 1.
     """
-    return (depth > 0) & (neighbour_support(depth, rel_tol) < min_support)
+    return (depth > 0) & (neighbour_support(depth, tol) < min_support)
 
 
-def remove_flying_pixels(depth: np.ndarray, rel_tol: float = 0.03, min_support: int = 3) -> np.ndarray:
+def remove_flying_pixels(depth: np.ndarray, tol: np.ndarray | float, min_support: int = 3) -> np.ndarray:
     """A copy of ``depth (H, W) float32`` (metres, 0 = invalid) with :func:`flying_pixels` set to 0."""
     out = np.array(depth, dtype=np.float32, copy=True)
-    out[flying_pixels(out, rel_tol, min_support)] = 0.0
+    out[flying_pixels(out, tol, min_support)] = 0.0
     return out
 
 

@@ -201,9 +201,7 @@ def run_fusion(
     correction = np.eye(4)  # refined @ inv(stored) of the last aligned keyframe (align_to_model)
     with (
         tqdm(total=len(frames), desc="fusion", unit="frame", disable=not progress, dynamic_ncols=True) as bar,
-        FrameReader(
-            scene, cfg.min_depth, cfg.max_depth, cfg.prefetch, cfg.flying_pixel_tol, cfg.flying_pixel_support
-        ) as reader,  # fmt: skip
+        FrameReader(scene, cfg, background=cfg.prefetch) as reader,
     ):
         pos = selector.next_candidate(poses, 0)
         while pos is not None:
