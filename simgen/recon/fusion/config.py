@@ -91,10 +91,10 @@ class FusionConfig:
         },
     )
     fuse_max_gap: float = field(
-        default=0.1,
+        default=0.0,
         metadata={
             "help": "... but not when it lies farther than this many metres (3D) from the segment that instance "
-            "matched in the same frame: a second object, not a piece; 0 = always fuse"
+            "matched in the same frame: a second object, not a piece (e.g. 0.1); 0 = always fuse"
         },
     )
     merge_overlap: float = field(
@@ -106,7 +106,7 @@ class FusionConfig:
     )
     merge_margin: float = field(default=0.05, metadata={"help": "box inflation (metres) for the merge test"})
     split_merged: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "a thing segment that also covers another established instance of its class (two touching "
             "objects segmented as one) votes, pixel by pixel, for the instance already there"
