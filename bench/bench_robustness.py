@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="extra NoiseConfig fields for every variant (e.g. drift_rot_deg=0)")  # fmt: skip
     ap.add_argument("--tag", default="", help="suffix of the result rows (for --noise / --flags experiments)")
-    ap.add_argument("--flags", nargs="*", default=[], metavar="FLAG",
-                    help="extra 'simgen build' flags, e.g. --flags=--fusion.align-to-model")  # fmt: skip
+    ap.add_argument("--flags", action="extend", nargs="*", default=[], metavar="FLAG",
+                    help="extra 'simgen build' flags, one per --flags=FLAG (repeatable), e.g. "
+                         "--flags=--fusion.align-to-model --flags=--fusion.noise-weighting")  # fmt: skip
     args = ap.parse_args(argv)
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.noise)}
     out = Path(args.out)

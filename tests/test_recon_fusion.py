@@ -445,3 +445,57 @@ def test_merge_respects_co_observation():
     remap = assoc.merge_instances(table, np.array([1, 2, 3]), *box, cfg)
     assert remap in ({3: 1}, {3: 2})
     assert set(table.instances) == {1, 2}
+
+
+def test_a_segment_covering_two_instances_is_recognised_as_a_merge():
+    """Two chairs (instances 1 and 2, class column 2) segmented as one mask: the mask is associated with
+    one of them, and ``merged_segments`` names the other, which then keeps its own votes; a partial
+    overlap (a third of instance 2) or an instance of another class is no merge."""
+    cfg = FusionConfig(min_segment_pixels=1, lookup_stride=1, split_merged=True)
+    pts = np.concatenate([np.random.default_rng(0).uniform(0, 1, (50, 3)) + [x, 0, 0] for x in (0, 1.1)])
+    rendered = np.repeat([1, 2], 50).astype(np.int32)
+    for cover, column, merge in ((50, 2, True), (16, 2, False), (50, 1, False)):
+        table = assoc.InstanceTable(n_classes=3)
+        a, b = table.create(), table.create()
+        a.class_weight[2], b.class_weight[column] = 1.0, 1.0
+        a.frames, b.frames = {0, 1, 2}, {0, 1, 2}
+        a.box_min, a.box_max = np.array([0.0, 0, 0]), np.array([1.0, 1, 1])
+        b.box_min, b.box_max = np.array([1.1, 0, 0]), np.array([2.1, 1, 1])
+        pan = np.zeros((1, 100), np.int32)
+        pan[0, : 50 + cover] = 7  # one mask over all of instance 1 and `cover` pixels of instance 2
+        thing = np.array([False, True, True])
+        seg = assoc.frame_segments(pan, (assoc.Segment(7, 3, 0.9),), {1: 0, 2: 1, 3: 2}, thing)
+        sop = seg.index[0]
+        out = assoc.associate(table, seg, sop, pts, rendered, frame=3, cfg=cfg)
+        got = assoc.merged_segments(table, seg, sop, rendered, out, 3, cfg)
+        if merge:  # either chair may win the mask; the other is the one it also covers
+            other = 3 - int(out[0])
+            assert got == {0: [other]}
+            assert 3 in table.instances[other].frames and (1, 2) in table.separate
+        else:
+            assert out.tolist() == [1] and got == {}
+
+
+def test_fuse_keeps_a_second_object_apart_but_fuses_a_piece():
+    """Instance 1 was built from a mask over two chairs 0.5 m apart. A frame now segments them apart: the
+    first chair's mask matches instance 1; the second chair's mask lies inside instance 1's rendered
+    region. Plain fusing makes it part of instance 1 forever; with ``fuse_max_gap`` it becomes a new
+    instance, while a piece of the first chair that touches its mask (over-segmentation) is still fused."""
+    rng = np.random.default_rng(0)
+    chair1 = rng.uniform(0, 0.4, (60, 3))
+    piece = rng.uniform(0, 0.4, (20, 3)) + [0.4, 0, 0]  # adjoins chair 1
+    chair2 = rng.uniform(0, 0.4, (40, 3)) + [0.9, 0, 0]  # 0.5 m away
+    pts = np.concatenate([chair1, piece, chair2])
+    rendered = np.ones(len(pts), np.int32)  # all of it was voted instance 1
+    pan = np.repeat([5, 6, 7], [60, 20, 40]).astype(np.int32)[None]
+    thing = np.array([False, True, True])
+    for gap, expect in ((0.0, [1, 1, 1]), (0.1, [1, 1, 2])):
+        cfg = FusionConfig(min_segment_pixels=1, lookup_stride=1, fuse_max_gap=gap, fuse_containment=0.6)
+        table = assoc.InstanceTable(n_classes=3)
+        inst = table.create()
+        inst.class_weight[2] = 1.0
+        inst.box_min, inst.box_max = np.zeros(3), np.array([1.3, 0.4, 0.4])
+        segs = tuple(assoc.Segment(i, 3, 0.9) for i in (5, 6, 7))
+        seg = assoc.frame_segments(pan, segs, {1: 0, 2: 1, 3: 2}, thing)
+        out = assoc.associate(table, seg, seg.index[0], pts, rendered, frame=0, cfg=cfg)
+        assert out.tolist() == expect, gap

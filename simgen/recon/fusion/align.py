@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simgen.data.camera import Intrinsics
+from simgen.recon.fusion.depthfilter import noise_weight
 from simgen.recon.fusion.tsdf import VoxelBlockVolume, directions
 
 _CORNERS = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.int64)
@@ -63,6 +64,7 @@ class AlignResult:
     rmse_before_m: float
     rmse_after_m: float
     accepted: bool
+    degenerate: int = 0  # most update directions left out as poorly constrained, over the iterations
 
 
 def _rotation(w: np.ndarray) -> np.ndarray:
@@ -83,6 +85,9 @@ def align_to_model(
     max_step: tuple[float, float] = (0.10, np.deg2rad(5.0)),
     damping: float = 0.05,
     min_gain: float = 0.9,
+    noise_model: tuple[float, float] | None = None,
+    min_weight: float = 1.0,
+    degeneracy_ratio: float = 0.0,
 ) -> AlignResult:
     """Refine ``c2w_cv`` so that ``depth`` lies on the model's surface (see the module docstring).
 
@@ -96,10 +101,24 @@ def align_to_model(
         damping: Levenberg damping, as a fraction of the mean diagonal of the normal equations.
         min_gain: the result is kept only if it lowers the residual RMS below ``min_gain`` times
             the initial one (otherwise the initial pose is as good).
+        noise_model: ``(sigma_m, sigma_quad)`` of the sensor's axial noise (metres, metres per m^2):
+            each point's residual is weighted by its inverse noise variance (:func:`noise_weight`),
+            so far, noisy, coarsely quantised points do not outvote near ones. None: equal weights.
+        min_weight: every voxel of a point's trilinear cell needs at least this TSDF weight (fractional
+            weights when the volume was fused with noise weights).
+        degeneracy_ratio: directions of the 6-DoF update whose information (eigenvalue of the normal
+            equations, rotations scaled by the points' mean range so both are in metres) is below
+            this fraction of the largest are left unchanged (Zhang, Kaess and Singh, ICRA 2016,
+            "On degeneracy of optimization-based state estimation problems"): a view of one wall or
+            of a floor cannot tell where along it the camera is, and an update there follows noise.
+            0 = off (plain damping only).
     """
     d = depth[::stride, ::stride]
     m = d > 0
     pc = directions(K)[::stride, ::stride][m].astype(np.float64) * d[m][:, None]  # camera frame
+    w_pt = np.ones(len(pc)) if noise_model is None else noise_weight(d[m], *noise_model).astype(np.float64)
+    scale = max(float(np.mean(np.linalg.norm(pc, axis=1))), 1e-3) if len(pc) else 1.0
+    degenerate = 0
     R0, t0 = c2w_cv[:3, :3].astype(np.float64), c2w_cv[:3, 3].astype(np.float64)
     R, t = R0.copy(), t0.copy()
     band = 0.9 * vol.trunc  # residuals at the truncation limit carry no distance information
@@ -107,7 +126,7 @@ def align_to_model(
     n = 0
     for it in range(iterations):
         q = pc @ R.T  # world offsets from the camera centre
-        sdf, g, ok = tsdf_at(vol, q + t)
+        sdf, g, ok = tsdf_at(vol, q + t, min_weight)
         gn = np.linalg.norm(g, axis=1)
         # Near a well-observed surface the TSDF gradient has unit length; elsewhere (holes, edges,
         # flying pixels) it carries no distance information.
@@ -115,28 +134,39 @@ def align_to_model(
         n = int(use.sum())
         if n < min_points:
             break
-        r, g, q = sdf[use], g[use], q[use]
-        rmse = float(np.sqrt(np.mean(r**2)))
+        r, g, q, wp = sdf[use], g[use], q[use], w_pt[use]
+        rmse = _wrms(r, wp)
         if it == 0:
             rmse0 = rmse
         J = np.concatenate([np.cross(q, g), g], axis=1)  # d r / d(omega, v), perturbation about the centre
-        wgt = np.where(np.abs(r) <= huber_m, 1.0, huber_m / np.maximum(np.abs(r), 1e-12))
+        wgt = wp * np.where(np.abs(r) <= huber_m, 1.0, huber_m / np.maximum(np.abs(r), 1e-12))
         A = (J * wgt[:, None]).T @ J
-        # Damping towards the current pose: a view of one wall leaves sliding along it unconstrained,
-        # and undamped steps there follow the noise and accumulate from keyframe to keyframe.
-        A += damping * np.trace(A) / 6.0 * np.eye(6) + 1e-9 * np.eye(6)
         b = -(J * wgt[:, None]).T @ r
-        delta = np.linalg.solve(A, b)
+        if degeneracy_ratio > 0:
+            # Rotations in metres at the points' mean range, so that eigenvalues compare across the 6 DoF.
+            S = np.diag([1.0 / scale] * 3 + [1.0] * 3)
+            evals, evecs = np.linalg.eigh(S @ A @ S)
+            good = evals > degeneracy_ratio * max(float(evals[-1]), 1e-12)
+            degenerate = max(degenerate, int((~good).sum()))
+            # Solve in the well-constrained subspace only (solution remapping), damped as below.
+            V = evecs[:, good]
+            lam = evals[good] + damping * float(evals.sum()) / 6.0 + 1e-12
+            delta = S @ (V @ ((V.T @ (S @ b)) / lam))
+        else:
+            # Damping towards the current pose: a view of one wall leaves sliding along it unconstrained,
+            # and undamped steps there follow the noise and accumulate from keyframe to keyframe.
+            A += damping * np.trace(A) / 6.0 * np.eye(6) + 1e-9 * np.eye(6)
+            delta = np.linalg.solve(A, b)
         R = _rotation(delta[:3]) @ R
         t = t + delta[3:]
         if np.linalg.norm(delta[:3]) < 1e-5 and np.linalg.norm(delta[3:]) < 1e-5:
             break
     ang = np.arccos(np.clip((np.trace(R @ R0.T) - 1) / 2, -1, 1))
     if n >= min_points:  # the final pose's residual
-        sdf, g, ok = tsdf_at(vol, pc @ R.T + t)
+        sdf, g, ok = tsdf_at(vol, pc @ R.T + t, min_weight)
         gn = np.linalg.norm(g, axis=1)
         use = ok & (np.abs(sdf) < band) & (gn > 0.5) & (gn < 1.5)
-        rmse = float(np.sqrt(np.mean(sdf[use] ** 2))) if use.sum() >= min_points else float("inf")
+        rmse = _wrms(sdf[use], w_pt[use]) if use.sum() >= min_points else float("inf")
     accepted = (
         n >= min_points
         and np.linalg.norm(t - t0) <= max_step[0]
@@ -146,4 +176,9 @@ def align_to_model(
     out = np.array(c2w_cv, dtype=np.float64)
     if accepted:
         out[:3, :3], out[:3, 3] = R, t
-    return AlignResult(out, n, rmse0, rmse, bool(accepted))
+    return AlignResult(out, n, rmse0, rmse, bool(accepted), degenerate)
+
+
+def _wrms(r: np.ndarray, w: np.ndarray) -> float:
+    """Weighted RMS of residuals ``r`` (metres) with weights ``w`` (same shape)."""
+    return float(np.sqrt(np.sum(w * r**2) / max(float(np.sum(w)), 1e-12)))

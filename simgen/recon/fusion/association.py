@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
 
 from simgen.data.scene import Segment
 from simgen.recon.fusion.config import FusionConfig
@@ -185,13 +186,21 @@ def associate(
             if ok[r, c]:
                 out[c] = gid[r]
                 table.counters["matched"] += 1
-    # fuse: an unmatched segment lying mostly inside a visible instance of its class is a piece of it.
+    # fuse: an unmatched segment lying mostly inside a visible instance of its class is a piece of it,
+    # unless that instance matched another segment of this frame that lies apart from it in 3D: parts
+    # of one over-segmented object touch, two objects once seen as one mask (and so made one instance)
+    # do not, and fusing the second into the first would keep them one instance for good.
     for s in np.flatnonzero(thing & (out < 0)):
         if G == 0:
             break
         cand = np.where(same_class[:, s], contain_2d[:, s], 0.0)
         best = int(np.argmax(cand))
         if cand[best] >= cfg.fuse_containment:
+            if cfg.fuse_max_gap > 0 and _apart(
+                s, np.flatnonzero(out == gid[best]), seg_of_point, points, cfg
+            ):
+                table.counters["kept_apart"] = table.counters.get("kept_apart", 0) + 1
+                continue
             out[s] = gid[best]
             table.counters["fused"] += 1
     # add: the rest are objects seen for the first time.
@@ -210,6 +219,84 @@ def associate(
     for i, a in enumerate(distinct):
         for b in distinct[i + 1 :]:
             table.separate.add((a, b))
+    return out
+
+
+def _apart(
+    s: int, partners: np.ndarray, seg_of_point: np.ndarray, points: np.ndarray, cfg: FusionConfig
+) -> bool:
+    """Whether segment ``s``'s points lie farther than ``cfg.fuse_max_gap`` metres from every point of
+    the ``partners`` segments (``(N,)`` segment index and ``(N, 3)`` world point per sampled pixel)."""
+    if partners.size == 0:
+        return False
+    a = points[seg_of_point == s]
+    b = points[np.isin(seg_of_point, partners)]
+    if len(a) == 0 or len(b) == 0:
+        return False
+    rng = np.random.default_rng(0)  # subsample: the gap test needs the nearest points, not all pairs
+    a = a[rng.permutation(len(a))[:800]] if len(a) > 800 else a
+    gap, _ = cKDTree(b).query(a, k=1, distance_upper_bound=cfg.fuse_max_gap)
+    return bool(np.all(np.isinf(gap)))
+
+
+def merged_segments(
+    table: InstanceTable,
+    seg: FrameSegments,
+    seg_of_point: np.ndarray,
+    rendered: np.ndarray,
+    assigned: np.ndarray,
+    frame: int,
+    cfg: FusionConfig,
+) -> dict[int, list[int]]:
+    """Thing segments that cover two or more established instances of their class: under-segmentation.
+
+    A 2D segmenter often returns two touching objects of one class as one mask. Association gives the
+    whole mask to the best-matching instance, and its votes then overwrite the neighbour's voxels.
+    Here a segment assigned to instance ``a`` also covers instance ``r`` when ``r`` is of the segment's
+    class, is visible in the frame, matched no other segment of the frame, was observed in at least
+    ``min_frames`` keyframes, and at least ``split_merged_coverage`` of ``r``'s rendered pixels lie
+    inside the segment. The caller then lets each pixel of the segment vote for the instance already
+    rendered there. ``r`` counts as observed in ``frame`` and as separate from ``a``.
+
+    Args:
+        seg_of_point, rendered: ``(N,)`` segment index and rendered global id of each sampled pixel.
+        assigned: ``(S,)`` global id per segment from :func:`associate`.
+
+    Returns:
+        ``{segment index: [other instance ids it covers]}`` (empty for most frames).
+    """
+    out: dict[int, list[int]] = {}
+    taken = {int(a) for a in assigned if a > 0}
+    area_scale = cfg.lookup_stride**2
+    min_px = max(1.0, cfg.min_segment_pixels / area_scale)
+    gid, n_g = np.unique(rendered[rendered > 0], return_counts=True)
+    visible = dict(zip(gid.tolist(), n_g.tolist(), strict=True))
+    for s in np.flatnonzero(seg.isthing & (assigned > 0)):
+        inside = rendered[(seg_of_point == s) & (rendered > 0)]
+        if inside.size == 0:
+            continue
+        rid, cnt = np.unique(inside, return_counts=True)
+        others = []
+        for r, c in zip(rid.tolist(), cnt.tolist(), strict=True):
+            inst = table.instances.get(r)
+            if (
+                r == assigned[s]
+                or r in taken
+                or inst is None
+                or inst.column != seg.column[s]
+                or len(inst.frames) < cfg.min_frames
+                or c < min_px
+                or c < cfg.split_merged_coverage * visible[r]
+            ):
+                continue
+            others.append(r)
+        if others:
+            out[int(s)] = others
+            a = int(assigned[s])
+            for r in others:
+                table.instances[r].frames.add(int(frame))
+                table.separate.add((min(a, r), max(a, r)))
+            table.counters["split"] = table.counters.get("split", 0) + 1
     return out
 
 

@@ -29,6 +29,33 @@ class FusionConfig:
     min_valid_depth_fraction: float = field(
         default=0.01, metadata={"help": "a frame with less valid depth than this fraction is skipped"}
     )
+    # --- depth pre-filter and sensor-noise weights (depthfilter.py)
+    flying_pixel_slope: float = field(
+        default=3.0,
+        metadata={
+            "help": "drop flying pixels: a depth pixel needs flying_pixel_support of its 8 neighbours within "
+            "slope * z / focal_px + 3 sigma(z) of its depth (a surface seen up to atan(slope) from its normal "
+            "keeps its pixels; sigma from the sensor noise model), else it is removed before fusion; 0 = off"
+        },
+    )
+    flying_pixel_support: int = field(
+        default=3, metadata={"help": "same-surface neighbours (of 8) a depth pixel needs to be kept"}
+    )
+    noise_weighting: bool = field(
+        default=False,
+        metadata={
+            "help": "weight each depth pixel's TSDF update by its inverse noise variance, "
+            "(sigma(1 m) / sigma(z))^2 capped at 1, with sigma(z) = sensor_sigma_m + sensor_sigma_quad * z^2"
+        },
+    )
+    sensor_sigma_m: float = field(
+        default=0.0012,
+        metadata={"help": "depth noise model: constant term in metres (for --noise-weighting)"},
+    )
+    sensor_sigma_quad: float = field(
+        default=0.0019,
+        metadata={"help": "depth noise model: metres per squared metre of depth (for --noise-weighting)"},
+    )
     # --- keyframes and fragments
     keyframe_translation: float = field(
         default=0.05, metadata={"help": "a frame is a keyframe once the camera moved this many metres"}
@@ -63,6 +90,13 @@ class FusionConfig:
             "fused into it (over-segmented pseudo-labels)"
         },
     )
+    fuse_max_gap: float = field(
+        default=0.0,
+        metadata={
+            "help": "... but not when it lies farther than this many metres (3D) from the segment that instance "
+            "matched in the same frame: a second object, not a piece (e.g. 0.1); 0 = always fuse"
+        },
+    )
     merge_overlap: float = field(
         default=0.5,
         metadata={
@@ -71,6 +105,17 @@ class FusionConfig:
         },
     )
     merge_margin: float = field(default=0.05, metadata={"help": "box inflation (metres) for the merge test"})
+    split_merged: bool = field(
+        default=False,
+        metadata={
+            "help": "a thing segment that also covers another established instance of its class (two touching "
+            "objects segmented as one) votes, pixel by pixel, for the instance already there"
+        },
+    )
+    split_merged_coverage: float = field(
+        default=0.5,
+        metadata={"help": "... when it covers at least this share of that instance's visible pixels"},
+    )
     min_frames: int = field(default=3, metadata={"help": "instances observed in fewer keyframes are dropped"})
     lookup_stride: int = field(
         default=2, metadata={"help": "pixel stride of the global-instance lookup used for association"}
@@ -81,6 +126,13 @@ class FusionConfig:
         metadata={
             "help": "experimental: refine each keyframe's pose against the TSDF fused so far (frame-to-model "
             "alignment against tracking drift); measured not to improve two-rooms builds yet (docs/benchmarks.md)"
+        },
+    )
+    align_degeneracy: float = field(
+        default=0.0,
+        metadata={
+            "help": "with --fusion.align-to-model: update directions carrying less than this fraction of the "
+            "best-constrained one's information are left unchanged (e.g. sliding along a lone wall); 0 = off"
         },
     )
     prefetch: bool = field(
@@ -106,6 +158,15 @@ class FusionConfig:
             (self.min_frames >= 1, "min_frames must be >= 1"),
             (self.lookup_stride >= 1, "lookup_stride must be >= 1"),
             (0 <= self.match_weight_3d <= 1, "match_weight_3d must lie in [0, 1]"),
+            (self.fuse_max_gap >= 0, "fuse_max_gap must be >= 0"),
+            (0 < self.split_merged_coverage <= 1, "split_merged_coverage must lie in (0, 1]"),
+            (0 <= self.align_degeneracy < 1, "align_degeneracy must lie in [0, 1)"),
+            (self.flying_pixel_slope >= 0, "flying_pixel_slope must be >= 0"),
+            (0 <= self.flying_pixel_support <= 8, "flying_pixel_support must lie in 0..8"),
+            (
+                self.sensor_sigma_m > 0 and self.sensor_sigma_quad >= 0,
+                "need sensor_sigma_m > 0, sensor_sigma_quad >= 0",
+            ),
             (self.keyframe_translation >= 0 and self.keyframe_rotation_deg >= 0, "keyframe thresholds >= 0"),
         ]
         for ok, msg in checks:

@@ -33,8 +33,10 @@ from simgen.recon.fusion.association import (
     frame_segments,
     instance_voxel_boxes,
     merge_instances,
+    merged_segments,
 )
 from simgen.recon.fusion.config import FusionConfig
+from simgen.recon.fusion.depthfilter import noise_weight
 from simgen.recon.fusion.keyframes import KeyframeSelector
 from simgen.recon.fusion.mesh import panoptic_mesh
 from simgen.recon.fusion.reader import FrameData, FrameReader
@@ -57,6 +59,15 @@ class FusionState:
         self.table = InstanceTable(len(self.class_ids))
         self.timings: dict[str, float] = defaultdict(float)
 
+    def min_weight(self) -> float:
+        """TSDF weight of one observation at the far end of the range: a voxel with less was never seen.
+        1 without noise weighting (every observation weighs 1)."""
+        cfg = self.cfg
+        if not cfg.noise_weighting:
+            return 1.0
+        far = noise_weight(np.array([cfg.max_depth], np.float32), cfg.sensor_sigma_m, cfg.sensor_sigma_quad)
+        return 0.999 * float(far[0])
+
     def _tick(self, key: str, t0: float) -> float:
         t1 = time.perf_counter()
         self.timings[key] += t1 - t0
@@ -77,13 +88,31 @@ class FusionState:
         R, tr = c2w[:3, :3].astype(np.float32), c2w[:3, 3].astype(np.float32)
         pts = (directions(K)[::s, ::s][valid] * d_s[valid][:, None]) @ R.T + tr
         rendered = self.vol.lookup_instance(pts)
-        assigned = associate(self.table, seg, seg.index[::s, ::s][valid], pts, rendered, i, cfg)
+        seg_of_point = seg.index[::s, ::s][valid]
+        assigned = associate(self.table, seg, seg_of_point, pts, rendered, i, cfg)
+        merged = (
+            merged_segments(self.table, seg, seg_of_point, rendered, assigned, i, cfg)
+            if cfg.split_merged
+            else {}
+        )
         t = self._tick("associate", t)
 
         # Per-pixel label maps through lookup tables indexed by segment index (-1 -> the appended last entry).
         lut_col = np.append(seg.column, -1)
         lut_w = np.append(seg.score, 0.0).astype(np.float32)
         lut_inst = np.append(assigned, -1).astype(np.int32)
+        label_instance = lut_inst[seg.index]
+        for m, others in merged.items():
+            # Every pixel of the merged mask votes for the instance its voxel already holds if that is
+            # one of the covered instances (full resolution: look each pixel's point up in the volume).
+            pix = np.flatnonzero((seg.index == m).reshape(-1) & (depth.reshape(-1) > 0))
+            p_world = (directions(K).reshape(-1, 3)[pix] * depth.reshape(-1)[pix, None]) @ R.T + tr
+            there = self.vol.lookup_instance(p_world)
+            hit = np.isin(there, others)
+            label_instance.reshape(-1)[pix[hit]] = there[hit]
+        pixel_weight = (
+            noise_weight(depth, cfg.sensor_sigma_m, cfg.sensor_sigma_quad) if cfg.noise_weighting else None
+        )
         self.vol.integrate(
             depth,
             K,
@@ -91,8 +120,9 @@ class FusionState:
             rgb=rgb,
             label_class=lut_col[seg.index],
             label_weight=lut_w[seg.index],
-            label_instance=lut_inst[seg.index],
+            label_instance=label_instance,
             label_band=cfg.label_band_voxels * cfg.voxel_size,
+            depth_weight=pixel_weight,
         )
         self._tick("integrate", t)
 
@@ -130,7 +160,9 @@ class FusionState:
             if iid not in table.instances:
                 lut[iid] = 0
         instance_class = {k: inst.column for k, inst in table.instances.items()}
-        mesh = panoptic_mesh(self.vol, self.class_ids, self.thing_columns, instance_class, lut)
+        mesh = panoptic_mesh(
+            self.vol, self.class_ids, self.thing_columns, instance_class, lut, min_weight=self.min_weight()
+        )
         self._tick("mesh", t)
         return mesh, {k: inst.frames for k, inst in table.instances.items()}
 
@@ -169,7 +201,7 @@ def run_fusion(
     correction = np.eye(4)  # refined @ inv(stored) of the last aligned keyframe (align_to_model)
     with (
         tqdm(total=len(frames), desc="fusion", unit="frame", disable=not progress, dynamic_ncols=True) as bar,
-        FrameReader(scene, cfg.min_depth, cfg.max_depth, background=cfg.prefetch) as reader,
+        FrameReader(scene, cfg, background=cfg.prefetch) as reader,
     ):
         pos = selector.next_candidate(poses, 0)
         while pos is not None:
@@ -193,8 +225,17 @@ def run_fusion(
                 if cfg.align_to_model and counters["keyframes"] > 0:
                     # Drift changes slowly: start from the last correction, refine against the model.
                     t = time.perf_counter()
-                    res = align_to_model(state.vol, frame.depth, scene.frames[i].intrinsics,
-                                         correction @ poses[pos])  # fmt: skip
+                    res = align_to_model(
+                        state.vol,
+                        frame.depth,
+                        scene.frames[i].intrinsics,
+                        correction @ poses[pos],
+                        noise_model=(cfg.sensor_sigma_m, cfg.sensor_sigma_quad)
+                        if cfg.noise_weighting
+                        else None,
+                        min_weight=state.min_weight(),
+                        degeneracy_ratio=cfg.align_degeneracy,
+                    )
                     pose = res.c2w
                     correction = pose @ np.linalg.inv(poses[pos])
                     counters["aligned"] = counters.get("aligned", 0) + int(res.accepted)

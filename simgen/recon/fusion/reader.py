@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from simgen.data.scene import Scene
+from simgen.recon.fusion.config import FusionConfig
+from simgen.recon.fusion.depthfilter import remove_flying_pixels, surface_tolerance
 
 
 @dataclass
@@ -27,9 +29,18 @@ class FrameData:
     panoptic: np.ndarray
 
 
-def read_frame(scene: Scene, i: int, min_depth: float, max_depth: float) -> FrameData:
+def read_frame(scene: Scene, i: int, cfg: FusionConfig) -> FrameData:
+    """Frame ``i`` with its depth range-filtered and, when ``cfg.flying_pixel_slope > 0``, flying pixels
+    removed (:func:`depthfilter.remove_flying_pixels`; before the range cut, so that a neighbour beyond
+    the range still supports a pixel on its surface)."""
     depth = scene.depth(i)
-    depth[(depth < min_depth) | (depth > max_depth)] = 0
+    if cfg.flying_pixel_slope > 0:
+        K = scene.frames[i].intrinsics
+        tol = surface_tolerance(
+            depth, K.fx, cfg.flying_pixel_slope, cfg.sensor_sigma_m, cfg.sensor_sigma_quad
+        )
+        depth = remove_flying_pixels(depth, tol, cfg.flying_pixel_support)
+    depth[(depth < cfg.min_depth) | (depth > cfg.max_depth)] = 0
     return FrameData(depth, scene.rgb(i), scene.panoptic(i))
 
 
@@ -40,13 +51,13 @@ class FrameReader:
     stopped when the build ends or is interrupted.
     """
 
-    def __init__(self, scene: Scene, min_depth: float, max_depth: float, background: bool = True):
-        self.scene, self.min_depth, self.max_depth = scene, min_depth, max_depth
+    def __init__(self, scene: Scene, cfg: FusionConfig, background: bool = True):
+        self.scene, self.cfg = scene, cfg
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fusion-read") if background else None
         self._ahead: tuple[int, Future[FrameData]] | None = None
 
     def _read(self, i: int) -> FrameData:
-        return read_frame(self.scene, i, self.min_depth, self.max_depth)
+        return read_frame(self.scene, i, self.cfg)
 
     def prefetch(self, i: int | None) -> None:
         """Start reading frame ``i`` (None: nothing); a pending read of another frame is dropped."""

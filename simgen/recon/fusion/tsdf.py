@@ -222,6 +222,7 @@ class VoxelBlockVolume:
         label_instance: np.ndarray | None = None,
         label_band: float | None = None,
         block_stride: int = 4,
+        depth_weight: np.ndarray | None = None,
     ) -> int:
         """Fuse one frame. Returns the number of voxels whose TSDF was updated.
 
@@ -234,6 +235,8 @@ class VoxelBlockVolume:
             label_weight: ``(H, W) float32`` weight of that label (segment score).
             label_instance: ``(H, W) int32`` global instance id to vote for (0 = stuff), -1 = no vote.
             label_band: labels reach voxels with ``|sdf| < label_band`` metres (default: one voxel).
+            depth_weight: ``(H, W) float32`` weight in (0, 1] of each pixel's TSDF and colour update
+                (inverse noise variance, :func:`depthfilter.noise_weight`); None = 1 everywhere.
         """
         keys = self.touched_blocks(depth, K, c2w_cv, block_stride)
         if keys.size == 0:
@@ -273,9 +276,15 @@ class VoxelBlockVolume:
 
         obs = np.minimum(sdf * np.float32(1.0 / self.trunc), np.float32(1.0))
         w_old = np.minimum(self.weight[rows], np.float32(self.max_weight - 1.0))
-        inv = np.float32(1.0) / (w_old + np.float32(1.0))
-        self.tsdf[rows] = (self.tsdf[rows] * w_old + obs) * inv
-        self.weight[rows] = w_old + np.float32(1.0)
+        if depth_weight is None:
+            w_new = np.float32(1.0)
+            inv = np.float32(1.0) / (w_old + w_new)
+            self.tsdf[rows] = (self.tsdf[rows] * w_old + obs) * inv
+        else:
+            w_new = depth_weight.reshape(-1)[pix].astype(np.float32)
+            inv = np.float32(1.0) / (w_old + w_new)
+            self.tsdf[rows] = (self.tsdf[rows] * w_old + obs * w_new) * inv
+        self.weight[rows] = w_old + w_new
 
         # Colour and labels only near the observed surface (mesh vertices take their nearest voxel's).
         band = self.voxel_size if label_band is None else label_band
@@ -283,11 +292,12 @@ class VoxelBlockVolume:
         r, p = rows[lab], pix[lab]
         if rgb is not None and r.size:
             wc = w_old[lab]
-            inv = np.float32(1.0) / (wc + np.float32(1.0))
+            wn = np.float32(1.0) if depth_weight is None else w_new[lab]
+            inv = np.float32(1.0) / (wc + wn)
             src = rgb.reshape(-1, 3)
             for k in range(3):  # one plane at a time: 1-D gathers are much faster than (n, 3) row gathers
                 plane = self.color[k]
-                plane[r] = (plane[r] * wc + src[:, k][p]) * inv
+                plane[r] = (plane[r] * wc + src[:, k][p] * wn) * inv
         if label_class is not None and r.size:
             c = label_class.reshape(-1)[p]
             has = c >= 0
