@@ -33,7 +33,7 @@ torch.set_num_threads(1)  # what simgen serve and build use on this shared 2-cor
 
 def scene_gaussians(preset: str, count: int, ply: str | None, scene_dir: str | None = None):
     """Gaussians and test cameras ``[(viewmat (4, 4), K (3, 3) at the scene's size, width, height)]``."""
-    from simgen.synth import preset_config, synthesize
+    from simgen.synth import synthesize
 
     if ply:
         from simgen.render.gaussians import load_ply
@@ -53,7 +53,9 @@ def scene_gaussians(preset: str, count: int, ply: str | None, scene_dir: str | N
 
             scene = load_scene(scene_dir)
         else:
-            scene = synthesize(preset_config(preset), Path(tempfile.mkdtemp(prefix="bench_gauss_")) / "scene")
+            from simgen.data import load_scene
+
+            scene = load_scene(synthesize(Path(tempfile.mkdtemp(prefix="bench_gauss_")) / "scene", preset=preset))
         g = init_from_mesh(gt_panoptic_mesh(scene), count=count, seed=0, opacity=0.9)
     cams = []
     for i in scene.split_indices("test")[:4]:
