@@ -402,47 +402,49 @@ _SH_C3 = SH._C3
 
 
 @_njit_par
-def _eval_sh(sh, means, order, campos, degree):
+def _eval_sh(sh, means, order, campos, degree, n_par):
     """View-dependent colours ``(M, 3)`` of the Gaussians ``order`` ``(M,)``: SH ``sh`` ``(N, K, 3)`` along
-    camera -> mean (:func:`simgen.render.sh.eval_sh`: same basis, +0.5 and clamp at 0)."""
+    camera -> mean (:func:`simgen.render.sh.eval_sh`: same basis, +0.5 and clamp at 0). ``n_par`` parallel
+    workers, each with its own basis buffer (one allocation per worker, not per Gaussian)."""
     m = order.shape[0]
     out = np.empty((m, 3))
     c2, c3 = _SH_C2, _SH_C3
-    for r in prange(m):
+    for worker in prange(n_par):
         basis = np.empty(16)
-        i = order[r]
-        x, y, z = means[i, 0] - campos[0], means[i, 1] - campos[1], means[i, 2] - campos[2]
-        nrm = max(math.sqrt(x * x + y * y + z * z), 1e-12)
-        x, y, z = x / nrm, y / nrm, z / nrm
-        # set here, not in the degree-2 branch: inside a prange body numba lost the branch's values in the
-        # degree-3 branch (wrong colours)
-        xx, yy, zz = x * x, y * y, z * z
-        basis[0] = _SH_C0
-        nb = 1
-        if degree >= 1:
-            basis[1], basis[2], basis[3] = -_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x
-            nb = 4
-        if degree >= 2:
-            basis[4] = c2[0] * x * y
-            basis[5] = c2[1] * y * z
-            basis[6] = c2[2] * (2.0 * zz - xx - yy)
-            basis[7] = c2[3] * x * z
-            basis[8] = c2[4] * (xx - yy)
-            nb = 9
-        if degree >= 3:
-            basis[9] = c3[0] * y * (3.0 * xx - yy)
-            basis[10] = c3[1] * x * y * z
-            basis[11] = c3[2] * y * (4.0 * zz - xx - yy)
-            basis[12] = c3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy)
-            basis[13] = c3[4] * x * (4.0 * zz - xx - yy)
-            basis[14] = c3[5] * z * (xx - yy)
-            basis[15] = c3[6] * x * (xx - 3.0 * yy)
-            nb = 16
-        for ch in range(3):
-            acc = 0.0
-            for b in range(nb):
-                acc += basis[b] * sh[i, b, ch]
-            out[r, ch] = max(acc + 0.5, 0.0)
+        for r in range(worker, m, n_par):
+            i = order[r]
+            x, y, z = means[i, 0] - campos[0], means[i, 1] - campos[1], means[i, 2] - campos[2]
+            nrm = max(math.sqrt(x * x + y * y + z * z), 1e-12)
+            x, y, z = x / nrm, y / nrm, z / nrm
+            # set here, not in the degree-2 branch: inside a prange body numba lost the branch's values in the
+            # degree-3 branch (wrong colours)
+            xx, yy, zz = x * x, y * y, z * z
+            basis[0] = _SH_C0
+            nb = 1
+            if degree >= 1:
+                basis[1], basis[2], basis[3] = -_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x
+                nb = 4
+            if degree >= 2:
+                basis[4] = c2[0] * x * y
+                basis[5] = c2[1] * y * z
+                basis[6] = c2[2] * (2.0 * zz - xx - yy)
+                basis[7] = c2[3] * x * z
+                basis[8] = c2[4] * (xx - yy)
+                nb = 9
+            if degree >= 3:
+                basis[9] = c3[0] * y * (3.0 * xx - yy)
+                basis[10] = c3[1] * x * y * z
+                basis[11] = c3[2] * y * (4.0 * zz - xx - yy)
+                basis[12] = c3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy)
+                basis[13] = c3[4] * x * (4.0 * zz - xx - yy)
+                basis[14] = c3[5] * z * (xx - yy)
+                basis[15] = c3[6] * x * (xx - 3.0 * yy)
+                nb = 16
+            for ch in range(3):
+                acc = 0.0
+                for b in range(nb):
+                    acc += basis[b] * sh[i, b, ch]
+                out[r, ch] = max(acc + 0.5, 0.0)
     return out
 
 
@@ -564,7 +566,7 @@ def render_prepared(
             max_deg = SH.sh_degree_from_bases(g.sh.shape[1])
             degree = max_deg if sh_degree is None else min(sh_degree, max_deg)
             campos = -vm[:3, :3].T @ vm[:3, 3]
-            vals[:, :3] = _eval_sh(g.sh, g.means, order, campos, degree)
+            vals[:, :3] = _eval_sh(g.sh, g.means, order, campos, degree, n_par)
         if features is not None:
             vals[:, 3:-1] = features.detach().numpy()[order]
         start, items = _bin(u, v, conic_o, cov_o, cut_o, ts, n_tx, n_ty)
