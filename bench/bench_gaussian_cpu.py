@@ -1,13 +1,14 @@
 """The CPU Gaussian rasterizer for serving: the compiled (numba) kernel against the torch inference path.
 
 Usage: python bench/bench_gaussian_cpu.py [--runs 7] [--counts 50000] [--sizes 320x240 640x480]
-                                          [--ply BUILD/gaussians.ply] [--json FILE]
+                                          [--ply BUILD/gaussians.ply] [--threads N] [--json FILE]
 
 Scene: Gaussians sampled on the GT mesh of a synthetic ``room`` (flat, opacity 0.9, like trained surface
 splats; the same scene as bench_splat.py), or a trained ``gaussians.ply`` with ``--ply``; cameras: the
 scene's test views (with ``--ply``, the build's scene), resized to each size. Per case the two backends
 alternate (``backend="torch"`` then ``backend="numba"``, one warm-up each) so both see the same load on a
-shared machine; medians of ``--runs``. Agreement: the share of RGB pixels whose 8-bit values are within 1
+shared machine; medians of ``--runs``. The torch path runs on one thread (as the server's), the compiled
+kernel on ``--threads`` (default: every core numba has). Agreement: the share of RGB pixels whose 8-bit values are within 1
 of the torch path's (the issue's criterion), and the largest difference. Also the numba first-call cost:
 compile from scratch (a fresh cache folder) and load from the cache, each in a new process.
 """
@@ -33,7 +34,7 @@ torch.set_num_threads(1)  # what simgen serve and build use on this shared 2-cor
 
 def scene_gaussians(preset: str, count: int, ply: str | None, scene_dir: str | None = None):
     """Gaussians and test cameras ``[(viewmat (4, 4), K (3, 3) at the scene's size, width, height)]``."""
-    from simgen.synth import preset_config, synthesize
+    from simgen.synth import synthesize
 
     if ply:
         from simgen.render.gaussians import load_ply
@@ -53,7 +54,11 @@ def scene_gaussians(preset: str, count: int, ply: str | None, scene_dir: str | N
 
             scene = load_scene(scene_dir)
         else:
-            scene = synthesize(preset_config(preset), Path(tempfile.mkdtemp(prefix="bench_gauss_")) / "scene")
+            from simgen.data import load_scene
+
+            scene = load_scene(
+                synthesize(Path(tempfile.mkdtemp(prefix="bench_gauss_")) / "scene", preset=preset)
+            )
         g = init_from_mesh(gt_panoptic_mesh(scene), count=count, seed=0, opacity=0.9)
     cams = []
     for i in scene.split_indices("test")[:4]:
@@ -97,11 +102,15 @@ def main() -> int:
     ap.add_argument("--preset", default="room")
     ap.add_argument("--scene", help="a synthetic scene folder to sample on (default: synthesize --preset)")
     ap.add_argument("--ply", help="a trained gaussians.ply (its build.json names the scene for cameras)")
+    ap.add_argument("--threads", type=int, help="threads of the compiled kernel (default: every core)")
     ap.add_argument("--no-compile-cost", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
 
-    print(machine(), f"| load avg {os.getloadavg()[0]:.2f}", flush=True)
+    from simgen.render.rasterize_numba import render_threads, set_render_threads
+
+    set_render_threads(args.threads)
+    print(machine(), f"| load avg {os.getloadavg()[0]:.2f} | numba threads {render_threads()}", flush=True)
     rows = []
     for count in [None] if args.ply else args.counts:
         g, cams = scene_gaussians(args.preset, count, args.ply, args.scene)
@@ -132,6 +141,7 @@ def main() -> int:
                 "numba_hz": 1 / statistics.median(t_numba),
                 "rgb_within_1_of_255": min(agree),
                 "max_u8_diff": worst,
+                "numba_threads": render_threads(),
             }
             row["speedup"] = row["torch_ms"] / row["numba_ms"]
             rows.append(row)

@@ -165,3 +165,126 @@ def test_gpu_check_comparison_logic_runs_on_cpu(tmp_path):
     assert r["a"] == "torch on cpu" and r["b"] == "numba on cpu" and r["gaussians"] == 4000
     assert r["rgb_within_1_of_255_min"] >= 0.999 and r["max_u8_diff"] <= 2
     assert r["a_ms_median"] > 0 and r["b_ms_median"] > 0
+
+
+def _gaussian_scene(n: int, seed: int, higher_sh: bool = True):
+    from simgen.render.gaussians import GaussianScene
+
+    means, quats, scales, opac, _, sh, _ = _scene(n, seed=seed, opaque=True, spread=0.6)
+    if not higher_sh:
+        sh[:, 1:] = 0
+    return GaussianScene(
+        means=means,
+        quats=quats,
+        log_scales=torch.log(scales),
+        opacity_logits=torch.logit(opac),
+        sh=sh,
+        semantic=torch.zeros(n, dtype=torch.int32),
+        instance=torch.zeros(n, dtype=torch.int32),
+    )
+
+
+def _uncached(g, vm, K, W, H, **kw):
+    # the same Gaussians through rasterize without the scene's cache: prepared from the tensors in this call
+    return rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, vm, K, W, H, backend="numba", **kw)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_parallel_equals_serial_bit_for_bit(threads):
+    from simgen.render import rasterize_numba as RN
+
+    W, H = 80, 60
+    means, quats, scales, opac, _, sh, feats = _scene(3000, seed=5, opaque=True, spread=0.6)
+    vm, K = _camera(W, H, 60.0)
+    outs = []
+    try:
+        for n in (1, threads):
+            RN.set_render_threads(n)
+            with torch.no_grad():
+                outs.append(
+                    rasterize(means, quats, scales, opac, sh, vm, K, W, H, features=feats, backend="numba")
+                )
+    finally:
+        RN.set_render_threads(None)
+    for key in ("rgb", "depth", "alpha", "features", "means2d", "radii"):
+        assert torch.equal(outs[0][key], outs[1][key]), key
+    assert outs[0]["alpha"].mean() > 0.5
+    with pytest.raises(ValueError, match="n must be"):
+        RN.set_render_threads(0)
+
+
+def test_scene_keeps_prepared_arrays_until_a_parameter_changes():
+    W, H = 48, 36
+    g = _gaussian_scene(400, seed=8)
+    vm, K = _camera(W, H, 40.0)
+    with torch.no_grad():
+        first = g.render(vm, K, W, H)
+        prep = g.numba_prepared()
+        assert first["backend"] == "numba" and g.render(vm, K, W, H)["backend"] == "numba"
+        assert g.numba_prepared() is prep  # reused, not recomputed
+        assert torch.equal(first["rgb"], _uncached(g, vm, K, W, H)["rgb"])
+        # in place (an optimiser step): the cache must follow
+        g.means.add_(torch.tensor([0.05, 0.0, 0.0], dtype=g.means.dtype))
+        moved = g.render(vm, K, W, H)
+        assert g.numba_prepared() is not prep
+        assert torch.equal(moved["rgb"], _uncached(g, vm, K, W, H)["rgb"])
+        assert (moved["rgb"] - first["rgb"]).abs().max() > 1e-3
+        # a replaced tensor (densification, loading): likewise
+        for name in ("opacity_logits", "log_scales", "quats", "sh"):
+            prep = g.numba_prepared()
+            setattr(g, name, getattr(g, name) * 0.9)
+            out = g.render(vm, K, W, H)
+            assert g.numba_prepared() is not prep, name
+            assert torch.equal(out["rgb"], _uncached(g, vm, K, W, H)["rgb"]), name
+
+
+@pytest.mark.parametrize("higher_sh", [False, True])
+def test_prepared_colours_match_the_torch_path(higher_sh):
+    # Without higher SH bands the colours are computed once, with them per camera; either way the image is
+    # the torch inference path's.
+    W, H = 48, 36
+    g = _gaussian_scene(500, seed=9, higher_sh=higher_sh)
+    vm, K = _camera(W, H, 40.0)
+    with torch.no_grad():
+        a = g.render(vm, K, W, H, backend="torch")
+        b = g.render(vm, K, W, H, backend="numba")
+        c = g.render(vm, K, W, H, backend="numba", sh_degree=1)
+        d = g.render(vm, K, W, H, backend="torch", sh_degree=1)
+    assert (g.numba_prepared().colors is None) == higher_sh
+    for key in ("rgb", "depth", "alpha"):
+        assert (a[key] - b[key]).abs().max() < 1e-8, key
+        assert (c[key] - d[key]).abs().max() < 1e-8, key
+
+
+def test_concurrent_renders_from_threads():
+    # The workqueue threading layer aborts on concurrent parallel launches; the module's lock must prevent it.
+    from concurrent.futures import ThreadPoolExecutor
+
+    W, H = 48, 36
+    g = _gaussian_scene(800, seed=10)
+    vm, K = _camera(W, H, 40.0)
+    with torch.no_grad():
+        ref = g.render(vm, K, W, H)["rgb"]
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda _: g.render(vm, K, W, H)["rgb"], range(8)))
+    assert all(torch.equal(o, ref) for o in outs)
+
+
+def _render_in_child(args):
+    g, vm, K, W, H = args
+    with torch.no_grad():
+        return g.render(vm, K, W, H)["rgb"].numpy()
+
+
+def test_renders_in_forked_workers_after_the_parent_rendered():
+    # Server workers are forked from a parent that may have rendered (and started numba's threads) already.
+    import multiprocessing as mp
+
+    W, H = 48, 36
+    g = _gaussian_scene(600, seed=12)
+    vm, K = _camera(W, H, 40.0)
+    with torch.no_grad():
+        ref = g.render(vm, K, W, H)["rgb"].numpy()
+    with mp.get_context("fork").Pool(2) as pool:
+        outs = pool.map(_render_in_child, [(g, vm, K, W, H)] * 2, chunksize=1)
+    assert all(np.array_equal(o, ref) for o in outs)

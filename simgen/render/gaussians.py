@@ -93,8 +93,13 @@ class GaussianScene:
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Render one camera (world-to-camera ``viewmat`` with OpenCV axes, ``K`` 3x3); see
-        :func:`simgen.render.rasterize.rasterize` for the outputs and the other keyword arguments."""
+        :func:`simgen.render.rasterize.rasterize` for the outputs and the other keyword arguments.
+
+        On the compiled CPU path, what no camera changes is computed on the first render and kept until a
+        parameter tensor is replaced or changed in place (:meth:`numba_prepared`)."""
         dev, dt = self.means.device, self.means.dtype
+        if "prepared" not in kwargs and self._uses_numba(kwargs.get("backend", "auto"), features):
+            kwargs["prepared"] = self.numba_prepared()
         return rasterize(
             self.means,
             self.quats,
@@ -109,6 +114,39 @@ class GaussianScene:
             features=features,
             **kwargs,
         )
+
+    def _uses_numba(self, backend: str, features: torch.Tensor | None) -> bool:
+        """Whether :func:`simgen.render.rasterize.rasterize` takes the compiled CPU path for this render."""
+        if self.means.is_cuda or backend not in ("auto", "numba"):
+            return False
+        params = (self.means, self.quats, self.log_scales, self.opacity_logits, self.sh, features)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params):
+            return False  # autograd path (or rasterize's error for an explicit numba request)
+        from simgen.render.rasterize_numba import numba_available
+
+        return numba_available()
+
+    def _param_key(self) -> tuple:
+        # identity, storage and in-place version of each parameter tensor: any assignment or in-place
+        # update (an optimiser step, densification) changes it
+        params = (self.means, self.quats, self.log_scales, self.opacity_logits, self.sh)
+        return tuple((id(t), t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in params)
+
+    def numba_prepared(self):
+        """The compiled CPU rasterizer's camera-independent arrays of these Gaussians
+        (:class:`simgen.render.rasterize_numba.Prepared`), computed once and reused while the parameters
+        are unchanged."""
+        from simgen.render.rasterize_numba import prepare
+
+        key = self._param_key()
+        cached = self.__dict__.get("_numba_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            prep = prepare(self.means, self.quats, self.scales, self.opacities, self.sh)
+        # keyed by the tensors read before computing: a concurrent update leaves a key that no longer matches
+        self.__dict__["_numba_cache"] = (key, prep)
+        return prep
 
 
 def _ply_names(k: int) -> list[str]:

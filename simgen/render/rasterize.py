@@ -200,6 +200,7 @@ def rasterize(
     tile_size: int | None = None,
     eps2d: float = 0.3,
     chunk: int | None = None,
+    prepared: Any = None,
 ) -> dict[str, Any]:
     """Render RGB, expected depth, alpha and feature channels of ``N`` Gaussians for one camera.
 
@@ -214,7 +215,9 @@ def rasterize(
     for gsplat, 8 for the torch autograd path and 4 for the torch inference path (used when no input needs
     gradients; see the module docstring): on CPU smaller tiles waste fewer (pixel, Gaussian) evaluations
     outside each Gaussian's footprint, and without autograd the per-tile overhead is low enough for 4x4
-    tiles to win. The image depends on neither.
+    tiles to win. The image depends on neither. ``prepared``: the numba backend's camera-independent arrays
+    of these Gaussians (:func:`simgen.render.rasterize_numba.prepare`), kept by a caller that renders them
+    many times; other backends ignore it.
 
     Returns a dict:
         ``rgb`` ``(H, W, 3)``; ``depth`` ``(H, W)`` expected camera z of the blended Gaussians normalised by
@@ -251,7 +254,7 @@ def rasterize(
         if backend == "numba":
             from simgen.render.rasterize_numba import rasterize_numba
 
-            out = rasterize_numba(*shared, tile_size or 16, eps2d)
+            out = rasterize_numba(*shared, tile_size or 16, eps2d, prepared=prepared)
         else:
             out = _rasterize_torch_nograd(
                 *shared, 4 if tile_size is None else tile_size, eps2d, 16 if chunk is None else chunk
