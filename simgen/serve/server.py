@@ -64,6 +64,12 @@ def _serve_socket(scene: RenderScene, cfg: ServeConfig, sock: socket.socket) -> 
 
     if scene.rgb_source == "gaussians":
         single_thread_torch()
+        from simgen.render.rasterize_numba import set_render_threads
+
+        # One render's compiled stages split over the cores this worker has to itself: with as many
+        # workers as cores, one thread each (requests are already parallel across the workers).
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        set_render_threads(max(1, cores // max(1, cfg.workers)))
     scene.warm()
     app = create_app(scene, cfg)
     if not cfg.quiet:
