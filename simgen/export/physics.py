@@ -302,6 +302,35 @@ def resolve_spawn(
     files = _mesh_files(mjcf) if trim else {}
     frozen: set[str] = set()
     warnings: list[str] = []
+
+    def try_trim(cut: str, other: str, depth: float) -> bool:
+        """Trim ``cut``'s hulls against ``other`` (once per pair); True when a hull was cut and the model
+        reloaded, with the shifts so far applied again."""
+        nonlocal model, data, bodies
+        if not trim or (cut, other) in trimmed_pairs:
+            return False
+        trimmed_pairs.add((cut, other))
+        cut_m, skipped = _trim_pair(model, data, bodies, files, cut, other, tolerance)
+        if skipped:
+            warnings.append(
+                f"{cut}: {', '.join(skipped)} overlap {other} by {1000 * depth:.0f} mm; trimming would remove "
+                "them, left as they are"
+            )
+        if cut_m <= 0:
+            return False
+        trims[cut] = max(trims.get(cut, 0.0), cut_m)
+        warnings.append(
+            f"{cut}: collider trimmed by {1000 * cut_m:.0f} mm where it overlapped {other}'s by "
+            f"{1000 * depth:.0f} mm (both fixed)"
+        )
+        # MuJoCo caches mesh assets by file name: drop them so that the cut hulls are read.
+        mujoco.mj_clearCache(mujoco.mj_getCache())
+        model, data = _load(mjcf)
+        bodies = model_bodies(model)
+        for n, t in shifts.items():
+            _shift(model, data, bodies[n], t)
+        return True
+
     for rnd in range(MAX_RESOLVE_ROUNDS):
         pairs = [p for p in overlaps(model, data, bodies, skip) if p[2] > tolerance]
         if rnd == 0:
@@ -340,27 +369,9 @@ def resolve_spawn(
                 # fixed thing that cannot be moved clear of the floor or a wall stays too: the overlap is a
                 # collider bulging where the scan was open, so the bulging hulls are cut back to the
                 # other collider's surface (once per pair; a cut that would remove a hull is not made).
-                pair = (mover, other)
-                if trim and pair not in trimmed_pairs:
-                    trimmed_pairs.add(pair)
-                    depth, skipped = _trim_pair(model, data, bodies, files, mover, other, tolerance)
-                    if depth > 0:
-                        trims[mover] = max(trims.get(mover, 0.0), depth)
-                        warnings.append(
-                            f"{mover}: collider trimmed by {1000 * depth:.0f} mm where it overlapped "
-                            f"{other}'s by {1000 * d:.0f} mm (both fixed)"
-                        )
-                        model, data = _load(mjcf)
-                        bodies = model_bodies(model)
-                        for n, t in shifts.items():
-                            _shift(model, data, bodies[n], t)
-                        moved = True
-                        break
-                    if skipped:
-                        warnings.append(
-                            f"{mover}: {', '.join(skipped)} overlap {other} by {1000 * d:.0f} mm; trimming "
-                            "would remove them, left as they are"
-                        )
+                if try_trim(mover, other, d):
+                    moved = True
+                    break
                 frozen.add(mover)
                 continue
             if mover in frozen or (mover not in dynamic and kinds.get(other) == "thing"):
@@ -369,7 +380,10 @@ def resolve_spawn(
             delta = delta * (1.0 + 1e-3) + delta / max(np.linalg.norm(delta), 1e-12) * 5e-4  # 0.5 mm clear
             total = shifts.get(mover, np.zeros(3)) + delta
             if np.linalg.norm(total) > max_shift:
-                other = b if mover == a else a
+                frozen.add(mover)
+                if mover not in dynamic and try_trim(mover, other, d):
+                    moved = True
+                    break
                 warnings.append(
                     f"{mover}: its colliders overlap {other}'s by {1000 * d:.0f} mm and would need a move of "
                     f"{100 * np.linalg.norm(total):.0f} cm; left where it was scanned"
