@@ -40,6 +40,10 @@ MAX_RESOLVE_ROUNDS = 30
 # A thing lifted or slid further than this to clear a collider is left where it was and reported: the
 # overlap is a collider problem, not a placement one.
 MAX_SHIFT_M = 0.25
+# A fixed thing is moved only this far (m) clear of the floor or a wall (a scan a few mm into the floor);
+# a deeper overlap is its collider bulging where the scan was open, and lifting or sliding the thing would
+# misplace it against its visual: its hulls are trimmed instead.
+MAX_FIXED_SHIFT_M = 0.01
 
 RobotBuilder = Callable[[float, float, float], tuple[etree._Element, etree._Element]]
 
@@ -269,7 +273,7 @@ def resolve_spawn(
     """Lift or slide things so that no two models' colliders interpenetrate by more than ``tolerance``.
 
     Stuff never moves, and two fixed things never move for each other: with ``trim`` the hulls of the
-    higher one (or of a fixed thing that cannot be moved clear of stuff within ``max_shift``) are cut back
+    higher one (or of a fixed thing that cannot be moved clear of stuff within ``MAX_FIXED_SHIFT_M``) are cut back
     to the other collider's support plane, rewriting their STL files in place (the overlap is a collider
     bulging where the scan was open); what cannot be trimmed is reported by :func:`run_physics`. Of a
     thing and stuff, the thing moves; of two things, the dynamic one, else the
@@ -379,7 +383,7 @@ def resolve_spawn(
                 continue
             delta = delta * (1.0 + 1e-3) + delta / max(np.linalg.norm(delta), 1e-12) * 5e-4  # 0.5 mm clear
             total = shifts.get(mover, np.zeros(3)) + delta
-            if np.linalg.norm(total) > max_shift:
+            if np.linalg.norm(total) > (max_shift if mover in dynamic else min(max_shift, MAX_FIXED_SHIFT_M)):
                 frozen.add(mover)
                 if mover not in dynamic and try_trim(mover, other, d):
                     moved = True
