@@ -103,6 +103,22 @@ def test_export_records_policy_and_lifts_the_sunk_book(export_dir):
     assert fixed["robot_travel_cm"] <= fixed["start_gap_cm"] + 3.0
 
 
+def test_export_records_the_collider_choice_of_every_thing(export_dir):
+    rows = json.loads((export_dir / "export.json").read_text())["models"]
+    for r in rows:
+        if r["kind"] != "thing":
+            assert r["collider_choice"] is None
+            continue
+        choice = r["collider_choice"]
+        assert choice["chosen"] == r["collider"] and choice["reason"]
+        kept = [c for c in choice["candidates"] if c["method"] == r["collider"]]
+        assert len(kept) == 1 and kept[0]["hulls"] == r["hulls"]
+        assert kept[0]["volume_error"] == pytest.approx(r["volume_error"], abs=2e-4)
+    # The table's legs are separate members: the slab split, without a decomposition run.
+    table = {r["name"]: r for r in rows}["table_1"]["collider_choice"]
+    assert table["chosen"] == "slabs" and len(table["candidates"]) == 1
+
+
 def test_a_thing_that_falls_over_is_pinned(export_dir):
     summary = json.loads((export_dir / "export.json").read_text())
     sign = {r["name"]: r for r in summary["models"]}["sign_6"]
