@@ -190,8 +190,9 @@ def _trim_hull(
     """Cut the convex hull in the STL ``path`` (model frame; ``to_world`` (4, 4) its body's pose) down to the
     half-space ``normal . x <= offset`` (world frame, unit normal) and rewrite it atomically.
 
-    Returns (depth (m) cut off, fraction of the hull's volume kept), or None when the cut would leave less
-    than a tenth of the hull (nothing is written then: such an overlap is not a trimming matter).
+    Returns (depth (m) cut off, fraction of the hull's volume kept), or None when nothing of the hull lies
+    on the kept side (nothing is written then). A hull mostly inside the other collider keeps a sliver:
+    it is a collider bulging through a wall, and the sliver (thickened to 2 mm) still touches its neighbours.
     """
     import trimesh
 
@@ -209,7 +210,7 @@ def _trim_hull(
     t = side[cross[:, 0]] / (side[cross[:, 0]] - side[cross[:, 1]])
     pts = np.concatenate([v[side <= 0], v[cross[:, 0]] + t[:, None] * (v[cross[:, 1]] - v[cross[:, 0]])])
     before = abs(float(mesh.volume))
-    if len(pts) < 4:
+    if len(pts) < 3:
         return None
     local = (pts - to_world[:3, 3]) @ to_world[:3, :3]
     try:
@@ -217,8 +218,6 @@ def _trim_hull(
     except Exception:
         return None
     kept = hull_volume(hv, hf) / max(before, 1e-12)
-    if kept < 0.1:
-        return None
     with io.atomic_path(path) as tmp:
         trimesh.Trimesh(hv, hf, process=False).export(str(tmp), file_type="stl")
     return depth, kept
@@ -372,7 +371,7 @@ def resolve_spawn(
                 # Two fixed things never move for each other (moving one would only misplace it), and a
                 # fixed thing that cannot be moved clear of the floor or a wall stays too: the overlap is a
                 # collider bulging where the scan was open, so the bulging hulls are cut back to the
-                # other collider's surface (once per pair; a cut that would remove a hull is not made).
+                # other collider's surface (once per pair; a cut that would leave nothing of a hull is not made).
                 if try_trim(mover, other, d):
                     moved = True
                     break
