@@ -44,6 +44,9 @@ MAX_SHIFT_M = 0.25
 # a deeper overlap is its collider bulging where the scan was open, and lifting or sliding the thing would
 # misplace it against its visual: its hulls are trimmed instead.
 MAX_FIXED_SHIFT_M = 0.01
+# Trims per pair of models: a cut is re-measured, and MuJoCo's direction for a thin hull against a long box
+# can need a second one.
+MAX_TRIMS = 3
 
 RobotBuilder = Callable[[float, float, float], tuple[etree._Element, etree._Element]]
 
@@ -246,12 +249,13 @@ def _trim_pair(
             if dist >= -tolerance:
                 continue
             # fromto runs from the cut geom's point to the kept one's; from - to is the direction that
-            # moves the kept geom out, so the cut geom keeps what lies behind the kept geom's support
-            # plane in that direction (a 0.5 mm gap).
+            # moves the kept geom out, so the cut geom loses its furthest ``-dist`` (+0.5 mm) along it:
+            # exactly the reported penetration, not the kept geom's whole extent (a long wall box whose
+            # corners lie far along a slightly oblique direction). Re-measured after the cut.
             u = fromto[:3] - fromto[3:]
             norm = np.linalg.norm(u)
             u = u / norm if norm > 1e-12 else np.array([0.0, 0.0, 1.0])
-            offset = float((_geom_world_vertices(model, data, int(j)) @ u).min()) - 5e-4
+            offset = float((_geom_world_vertices(model, data, int(i)) @ u).max()) + dist - 5e-4
             mesh_name = model.mesh(int(model.geom_dataid[i])).name
             path = files.get(mesh_name)
             res = None if path is None else _trim_hull(path, pose, u, offset)
@@ -301,7 +305,7 @@ def resolve_spawn(
     shifts: dict[str, np.ndarray] = {}
     before: dict[str, float] = {}
     trims: dict[str, float] = {}
-    trimmed_pairs: set[tuple[str, str]] = set()
+    trimmed_pairs: dict[tuple[str, str], int] = {}
     files = _mesh_files(mjcf) if trim else {}
     frozen: set[str] = set()
     warnings: list[str] = []
@@ -310,9 +314,9 @@ def resolve_spawn(
         """Trim ``cut``'s hulls against ``other`` (once per pair); True when a hull was cut and the model
         reloaded, with the shifts so far applied again."""
         nonlocal model, data, bodies
-        if not trim or (cut, other) in trimmed_pairs:
+        if not trim or trimmed_pairs.get((cut, other), 0) >= MAX_TRIMS:
             return False
-        trimmed_pairs.add((cut, other))
+        trimmed_pairs[(cut, other)] = trimmed_pairs.get((cut, other), 0) + 1
         cut_m, skipped = _trim_pair(model, data, bodies, files, cut, other, tolerance)
         if skipped:
             warnings.append(
@@ -371,7 +375,7 @@ def resolve_spawn(
                 # Two fixed things never move for each other (moving one would only misplace it), and a
                 # fixed thing that cannot be moved clear of the floor or a wall stays too: the overlap is a
                 # collider bulging where the scan was open, so the bulging hulls are cut back to the
-                # other collider's surface (once per pair; a cut that would leave nothing of a hull is not made).
+                # other collider's surface (up to MAX_TRIMS times per pair; a cut that would leave nothing of a hull is not made).
                 if try_trim(mover, other, d):
                     moved = True
                     break
