@@ -318,11 +318,12 @@ def resolve_spawn(
             return False
         trimmed_pairs[(cut, other)] = trimmed_pairs.get((cut, other), 0) + 1
         cut_m, skipped = _trim_pair(model, data, bodies, files, cut, other, tolerance)
-        if skipped:
-            warnings.append(
-                f"{cut}: {', '.join(skipped)} overlap {other} by {1000 * depth:.0f} mm; trimming would remove "
-                "them, left as they are"
-            )
+        note = (
+            f"{cut}: {', '.join(skipped)} overlap {other} by {1000 * depth:.0f} mm; trimming would remove "
+            "them, left as they are"
+        )
+        if skipped and note not in warnings:
+            warnings.append(note)
         if cut_m <= 0:
             return False
         trims[cut] = max(trims.get(cut, 0.0), cut_m)
