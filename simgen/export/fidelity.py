@@ -19,10 +19,15 @@ bridging them (bench/bench_export.py measures both).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import trimesh
 from scipy import ndimage
 from scipy.spatial import ConvexHull, cKDTree
+
+if TYPE_CHECKING:
+    from simgen.export.colliders import ColliderResult
 
 # Voxels per longest side of a thing for the slab split (clamped to MIN_PITCH..MAX_PITCH metres).
 VOXELS_PER_SIDE = 48
@@ -410,7 +415,7 @@ def thing_colliders(
     max_hulls: int,
     seed: int,
     coacd: dict,
-):
+) -> ColliderResult:
     """Colliders of one thing (model frame, z up): the legs-aware slab split, CoACD, or its fallback.
 
     With ``method`` "auto" the slab split (:func:`slab_hulls`) is built first; CoACD
