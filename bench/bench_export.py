@@ -2,11 +2,13 @@
 
 Usage: python bench/bench_export.py [--runs 3] [--presets tiny room two-rooms] [--workers 2] [--keep DIR]
        python bench/bench_export.py --compare-colliders [--runs 3] [--presets room] [--keep DIR]
+                                    [--baseline-tree DIR]
 
 ``--compare-colliders`` alternates exports with the collider settings before the slab split (CoACD for every
 thing, at most 8 hulls: the baseline, measured in the same run) and the current defaults, and prints per
-setting the median export wall time and per class the median collider volume error and the median 95th
-percentile collider-to-visual distance.
+setting the median export wall time, per class the median collider volume error and the median 95th
+percentile collider-to-visual distance, and the physics checks' result. With ``--baseline-tree DIR`` the
+baseline is another checkout's simgen (e.g. ``git archive main | tar -x -C DIR``) with its own defaults.
 
 For each preset: ``simgen synth`` and ``simgen build --no-export`` once (not timed), then ``--runs`` fresh
 ``simgen export`` subprocesses (interpreter start-up and imports included). Prints the median wall time,
@@ -51,7 +53,7 @@ _PEAK = (
 
 
 def export_once(
-    build: Path, out: Path, workers: int, extra: list[str] | None = None
+    build: Path, out: Path, workers: int, extra: list[str] | None = None, tree: Path | None = None
 ) -> tuple[float, float, float]:
     """(wall s, CPU s user + system, peak RSS MiB of its biggest process) of one ``simgen export``."""
     shutil.rmtree(out, ignore_errors=True)
@@ -70,7 +72,11 @@ def export_once(
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", _PEAK, *cmd], check=True, capture_output=True, text=True)
+    # ``tree``: run another checkout's simgen (e.g. main's, for a before / after comparison in one run).
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+    res = subprocess.run(
+        [sys.executable, "-c", _PEAK, *cmd], check=True, capture_output=True, text=True, env=env
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -88,13 +94,19 @@ def _by_class(summary: dict, key: str) -> dict[str, float]:
     return {c: statistics.median(v) for c, v in sorted(vals.items())}
 
 
-def compare_colliders(build: Path, out: Path, workers: int, runs: int, preset: str) -> None:
-    """Alternate baseline and default exports; print medians of wall time, volume error and p95 by class."""
+def compare_colliders(
+    build: Path, out: Path, workers: int, runs: int, preset: str, baseline_tree: Path | None = None
+) -> None:
+    """Alternate baseline and default exports; print medians of wall time, volume error and p95 by class.
+
+    The baseline is this tree with ``BASELINE``'s flags, or with ``baseline_tree`` that checkout's defaults.
+    """
     walls: dict[str, list[float]] = {"baseline": [], "default": []}
     last: dict[str, dict] = {}
+    settings = (("baseline", [] if baseline_tree else BASELINE, baseline_tree), ("default", [], None))
     for _ in range(runs):
-        for name, extra in (("baseline", BASELINE), ("default", [])):
-            wall, _, _ = export_once(build, out / name, workers, extra)
+        for name, extra, tree in settings:
+            wall, _, _ = export_once(build, out / name, workers, extra, tree)
             walls[name].append(wall)
             last[name] = json.loads((out / name / "export.json").read_text())
     print(f"\n{preset}: collider settings, {runs} alternating runs each")
@@ -111,6 +123,11 @@ def compare_colliders(build: Path, out: Path, workers: int, runs: int, preset: s
             print(
                 f"    {c:<10} volume error median {100 * err[c]:6.1f}%   p95 distance median {p95.get(c, float('nan')):5.2f} cm"
             )
+        phys = s.get("physics") or {}
+        print(
+            f"    physics passed: {phys.get('passed')}, spawn max {phys.get('spawn_max_penetration_mm')} mm, "
+            f"failures: {phys.get('failures')}"
+        )
     ratio = statistics.median(walls["default"]) / statistics.median(walls["baseline"])
     print(f"  wall time default / baseline: {ratio:.2f}")
 
@@ -126,6 +143,11 @@ def main() -> int:
         action="store_true",
         help="baseline (CoACD, 8 hulls) vs default collider settings, alternating runs",
     )
+    ap.add_argument(
+        "--baseline-tree",
+        default=None,
+        help="with --compare-colliders: the baseline is this source tree's simgen with its own defaults",
+    )
     args = ap.parse_args()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_export_"))
     root.mkdir(parents=True, exist_ok=True)
@@ -138,7 +160,9 @@ def main() -> int:
                 _run(["synth", str(scene), "--preset", preset, "--seed", "0", "--overwrite", "--quiet"])
                 _run(["build", str(scene), "-o", str(build), "--no-export"])
             if args.compare_colliders:
-                compare_colliders(build, root / f"{preset}_cmp", args.workers, args.runs, preset)
+                compare_colliders(
+                    build, root / f"{preset}_cmp", args.workers, args.runs, preset, args.baseline_tree
+                )
                 continue
             runs = [export_once(build, out, args.workers) for _ in range(args.runs)]
             walls, cpus, rss = zip(*runs, strict=True)

@@ -80,3 +80,62 @@ def test_merging_respects_the_hull_budget():
     groups = fidelity.slab_hulls(m.vertices, m.faces, max_hulls=3)
     assert 2 <= len(groups) <= 3
     assert sum(len(g) for g in groups) >= len(m.vertices)  # no point lost in merging
+
+
+COACD = {"threshold": 0.1, "resolution": 500, "preprocess_resolution": 30, "iterations": 60}
+
+
+def table(with_cap: bool) -> trimesh.Trimesh:
+    """A 1.0 x 0.6 x 0.75 m table: a 4 cm top and four 5 cm legs (z up). ``with_cap`` adds what hole filling
+    did to table_117 of the two-rooms preset: a closed block under the top, spanning the legs."""
+    parts = [_box([1.0, 0.6, 0.04], [0, 0, 0.73])]
+    for x in (-0.45, 0.45):
+        for y in (-0.25, 0.25):
+            parts.append(_box([0.05, 0.05, 0.71], [x, y, 0.355]))
+    if with_cap:
+        parts.append(_box([0.95, 0.55, 0.6], [0, 0, 0.4]))
+    return trimesh.util.concatenate(parts)
+
+
+def test_a_collider_bridging_the_leg_space_is_dropped_for_the_slab_split():
+    visual, closed = table(False), table(True)
+    truth = 1.0 * 0.6 * 0.04 + 4 * 0.05 * 0.05 * 0.71  # m^3: the parts do not overlap
+    assert visual.volume == pytest.approx(truth)
+    res = fidelity.thing_colliders(
+        "table_1", visual.vertices, visual.faces, closed.vertices, closed.faces, "auto", 16, 0, COACD
+    )
+    # The slab split held under half the capped mesh's volume, so the decomposition was built too; it
+    # follows the cap and fills the leg space, and is dropped.
+    assert [c["method"] for c in res.choice["candidates"]] == ["slabs", "coacd"]
+    coacd = res.choice["candidates"][1]
+    assert coacd["bridged_fraction"] > fidelity.MAX_BRIDGED_FRACTION
+    assert res.method == "slabs" and res.choice["chosen"] == "slabs" and "bridged" in res.choice["reason"]
+    assert any("coacd collider dropped" in w for w in res.warnings)
+    # What was kept follows the table: its volume within 25 % of the truth, nothing in the leg space.
+    volume = sum(hull_volume(*h) for h in res.hulls)
+    assert abs(volume - truth) / truth < 0.25
+    gap, cell = fidelity.leg_space(visual.vertices, visual.faces)
+    assert len(gap) * cell > 0.5 * 0.9 * 0.5 * 0.6  # most of the space between the legs, under the top
+    assert fidelity.bridged_volume(res.hulls, gap, cell) < 0.02 * volume
+
+
+def test_a_solid_without_leg_space_keeps_the_decomposition():
+    box = _box([0.4, 0.3, 0.3], [0, 0, 0.15]).subdivide()
+    res = fidelity.thing_colliders(
+        "box_1", box.vertices, box.faces, box.vertices, box.faces, "auto", 16, 0, COACD
+    )
+    assert res.method in ("coacd", "convex-hull") and res.choice["chosen"] == res.method
+    assert len(fidelity.leg_space(box.vertices, box.faces)[0]) == 0
+    assert sum(hull_volume(*h) for h in res.hulls) == pytest.approx(0.4 * 0.3 * 0.3, rel=0.02)
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.6])
+def test_a_chair_gets_its_slab_split_within_25_percent_of_its_volume(yaw):
+    m = chair(yaw)
+    truth = 0.45 * 0.45 * 0.04 + 0.45 * 0.04 * 0.45 + 4 * 0.04 * 0.04 * 0.41
+    res = fidelity.thing_colliders("chair_1", m.vertices, m.faces, m.vertices, m.faces, "auto", 16, 0, COACD)
+    assert res.method == "slabs" and len(res.choice["candidates"]) == 1  # no CoACD run: faster
+    assert res.choice["candidates"][0]["volume_error"] == pytest.approx(
+        abs(sum(hull_volume(*h) for h in res.hulls) - truth) / truth, abs=1e-3
+    )
+    assert res.choice["candidates"][0]["volume_error"] < 0.25

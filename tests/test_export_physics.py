@@ -103,6 +103,22 @@ def test_export_records_policy_and_lifts_the_sunk_book(export_dir):
     assert fixed["robot_travel_cm"] <= fixed["start_gap_cm"] + 3.0
 
 
+def test_export_records_the_collider_choice_of_every_thing(export_dir):
+    rows = json.loads((export_dir / "export.json").read_text())["models"]
+    for r in rows:
+        if r["kind"] != "thing":
+            assert r["collider_choice"] is None
+            continue
+        choice = r["collider_choice"]
+        assert choice["chosen"] == r["collider"] and choice["reason"]
+        kept = [c for c in choice["candidates"] if c["method"] == r["collider"]]
+        assert len(kept) == 1 and kept[0]["hulls"] == r["hulls"]
+        assert kept[0]["volume_error"] == pytest.approx(r["volume_error"], abs=2e-4)
+    # The table's legs are separate members: the slab split, without a decomposition run.
+    table = {r["name"]: r for r in rows}["table_1"]["collider_choice"]
+    assert table["chosen"] == "slabs" and len(table["candidates"]) == 1
+
+
 def test_a_thing_that_falls_over_is_pinned(export_dir):
     summary = json.loads((export_dir / "export.json").read_text())
     sign = {r["name"]: r for r in summary["models"]}["sign_6"]
@@ -157,3 +173,58 @@ def test_push_test_fails_when_the_target_is_too_heavy_to_move(export_dir):
     finally:
         heavy.unlink()
     assert res is not None and not res.passed and res.target_moved_m < 0.05
+
+
+def _fixed_world(tmp_path: Path, boxes: dict[str, tuple[list[float], list[float]]], wall_x: float) -> Path:
+    """An MJCF like the export's: one fixed body per thing with one STL hull (model frame = world here, the
+    body at the origin), and a wall: a 0.1 m box collider whose room-side face is the plane x = wall_x."""
+    models = tmp_path / "models"
+    assets, bodies = [], []
+    for name, (size, centre) in boxes.items():
+        (models / name / "meshes").mkdir(parents=True)
+        trimesh.creation.box(size, trimesh.transformations.translation_matrix(centre)).export(
+            models / name / "meshes" / "hull_0.stl"
+        )
+        assets.append(f'<mesh name="{name}__hull_0" file="{name}/meshes/hull_0.stl"/>')
+        bodies.append(f'<body name="{name}" pos="0 0 0"><geom type="mesh" mesh="{name}__hull_0"/></body>')
+    wall = f'<body name="wall" pos="{wall_x + 0.05} 2 1"><geom type="box" size="0.05 2 1"/></body>'
+    xml = (
+        f'<mujoco><compiler meshdir="../models"/><asset>{"".join(assets)}</asset>'
+        f"<worldbody>{''.join(bodies)}{wall}</worldbody></mujoco>"
+    )
+    (tmp_path / "mjcf").mkdir()
+    (tmp_path / "mjcf" / "room.xml").write_text(xml)
+    return tmp_path / "mjcf" / "room.xml"
+
+
+def test_two_fixed_things_overlapping_are_trimmed_not_moved(tmp_path):
+    # A cabinet (x 0.75..1.25) and a shelf standing 30 mm into it (x 1.22..1.62), both fixed; a table whose
+    # hull bulges 300 mm into the wall at x = 4 (beyond what a thing is moved: MAX_SHIFT_M).
+    mjcf = _fixed_world(
+        tmp_path,
+        {
+            "cabinet_1": ([0.5, 0.4, 0.9], [1.0, 1.0, 0.45]),
+            "shelf_2": ([0.4, 0.3, 1.5], [1.42, 1.0, 0.75]),
+            "table_3": ([1.0, 0.6, 0.7], [3.8, 2.0, 0.35]),
+        },
+        wall_x=4.0,
+    )
+    kinds = {"cabinet_1": "thing", "shelf_2": "thing", "table_3": "thing", "wall": "stuff"}
+    shifts, before, warnings, trims = physics.resolve_spawn(mjcf, kinds)
+    assert shifts == {}  # nothing moved: fixed things keep their scanned poses
+    assert before["shelf_2"] == pytest.approx(0.03, abs=1e-3)
+    assert before["table_3"] == pytest.approx(0.30, abs=1e-3)
+    # The shelf (the higher one) lost its 30 mm inside the cabinet, the table its 300 mm inside the wall.
+    assert trims == {"shelf_2": pytest.approx(0.03, abs=1e-3), "table_3": pytest.approx(0.30, abs=1e-3)}
+    shelf = trimesh.load(tmp_path / "models" / "shelf_2" / "meshes" / "hull_0.stl")
+    assert shelf.bounds[0][0] == pytest.approx(1.25 + 5e-4, abs=1e-4)  # now starts at the cabinet's face
+    assert shelf.bounds[1][0] == pytest.approx(1.62, abs=1e-6)  # its far side untouched
+    assert shelf.volume == pytest.approx((0.4 - 0.0305) * 0.3 * 1.5, rel=1e-3)
+    table = trimesh.load(tmp_path / "models" / "table_3" / "meshes" / "hull_0.stl")
+    assert table.bounds[1][0] == pytest.approx(4.0 - 5e-4, abs=1e-4)
+    cabinet = trimesh.load(tmp_path / "models" / "cabinet_1" / "meshes" / "hull_0.stl")
+    assert cabinet.volume == pytest.approx(0.5 * 0.4 * 0.9, rel=1e-6)  # the lower one is kept whole
+    assert sum("collider trimmed" in w for w in warnings) == 2
+    # Measured again from the files: no overlap is left above the 5 mm tolerance.
+    figures, totals, _, failures = physics.run_physics(mjcf, None, kinds, resolve=False)
+    assert totals["spawn_max_penetration_mm"] <= 1000 * physics.SPAWN_TOLERANCE_M and failures == []

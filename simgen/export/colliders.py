@@ -42,9 +42,11 @@ class Box:
 class ColliderResult:
     hulls: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # [(V, 3) float64, (F, 3) int64]
     boxes: list[Box] = field(default_factory=list)
-    method: str = ""  # "coacd", "convex-hull" (fallback), "boxes"
+    method: str = ""  # "coacd", "convex-hull" (fallback), "slabs", "boxes"
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    # Things only: the candidates that were built and why this one was kept (fidelity.thing_colliders).
+    choice: dict | None = None
 
 
 def robust_convex_hull(points: np.ndarray, min_thickness: float = 0.01) -> tuple[np.ndarray, np.ndarray]:

@@ -19,10 +19,15 @@ bridging them (bench/bench_export.py measures both).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import trimesh
 from scipy import ndimage
 from scipy.spatial import ConvexHull, cKDTree
+
+if TYPE_CHECKING:
+    from simgen.export.colliders import ColliderResult
 
 # Voxels per longest side of a thing for the slab split (clamped to MIN_PITCH..MAX_PITCH metres).
 VOXELS_PER_SIDE = 48
@@ -90,6 +95,39 @@ def collider_distance_p95(
     return float(np.percentile(d, 95))
 
 
+def _solid_grid(
+    points: np.ndarray, pitch: float, vertices: np.ndarray | None, faces: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel solid of one thing: (X, Y, Z) bool grid, (N, 3) grid index of each point, and the (3,) position
+    (m, same frame as the points) of voxel (0, 0, 0)'s centre; voxel (i, j, k) is centred at that + pitch * ijk.
+
+    The surface is voxelised from the mesh (``vertices``, ``faces``; trimesh subdivides it until every edge
+    is shorter than a voxel, so the shell has no gaps), closed by one voxel and filled. Without a mesh the
+    points themselves are voxelised.
+    """
+    if vertices is not None and faces is not None and len(faces):
+        vox = trimesh.voxel.creation.voxelize_subdivide(
+            trimesh.Trimesh(vertices, faces, process=False), pitch, max_iter=12
+        )
+        grid = np.pad(np.asarray(vox.matrix, bool), 2)
+        idx = np.clip(np.asarray(vox.points_to_indices(points)) + 2, 0, np.array(grid.shape) - 1)
+        grid[tuple(idx.T)] = True
+        corner = np.asarray(vox.indices_to_points(np.zeros((1, 3), int)), np.float64).reshape(3) - 2 * pitch
+    else:
+        lo = points.min(0) - 2 * pitch
+        idx = np.floor((points - lo) / pitch).astype(int)
+        grid = np.zeros(idx.max(0) + 3, bool)
+        grid[tuple(idx.T)] = True
+        corner = lo + pitch / 2
+    shell = ndimage.binary_closing(grid, iterations=1) | grid
+    # Scans are open where a thing stands on the floor (and often on top): cap the lowest and highest
+    # occupied layers with their filled outline so the 3D fill sees a closed shell.
+    layers = np.flatnonzero(shell.any((0, 1)))
+    for z in layers[[0, -1]] if len(layers) else []:
+        shell[:, :, z] |= ndimage.binary_fill_holes(ndimage.binary_closing(shell[:, :, z], iterations=1))
+    return ndimage.binary_fill_holes(shell), idx, corner
+
+
 def slab_pieces(
     points: np.ndarray, pitch: float, vertices: np.ndarray | None = None, faces: np.ndarray | None = None
 ) -> list[np.ndarray]:
@@ -99,25 +137,7 @@ def slab_pieces(
     is shorter than a voxel, so the shell has no gaps), closed by one voxel and filled, so a piece is a
     solid member, not its skin. Without a mesh the points themselves are voxelised.
     """
-    if vertices is not None and faces is not None and len(faces):
-        vox = trimesh.voxel.creation.voxelize_subdivide(
-            trimesh.Trimesh(vertices, faces, process=False), pitch, max_iter=12
-        )
-        grid = np.pad(np.asarray(vox.matrix, bool), 2)
-        idx = np.clip(np.asarray(vox.points_to_indices(points)) + 2, 0, np.array(grid.shape) - 1)
-        grid[tuple(idx.T)] = True
-    else:
-        lo = points.min(0) - 2 * pitch
-        idx = np.floor((points - lo) / pitch).astype(int)
-        grid = np.zeros(idx.max(0) + 3, bool)
-        grid[tuple(idx.T)] = True
-    shell = ndimage.binary_closing(grid, iterations=1) | grid
-    # Scans are open where a thing stands on the floor (and often on top): cap the lowest and highest
-    # occupied layers with their filled outline so the 3D fill sees a closed shell.
-    layers = np.flatnonzero(shell.any((0, 1)))
-    for z in layers[[0, -1]] if len(layers) else []:
-        shell[:, :, z] |= ndimage.binary_fill_holes(ndimage.binary_closing(shell[:, :, z], iterations=1))
-    solid = ndimage.binary_fill_holes(shell)
+    solid, idx, _ = _solid_grid(points, pitch, vertices, faces)
     nz = solid.shape[2]
     eight = np.ones((3, 3), bool)
     slab_of_layer = np.zeros(nz, int)
@@ -156,6 +176,57 @@ def slab_pieces(
     for piece in pieces:
         out += _refine(points, piece, float(volume[point_label[piece[0]]]), pitch)
     return out
+
+
+# Free space between the separate members of one horizontal layer (a table's or chair's leg space) counts
+# only this far (m) from every member: narrower gaps (between a plant's leaves, a chair's slats) are left
+# to the decomposition, wider ones are space a robot or another object could use.
+GAP_CLEARANCE_M = 0.05
+
+
+def leg_space(
+    vertices: np.ndarray, faces: np.ndarray, samples: int = 20_000, seed: int = 0
+) -> tuple[np.ndarray, float]:
+    """Centres (M, 3) of the voxels of free space between a thing's separate members, and one voxel's volume (m^3).
+
+    Per horizontal layer of the voxel solid (:func:`_solid_grid`) with two or more members (connected
+    pieces of at least 2 voxels), the empty voxels inside the layer's 2D convex hull and at least
+    ``GAP_CLEARANCE_M`` from every member. A single solid (a box, a ball, a lamp) has none, whatever holes
+    its scan has, so only space the scan shows between members counts. Model frame, z up.
+    """
+    pts = surface_points(vertices, faces, samples, seed)
+    pitch = float(np.clip(np.ptp(pts, axis=0).max() / VOXELS_PER_SIDE, MIN_PITCH, MAX_PITCH))
+    solid, _, corner = _solid_grid(pts, pitch, vertices, faces)
+    eight = np.ones((3, 3), bool)
+    out = []
+    for z in range(solid.shape[2]):
+        layer = solid[:, :, z]
+        lab, _ = ndimage.label(layer, eight)
+        if int((np.bincount(lab.ravel())[1:] >= 2).sum()) < 2:
+            continue
+        cells = np.argwhere(layer).astype(np.float64)
+        try:
+            hull = ConvexHull(cells)
+        except Exception:  # collinear members: no area between them
+            continue
+        ij = np.argwhere(~layer).astype(np.float64)
+        inside = (ij @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-9).all(1)
+        clear = ndimage.distance_transform_edt(~layer)[tuple(ij.astype(int).T)] * pitch >= GAP_CLEARANCE_M
+        keep = ij[inside & clear]
+        out.append(np.column_stack([keep, np.full(len(keep), z)]))
+    cells = np.concatenate(out) if out else np.zeros((0, 3))
+    return corner + pitch * cells, pitch**3
+
+
+def bridged_volume(hulls: list[tuple[np.ndarray, np.ndarray]], gap: np.ndarray, cell: float) -> float:
+    """Volume (m^3) of the free-space voxels ``gap`` (M, 3) (centres, from :func:`leg_space`) inside any hull."""
+    if len(gap) == 0 or not hulls:
+        return 0.0
+    inside = np.zeros(len(gap), bool)
+    for v, f in hulls:
+        n, off = _hull_planes(np.asarray(v, np.float64), np.asarray(f, np.int64))
+        inside |= (gap @ n.T <= off + 1e-9).all(1)
+    return float(inside.sum() * cell)
 
 
 # The split is kept only when its hulls' total volume is under this fraction of the whole thing's hull.
@@ -297,3 +368,139 @@ def piece_hull(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if _convex_as_stl(v, f):
         return v, f
     return tries[0]
+
+
+# A candidate collider that fills more than this fraction of its volume with leg space (``leg_space``)
+# bridges members a robot or another object could pass between, and is dropped for one that does not...
+MAX_BRIDGED_FRACTION = 0.1
+# ...on a thing whose leg space is at least this fraction of its bounding box (tables, chairs, shelves).
+# Below it the "leg space" is the inside of a scan whose voxel fill failed (an open ball or box), which a
+# collider should fill.
+MIN_LEG_SPACE_FRACTION = 0.1
+# The slab split is tried before the convex decomposition; it is kept without running CoACD when its hulls
+# hold at least this fraction of a closed thing's volume (below it they are the thing's skin: the voxel
+# fill failed on an open scan).
+SLAB_MIN_FILL = 0.5
+
+
+def reference_volume(
+    vis_v: np.ndarray, vis_f: np.ndarray, col_v: np.ndarray, col_f: np.ndarray
+) -> tuple[float | None, str]:
+    """The volume (m^3) a thing's colliders are measured against, and which mesh gave it.
+
+    The visual mesh (V, 3) / (F, 3) when it is watertight ("mesh"), else the hole-filled collider input
+    mesh ("hole-filled mesh"), else the visual mesh's convex hull ("convex hull"). Model frame.
+    """
+    mesh = trimesh.Trimesh(vis_v, vis_f, process=False)
+    if mesh.is_watertight and mesh.volume > 1e-9:
+        return float(mesh.volume), "mesh"
+    closed = trimesh.Trimesh(col_v, col_f, process=False)
+    if closed.is_watertight and closed.volume > 1e-9:
+        return float(closed.volume), "hole-filled mesh"
+    try:
+        return float(trimesh.convex.convex_hull(vis_v).volume), "convex hull"
+    except Exception:
+        from simgen.export.colliders import hull_volume, robust_convex_hull
+
+        return hull_volume(*robust_convex_hull(vis_v)), "convex hull"
+
+
+def thing_colliders(
+    name: str,
+    vis_v: np.ndarray,
+    vis_f: np.ndarray,
+    col_v: np.ndarray,
+    col_f: np.ndarray,
+    method: str,
+    max_hulls: int,
+    seed: int,
+    coacd: dict,
+) -> ColliderResult:
+    """Colliders of one thing (model frame, z up): the legs-aware slab split, CoACD, or its fallback.
+
+    With ``method`` "auto" the slab split (:func:`slab_hulls`) is built first; CoACD
+    (colliders.decompose_thing, keyword arguments ``coacd``: threshold, resolution, preprocess_resolution,
+    iterations) runs only when the split found no separate members or its hulls hold under
+    ``SLAB_MIN_FILL`` of the closed collider mesh's volume. Of the candidates built, one that bridges leg
+    space (more than ``MAX_BRIDGED_FRACTION`` of its volume in :func:`leg_space`, on a thing with at least
+    ``MIN_LEG_SPACE_FRACTION`` of its bounding box in leg space; CoACD following a hole-filling cap under a
+    table top) is dropped when another one does not; of the rest the one nearest
+    the reference volume (:func:`reference_volume`) is kept. ``method`` "coacd" builds CoACD only.
+
+    Args: visual mesh vis_v (V, 3) / vis_f (F, 3) and the decimated, hole-filled collider input col_v /
+    col_f, both in metres. Returns a colliders.ColliderResult whose ``choice`` records every candidate's
+    volume error, bridged fraction and seconds, and the reason for the pick (export.json ``collider_choice``).
+    """
+    import time
+
+    from simgen.export import colliders
+
+    t0 = time.perf_counter()
+    ref, _ = reference_volume(vis_v, vis_f, col_v, col_f)
+    built: list[colliders.ColliderResult] = []
+    if method == "auto":
+        t = time.perf_counter()
+        slab = [piece_hull(g) for g in slab_hulls(vis_v, vis_f, max_hulls, seed=seed)]
+        if slab:
+            built.append(
+                colliders.ColliderResult(hulls=slab, method="slabs", seconds=time.perf_counter() - t)
+            )
+    closed = trimesh.Trimesh(col_v, col_f, process=False)
+    skin = bool(
+        built
+        and closed.is_watertight
+        and closed.volume > 1e-9
+        and sum(colliders.hull_volume(*h) for h in built[0].hulls) < SLAB_MIN_FILL * float(closed.volume)
+    )
+    if not built or skin:
+        built.append(
+            colliders.decompose_thing(
+                name,
+                col_v,
+                col_f,
+                coacd["threshold"],
+                max_hulls,
+                coacd["resolution"],
+                seed,
+                coacd["preprocess_resolution"],
+                coacd["iterations"],
+            )
+        )
+    gap, cell = leg_space(vis_v, vis_f, seed=seed) if len(built) > 1 else (np.zeros((0, 3)), 0.0)
+    if len(gap) * cell < MIN_LEG_SPACE_FRACTION * float(np.prod(np.ptp(vis_v, axis=0))):
+        gap = np.zeros((0, 3))
+    rows = []
+    for c in built:
+        volume = sum(colliders.hull_volume(*h) for h in c.hulls)
+        rows.append(
+            {
+                "method": c.method,
+                "hulls": len(c.hulls),
+                "volume_error": None if not ref else round(abs(volume - ref) / ref, 4),
+                "bridged_fraction": round(bridged_volume(c.hulls, gap, cell) / volume, 4)
+                if volume > 0
+                else 0.0,
+                "seconds": round(c.seconds, 2),
+            }
+        )
+    keep = [k for k, r in enumerate(rows) if r["bridged_fraction"] <= MAX_BRIDGED_FRACTION] or [
+        min(range(len(rows)), key=lambda k: rows[k]["bridged_fraction"])
+    ]
+    best = min(keep, key=lambda k: (rows[k]["volume_error"] is None, rows[k]["volume_error"] or 0.0))
+    if len(rows) == 1:
+        reason = "the only candidate" if method == "coacd" else "slab split kept: separate members found"
+        if rows[0]["method"] != "slabs" and method == "auto":
+            reason = "the slab split found no separate members"
+    elif len(keep) < len(rows):
+        dropped = [rows[k]["method"] for k in range(len(rows)) if k not in keep]
+        reason = (
+            f"{', '.join(dropped)} bridged leg space (> {100 * MAX_BRIDGED_FRACTION:.0f} % of its volume)"
+        )
+    else:
+        reason = "nearest the reference volume (slab hulls held under half the closed mesh's volume)"
+    res = built[best]
+    if res.method == "slabs" and len(built) > 1:
+        res.warnings.append(f"{name}: {rows[1]['method']} collider dropped ({reason}); using the slab split")
+    res.choice = {"chosen": res.method, "reason": reason, "candidates": rows}
+    res.seconds = time.perf_counter() - t0
+    return res

@@ -40,6 +40,13 @@ MAX_RESOLVE_ROUNDS = 30
 # A thing lifted or slid further than this to clear a collider is left where it was and reported: the
 # overlap is a collider problem, not a placement one.
 MAX_SHIFT_M = 0.25
+# A fixed thing is moved only this far (m) clear of the floor or a wall (a scan a few mm into the floor);
+# a deeper overlap is its collider bulging where the scan was open, and lifting or sliding the thing would
+# misplace it against its visual: its hulls are trimmed instead.
+MAX_FIXED_SHIFT_M = 0.01
+# Trims per pair of models: a cut is re-measured, and MuJoCo's direction for a thin hull against a long box
+# can need a second one.
+MAX_TRIMS = 3
 
 RobotBuilder = Callable[[float, float, float], tuple[etree._Element, etree._Element]]
 
@@ -61,6 +68,7 @@ class ModelFigures:
     rest_moved_cm: float | None = None
     rest_turned_deg: float | None = None
     pinned: bool = False  # failed the rest test at export time and was made fixed (pin_models)
+    trimmed_mm: float = 0.0  # deepest cut into its colliders by resolve_spawn (fixed things only)
 
     def to_json(self) -> dict:
         return {
@@ -68,6 +76,7 @@ class ModelFigures:
             "pinned": self.pinned,
             "spawn_penetration_mm": round(self.spawn_penetration_mm, 2),
             "shift_mm": [round(v, 2) for v in self.shift_mm],
+            "trimmed_mm": round(self.trimmed_mm, 2),
             "rest_moved_cm": None if self.rest_moved_cm is None else round(self.rest_moved_cm, 3),
             "rest_turned_deg": None if self.rest_turned_deg is None else round(self.rest_turned_deg, 3),
         }
@@ -156,27 +165,132 @@ def _shift(model, data, body: int, delta: np.ndarray) -> None:
         model.body_pos[body] += delta
 
 
+def _geom_world_vertices(model, data, g: int) -> np.ndarray:
+    """(K, 3) world-frame vertices of a mesh or box geom (the convex shapes an export's colliders are)."""
+    import mujoco
+
+    R, x = data.geom_xmat[g].reshape(3, 3), data.geom_xpos[g]
+    if model.geom_type[g] == mujoco.mjtGeom.mjGEOM_MESH:
+        m = model.geom_dataid[g]
+        local = model.mesh_vert[model.mesh_vertadr[m] : model.mesh_vertadr[m] + model.mesh_vertnum[m]]
+    else:  # box (or any other primitive, by its bounding box)
+        h = model.geom_size[g] if model.geom_type[g] == mujoco.mjtGeom.mjGEOM_BOX else model.geom_aabb[g, 3:]
+        local = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)]) * h
+    return np.asarray(local, np.float64) @ R.T + x
+
+
+def _mesh_files(mjcf: Path) -> dict[str, Path]:
+    """{MJCF mesh asset name: absolute STL path} of an export's MJCF file."""
+    root = etree.parse(str(mjcf)).getroot()
+    comp = root.find("compiler")
+    base = mjcf.parent / (comp.get("meshdir", ".") if comp is not None else ".")
+    return {m.get("name"): (base / m.get("file")).resolve() for m in root.iter("mesh") if m.get("file")}
+
+
+def _trim_hull(
+    path: Path, to_world: np.ndarray, normal: np.ndarray, offset: float
+) -> tuple[float, float] | None:
+    """Cut the convex hull in the STL ``path`` (model frame; ``to_world`` (4, 4) its body's pose) down to the
+    half-space ``normal . x <= offset`` (world frame, unit normal) and rewrite it atomically.
+
+    Returns (depth (m) cut off, fraction of the hull's volume kept), or None when nothing of the hull lies
+    on the kept side (nothing is written then). A hull mostly inside the other collider keeps a sliver:
+    it is a collider bulging through a wall, and the sliver (thickened to 2 mm) still touches its neighbours.
+    """
+    import trimesh
+
+    from simgen.export.colliders import hull_volume, robust_convex_hull
+
+    mesh = trimesh.load(str(path), file_type="stl", force="mesh", process=True)
+    v = np.asarray(mesh.vertices, np.float64) @ to_world[:3, :3].T + to_world[:3, 3]
+    side = v @ normal - offset
+    depth = float(side.max())
+    if depth <= 0:
+        return 0.0, 1.0
+    edges = np.asarray(mesh.edges_unique)
+    a, b = side[edges[:, 0]], side[edges[:, 1]]
+    cross = edges[(a > 0) != (b > 0)]
+    t = side[cross[:, 0]] / (side[cross[:, 0]] - side[cross[:, 1]])
+    pts = np.concatenate([v[side <= 0], v[cross[:, 0]] + t[:, None] * (v[cross[:, 1]] - v[cross[:, 0]])])
+    before = abs(float(mesh.volume))
+    if len(pts) < 3:
+        return None
+    local = (pts - to_world[:3, 3]) @ to_world[:3, :3]
+    try:
+        hv, hf = robust_convex_hull(local, min_thickness=0.002)
+    except Exception:
+        return None
+    kept = hull_volume(hv, hf) / max(before, 1e-12)
+    with io.atomic_path(path) as tmp:
+        trimesh.Trimesh(hv, hf, process=False).export(str(tmp), file_type="stl")
+    return depth, kept
+
+
+def _trim_pair(
+    model, data, bodies: dict[str, int], files: dict[str, Path], cut: str, keep: str, tolerance: float
+) -> tuple[float, list[str]]:
+    """Trim every collider hull of model ``cut`` that interpenetrates one of model ``keep``'s by more than
+    ``tolerance`` with the supporting plane of the other geom (MuJoCo's separation direction) plus 0.5 mm.
+
+    Returns (deepest cut (m), hull names left untouched because the cut would remove them)."""
+    import mujoco
+
+    geoms, owner = _collision_geoms(model, bodies)
+    names = list(bodies)
+    gc, gk = geoms[owner == names.index(cut)], geoms[owner == names.index(keep)]
+    fromto = np.zeros(6)
+    body = bodies[cut]
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = data.xmat[body].reshape(3, 3), data.xpos[body]
+    deepest, skipped = 0.0, []
+    for i in gc:
+        for j in gk:
+            dist = mujoco.mj_geomDistance(model, data, int(i), int(j), 0.0, fromto)
+            if dist >= -tolerance:
+                continue
+            # fromto runs from the cut geom's point to the kept one's; from - to is the direction that
+            # moves the kept geom out, so the cut geom loses its furthest ``-dist`` (+0.5 mm) along it:
+            # exactly the reported penetration, not the kept geom's whole extent (a long wall box whose
+            # corners lie far along a slightly oblique direction). Re-measured after the cut.
+            u = fromto[:3] - fromto[3:]
+            norm = np.linalg.norm(u)
+            u = u / norm if norm > 1e-12 else np.array([0.0, 0.0, 1.0])
+            offset = float((_geom_world_vertices(model, data, int(i)) @ u).max()) + dist - 5e-4
+            mesh_name = model.mesh(int(model.geom_dataid[i])).name
+            path = files.get(mesh_name)
+            res = None if path is None else _trim_hull(path, pose, u, offset)
+            if res is None:
+                skipped.append(mesh_name)
+                continue
+            deepest = max(deepest, res[0])
+    return deepest, skipped
+
+
 def resolve_spawn(
     mjcf: Path,
     kinds: dict[str, str],
     tolerance: float = SPAWN_TOLERANCE_M,
     max_shift: float = MAX_SHIFT_M,
-) -> tuple[dict[str, np.ndarray], dict[str, float], list[str]]:
+    trim: bool = True,
+) -> tuple[dict[str, np.ndarray], dict[str, float], list[str], dict[str, float]]:
     """Lift or slide things so that no two models' colliders interpenetrate by more than ``tolerance``.
 
-    Stuff never moves, and two fixed things never move for each other (that overlap is a collider
-    problem, reported by :func:`run_physics`). Of a thing and stuff, the thing moves; of two things, the dynamic one, else the
+    Stuff never moves, and two fixed things never move for each other: with ``trim`` the hulls of the
+    higher one (or of a fixed thing that cannot be moved clear of stuff within ``MAX_FIXED_SHIFT_M``) are cut back
+    to the other collider's support plane, rewriting their STL files in place (the overlap is a collider
+    bulging where the scan was open); what cannot be trimmed is reported by :func:`run_physics`. Of a
+    thing and stuff, the thing moves; of two things, the dynamic one, else the
     one standing higher (a mug on a table, not the table). Each move is the minimum translation
     that separates the deepest pair (MuJoCo's signed distance), never downwards (the other thing is pushed
     up instead, or the move becomes a slide, or a lift when it was mostly vertical); a thing that would go further than
     ``max_shift`` stays where it was scanned and is reported.
 
     Args:
-        mjcf: the export's MJCF file (read only).
+        mjcf: the export's MJCF file (read only; the hull STL files it names are rewritten by trims).
         kinds: {model name: "thing" | "floor" | "stuff"}.
     Returns:
         ({model: (3,) shift (m, world)} of the models moved, {model: deepest overlap (m) before any move},
-        warnings naming the models).
+        warnings naming the models, {model: deepest cut (m) into its hulls} of the models trimmed).
     """
     model, data = _load(mjcf)
     import mujoco
@@ -190,8 +304,41 @@ def resolve_spawn(
 
     shifts: dict[str, np.ndarray] = {}
     before: dict[str, float] = {}
+    trims: dict[str, float] = {}
+    trimmed_pairs: dict[tuple[str, str], int] = {}
+    files = _mesh_files(mjcf) if trim else {}
     frozen: set[str] = set()
     warnings: list[str] = []
+
+    def try_trim(cut: str, other: str, depth: float) -> bool:
+        """Trim ``cut``'s hulls against ``other`` (once per pair); True when a hull was cut and the model
+        reloaded, with the shifts so far applied again."""
+        nonlocal model, data, bodies
+        if not trim or trimmed_pairs.get((cut, other), 0) >= MAX_TRIMS:
+            return False
+        trimmed_pairs[(cut, other)] = trimmed_pairs.get((cut, other), 0) + 1
+        cut_m, skipped = _trim_pair(model, data, bodies, files, cut, other, tolerance)
+        note = (
+            f"{cut}: {', '.join(skipped)} overlap {other} by {1000 * depth:.0f} mm; trimming would remove "
+            "them, left as they are"
+        )
+        if skipped and note not in warnings:
+            warnings.append(note)
+        if cut_m <= 0:
+            return False
+        trims[cut] = max(trims.get(cut, 0.0), cut_m)
+        warnings.append(
+            f"{cut}: collider trimmed by {1000 * cut_m:.0f} mm where it overlapped {other}'s by "
+            f"{1000 * depth:.0f} mm (both fixed)"
+        )
+        # MuJoCo caches mesh assets by file name: drop them so that the cut hulls are read.
+        mujoco.mj_clearCache(mujoco.mj_getCache())
+        model, data = _load(mjcf)
+        bodies = model_bodies(model)
+        for n, t in shifts.items():
+            _shift(model, data, bodies[n], t)
+        return True
+
     for rnd in range(MAX_RESOLVE_ROUNDS):
         pairs = [p for p in overlaps(model, data, bodies, skip) if p[2] > tolerance]
         if rnd == 0:
@@ -223,16 +370,28 @@ def resolve_spawn(
                 delta = np.array([delta[0], delta[1], 0.0])  # never down: slide only
                 if np.linalg.norm(delta) < 0.5 * d:
                     delta = np.array([0.0, 0.0, d])  # mostly vertical overlap with what is below: lift
+            other = b if mover == a else a
+            both_fixed = mover not in dynamic and (kinds.get(other) != "thing" or other not in dynamic)
+            if both_fixed and (mover in frozen or kinds.get(other) == "thing"):
+                # Two fixed things never move for each other (moving one would only misplace it), and a
+                # fixed thing that cannot be moved clear of the floor or a wall stays too: the overlap is a
+                # collider bulging where the scan was open, so the bulging hulls are cut back to the
+                # other collider's surface (up to MAX_TRIMS times per pair; a cut that would leave nothing of a hull is not made).
+                if try_trim(mover, other, d):
+                    moved = True
+                    break
+                frozen.add(mover)
+                continue
             if mover in frozen or (mover not in dynamic and kinds.get(other) == "thing"):
-                # Two fixed things never collide in a simulator; moving one would only misplace it.
-                # Such an overlap is a collider problem and stays reported. A fixed thing sunk into the
-                # floor or a wall moves like a dynamic one (a few mm, with a warning).
                 frozen.add(mover)
                 continue
             delta = delta * (1.0 + 1e-3) + delta / max(np.linalg.norm(delta), 1e-12) * 5e-4  # 0.5 mm clear
             total = shifts.get(mover, np.zeros(3)) + delta
-            if np.linalg.norm(total) > max_shift:
-                other = b if mover == a else a
+            if np.linalg.norm(total) > (max_shift if mover in dynamic else min(max_shift, MAX_FIXED_SHIFT_M)):
+                frozen.add(mover)
+                if mover not in dynamic and try_trim(mover, other, d):
+                    moved = True
+                    break
                 warnings.append(
                     f"{mover}: its colliders overlap {other}'s by {1000 * d:.0f} mm and would need a move of "
                     f"{100 * np.linalg.norm(total):.0f} cm; left where it was scanned"
@@ -253,7 +412,7 @@ def resolve_spawn(
             f"x, y, z) so that its colliders do not interpenetrate its neighbours' (deepest overlap "
             f"{1000 * before.get(name, 0.0):.0f} mm where it was scanned)"
         )
-    return shifts, before, warnings
+    return shifts, before, warnings, trims
 
 
 def apply_shifts(mjcf: Path, world_sdf: Path | None, shifts: dict[str, np.ndarray]) -> None:
@@ -511,10 +670,10 @@ def run_physics(
     messages: list[str] = []
     warns: list[str] = []
     if resolve:
-        shifts, before, warns = resolve_spawn(mjcf, kinds)
+        shifts, before, warns, trims = resolve_spawn(mjcf, kinds)
         apply_shifts(mjcf, world_sdf, shifts)
     else:
-        shifts, before = {}, {}
+        shifts, before, trims = {}, {}, {}
     model, data = _load(mjcf)
     bodies = model_bodies(model)
 
@@ -534,6 +693,7 @@ def run_physics(
             dynamic=bool(model.body_jntnum[b] > 0),
             spawn_penetration_mm=1000 * (before.get(n, after.get(n, 0.0)) if resolve else after.get(n, 0.0)),
             shift_mm=(1000 * shifts.get(n, np.zeros(3))).tolist(),
+            trimmed_mm=1000 * trims.get(n, 0.0),
         )
         for n, b in bodies.items()
     }

@@ -176,32 +176,22 @@ def _process_part(
         col = colliders.ColliderResult(hulls=[(col_v, col_f)], method="convex-hull")
         ref_kind, err, solid = "convex hull", 0.0, colliders.hull_volume(col_v, col_f)
     elif part.kind == "thing":
-        groups = (
-            fidelity.slab_hulls(vis_v, vis_f, cfg.max_hulls, seed=cfg.seed)
-            if cfg.collider_method == "auto"
-            else []
+        col = fidelity.thing_colliders(
+            part.name,
+            vis_v,
+            vis_f,
+            col_v,
+            col_f,
+            cfg.collider_method,
+            cfg.max_hulls,
+            cfg.seed,
+            {
+                "threshold": cfg.coacd_threshold,
+                "resolution": cfg.coacd_resolution,
+                "preprocess_resolution": cfg.coacd_preprocess_resolution,
+                "iterations": cfg.coacd_iterations,
+            },
         )
-        slab = [fidelity.piece_hull(g) for g in groups]
-        closed = trimesh.Trimesh(col_v, col_f, process=False)
-        # Hulls holding under half a closed object's volume are its skin, not its members (the voxel
-        # fill failed on an open scan): the convex decomposition does better there.
-        if slab and closed.is_watertight and closed.volume > 1e-9:
-            if sum(colliders.hull_volume(*h) for h in slab) < 0.5 * float(closed.volume):
-                slab = []
-        if slab:  # legs-aware split found separate members: one hull each, no CoACD
-            col = colliders.ColliderResult(hulls=slab, method="slabs")
-        else:
-            col = colliders.decompose_thing(
-                part.name,
-                col_v,
-                col_f,
-                cfg.coacd_threshold,
-                cfg.max_hulls,
-                cfg.coacd_resolution,
-                cfg.seed,
-                cfg.coacd_preprocess_resolution,
-                cfg.coacd_iterations,
-            )
         hull_vol = sum(colliders.hull_volume(hv, hf) for hv, hf in col.hulls)
         closed = trimesh.Trimesh(col_v, col_f, process=False)
         if mesh.is_watertight and mesh.volume > 1e-9:
@@ -790,6 +780,7 @@ def _write_all(
                 "hulls": len(r.colliders.hulls),
                 "boxes": len(r.colliders.boxes),
                 "collider": r.colliders.method,
+                "collider_choice": r.colliders.choice,
                 "volume_error": None if r.volume_error is None else round(float(r.volume_error), 4),
                 "volume_error_vs": r.error_reference,
                 "collider_p95_cm": None if r.collider_p95 is None else round(100 * r.collider_p95, 2),
