@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from helpers.export_scenes import CATEGORIES, HEIGHT, ROOM, gt_build, make_mesh, room_parts, write_build
+from helpers.export_scenes import (
+    CATEGORIES,
+    HEIGHT,
+    ROOM,
+    gt_build,
+    make_mesh,
+    plane,
+    room_parts,
+    write_build,
+)
 from lxml import etree
 from scipy.spatial.transform import Rotation
 
@@ -141,6 +150,23 @@ def test_colliders_are_tight_and_counted(export_dir):
     probe = np.array([[0.0, 0.0, 0.3]])  # model frame: centre, under the top
     assert not any(h.contains(probe)[0] for h in hulls)
     assert any(h.contains(np.array([[0.0, 0.0, 0.68]]))[0] for h in hulls)
+
+
+def test_a_horizontal_piece_labelled_wall_gets_no_box():
+    """A table top mislabelled as wall: an upright wall keeps its box, the horizontal piece gets none (a box
+    there would stand inside the table's own collider) and the export notes why."""
+    wall = room_parts()[1][0]
+    top = plane((0.6, 0.7, 0.73), (0.8, 0.0, 0.0), (0.0, 0.6, 0.0))
+    mesh = trimesh.util.concatenate([wall, top])
+    centre = np.array([2.0, 2.0, 1.0])
+    kept = stuff_boxes(mesh.vertices, mesh.faces, "stuff", centre, thickness=0.1)
+    notes: list[str] = []
+    walls = stuff_boxes(
+        mesh.vertices, mesh.faces, "stuff", centre, thickness=0.1, vertical_only=True, notes=notes
+    )
+    assert len(kept) == 2 and len(walls) == 1  # without the rule the top gets a box of its own
+    assert abs(walls[0].pose[:3, 2] @ np.array([0.0, 0.0, 1.0])) < 1e-6  # the box left is the upright wall
+    assert len(notes) == 1 and "0.48 m² at z = 0.73 m" in notes[0]
 
 
 def test_wall_boxes_sit_behind_the_wall_surface():

@@ -376,6 +376,8 @@ def stuff_boxes(
     thickness: float = 0.1,
     min_area: float = 0.05,
     seed: int = 0,
+    vertical_only: bool = False,
+    notes: list[str] | None = None,
 ) -> list[Box]:
     """Box colliders for a stuff part (part frame, z up).
 
@@ -383,7 +385,10 @@ def stuff_boxes(
     hulls, which physics engines let bodies tunnel through. Instead the faces are grouped by normal
     direction (greedy clustering) and connectivity, and each planar piece becomes a box whose inner face is
     the piece's median plane, ``thickness`` thick on the side away from ``room_centre`` (3,).
-    Floor: one box under all the floor faces, top at the floor's median height.
+    Floor: one box under all the floor faces, top at the floor's median height. ``vertical_only`` (walls):
+    a piece whose normal is within 45° of vertical gets no box and a line in ``notes``: a wall is upright,
+    so a horizontal "wall" piece is a mislabelled surface (a table top, a sill), and a box there would
+    stand inside the thing that really is there.
     """
     mesh = trimesh.Trimesh(vertices, faces, process=False)
     if kind == "floor":
@@ -401,6 +406,13 @@ def stuff_boxes(
             if sub.area_faces[comp].sum() < min_area:
                 continue
             pts = sub.vertices[np.unique(sub.faces[comp])]
+            if vertical_only and abs(a[2]) > np.cos(np.deg2rad(45)):
+                if notes is not None:
+                    area, z = sub.area_faces[comp].sum(), float(np.median(pts[:, 2]))
+                    notes.append(
+                        f"a horizontal piece ({area:.2f} m² at z = {z:.2f} m) labelled as wall gets no collider"
+                    )
+                continue
             inward = 1.0 if (room_centre - pts.mean(0)) @ a >= 0 else -1.0
             boxes.append(_box_from_plane(pts, a, inward, thickness))
     return boxes

@@ -41,7 +41,7 @@ from simgen.export.appearance import AppearanceSource, prepare_appearance, texel
 from simgen.export.clean import clean_mesh
 from simgen.export.config import ExportConfig
 from simgen.export.mjcf import MjcfBody, mjcf_world
-from simgen.export.split import Part, is_floor, sanitize, split_parts
+from simgen.export.split import Part, is_floor, is_wall, sanitize, split_parts
 from simgen.export.texture import bake_texture
 
 # Entries of OUT that an export owns (replaced as a whole by the next export).
@@ -146,9 +146,18 @@ def _process_part(
             vis_v, vis_f, vis_c, col_v, col_f = v, part.faces, part.colors, v, part.faces
     boxes, fill_record, fill = None, None, None
     if part.kind != "thing" and len(vis_f):
+        box_notes: list[str] = []
         boxes = colliders.stuff_boxes(
-            vis_v, vis_f, part.kind, room_centre - origin, cfg.wall_thickness, seed=cfg.seed
+            vis_v,
+            vis_f,
+            part.kind,
+            room_centre - origin,
+            cfg.wall_thickness,
+            seed=cfg.seed,
+            vertical_only=is_wall(part.category_name),
+            notes=box_notes,
         )
+        notes += [f"{part.name}: {n}" for n in box_notes]
         fill = stuff.fill_surfaces(boxes, vis_v, vis_f, vis_c) if cfg.complete_stuff else None
         if fill is not None:  # closed surfaces behind the scan, shown where the scan has holes
             vis_f = np.concatenate([np.asarray(vis_f, np.int64), fill.faces + len(vis_v)])
@@ -212,7 +221,13 @@ def _process_part(
             boxes
             if boxes is not None
             else colliders.stuff_boxes(
-                vis_v, vis_f, part.kind, room_centre - origin, cfg.wall_thickness, seed=cfg.seed
+                vis_v,
+                vis_f,
+                part.kind,
+                room_centre - origin,
+                cfg.wall_thickness,
+                seed=cfg.seed,
+                vertical_only=is_wall(part.category_name),
             )
         )
         if not col.boxes:

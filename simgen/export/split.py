@@ -32,6 +32,10 @@ def is_floor(name: str) -> bool:
     return any(w in name.lower() for w in FLOOR_WORDS)
 
 
+def is_wall(name: str) -> bool:
+    return "wall" in name.lower()  # COCO's wall-brick, wall-stone, wall-other-merged, ScanNet's wall ...
+
+
 def is_ceiling(name: str) -> bool:
     return any(w in name.lower() for w in CEILING_WORDS)
 
