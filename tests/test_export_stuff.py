@@ -71,3 +71,15 @@ def test_check_reports_void(tmp_path):
     _, stats = check_export(tmp_path / "out", validator=False, physics=True)
     assert stats["void"]["poses"] == 40 and stats["void"]["void_mean_percent"] < 1.0
     assert Path(tmp_path / "out" / "export.json").is_file()
+
+
+def test_level_cameras_stand_on_the_floor_not_on_floor_labelled_tops():
+    """Floor-labelled points 2.7 m up (a wall top the segmenter called floor) never host a camera: one there
+    would look over the walls into nothing and count as void."""
+    rng = np.random.default_rng(0)
+    floor = np.c_[rng.uniform(0, 4, (500, 2)), rng.normal(0, 0.005, 500)]
+    tops = np.c_[rng.uniform(0, 4, (60, 2)), np.full(60, 2.7)]
+    poses = stuff.level_poses(np.concatenate([floor, tops]), 200, height=0.3, seed=1)
+    heights = np.array([p[2] for p, _ in poses])
+    assert np.all(np.abs(heights - 0.3) < 0.05)
+    assert len(stuff.level_poses(np.concatenate([floor, tops]), 200, seed=1)) == 200

@@ -28,6 +28,7 @@ from simgen.export.colliders import Box
 
 BEHIND = 0.005  # m the fill surface sits behind the scanned surface (scan in front where it exists)
 NEAR = 0.15  # m from the plane within which scan vertices count as seeing a cell
+FLOOR_BAND = 0.1  # m around the median floor height where a level camera may stand
 
 
 @dataclass
@@ -181,8 +182,16 @@ def write_fill_file(
 def level_poses(
     floor_points: np.ndarray, n: int, height: float = 0.3, seed: int = 0
 ) -> list[tuple[np.ndarray, float]]:
-    """``n`` camera (position (3,), yaw rad) pairs at ``height`` m above random scanned floor points."""
+    """``n`` camera (position (3,), yaw rad) pairs at ``height`` m above random scanned floor points.
+
+    Only points within ``FLOOR_BAND`` of the median floor height host a camera: a point labelled floor
+    far above it (a wall top, a table top the segmenter called floor) is not where a robot drives, and a
+    camera there looks over the walls into nothing.
+    """
     rng = np.random.default_rng(seed)
+    floor_points = np.asarray(floor_points, np.float64)
+    if len(floor_points):
+        floor_points = floor_points[np.abs(floor_points[:, 2] - np.median(floor_points[:, 2])) <= FLOOR_BAND]
     pick = rng.integers(0, len(floor_points), n)
     return [
         (np.array([*floor_points[k, :2], floor_points[k, 2] + height]), float(rng.uniform(-np.pi, np.pi)))
