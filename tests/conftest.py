@@ -7,6 +7,7 @@ it is made, so tests can run in any order.
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +15,12 @@ import pytest
 
 # tests/helpers is imported as the top-level package ``helpers`` (pytest puts tests/ on sys.path)
 sys.path.insert(0, str(Path(__file__).parent))
+
+# A suite started in the background of a non-interactive shell (`cmd &`, nohup, some CI runners) inherits
+# SIGINT ignored, and so would every process the tests start: the Ctrl-C tests would send SIGINT into the
+# void. Python's own handler here gives the children the default disposition again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
