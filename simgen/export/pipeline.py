@@ -145,7 +145,7 @@ def _process_part(
         if len(vis_f) == 0:  # cleaning removed everything: fall back to the raw part
             vis_v, vis_f, vis_c, col_v, col_f = v, part.faces, part.colors, v, part.faces
     boxes, fill_record, fill = None, None, None
-    if part.kind != "thing" and len(vis_f):
+    if part.kind != "thing":
         box_notes: list[str] = []
         boxes = colliders.stuff_boxes(
             vis_v,
@@ -158,7 +158,7 @@ def _process_part(
             notes=box_notes,
         )
         notes += [f"{part.name}: {n}" for n in box_notes]
-        fill = stuff.fill_surfaces(boxes, vis_v, vis_f, vis_c) if cfg.complete_stuff else None
+        fill = stuff.fill_surfaces(boxes, vis_v, vis_f, vis_c) if cfg.complete_stuff and len(vis_f) else None
         if fill is not None:  # closed surfaces behind the scan, shown where the scan has holes
             vis_f = np.concatenate([np.asarray(vis_f, np.int64), fill.faces + len(vis_v)])
             vis_v = np.concatenate([np.asarray(vis_v, np.float64), fill.vertices])
@@ -217,19 +217,7 @@ def _process_part(
         err = abs(hull_vol - ref) / ref if ref > 0 else None
     else:
         col = colliders.ColliderResult(method="boxes")
-        col.boxes = (
-            boxes
-            if boxes is not None
-            else colliders.stuff_boxes(
-                vis_v,
-                vis_f,
-                part.kind,
-                room_centre - origin,
-                cfg.wall_thickness,
-                seed=cfg.seed,
-                vertical_only=is_wall(part.category_name),
-            )
-        )
+        col.boxes = boxes or []
         if not col.boxes:
             notes.append(f"{part.name}: no planar piece large enough for a collider; visual only")
         err, ref_kind, solid = None, "-", 0.0
