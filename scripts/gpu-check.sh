@@ -72,9 +72,9 @@ EOF
 
 # 3. Tests that need CUDA (skipped on CPU machines), and the rasterizer / GL backend tests.
 say "CUDA tests"
-timeout 240 "$VPY" -m pytest -q -x -p no:cacheprovider \
-  tests/test_splat_rasterize.py::test_matches_gsplat_cuda \
-  "tests/test_neural_hashgrid.py::test_tcnn_equals_torch_on_same_parameters" \
+timeout 240 "$VPY" -m pytest -q -x -p no:cacheprovider -n 0 \
+  tests/test_render_rasterize.py::test_matches_gsplat_cuda \
+  tests/test_recon_neural_hashgrid.py::test_tcnn_equals_torch_on_same_parameters \
   tests/test_render_fast_rasterizer.py tests/test_render_raster.py 2>&1 | tail -15
 TESTS_RC=${PIPESTATUS[0]}
 
