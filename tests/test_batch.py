@@ -78,6 +78,7 @@ def record_times(out: Path, names, stages) -> dict:
     return {(n, s): R.record_path(out / n, s).stat().st_mtime_ns for n in names for s in stages}
 
 
+@pytest.mark.slow
 def test_validate_batch_reports_the_broken_scene_after_its_retries(ray_local, scenes, tmp_path):
     m = load_manifest(manifest(tmp_path / "m.json", scenes, (*GOOD, "broken"), ["validate"]))
     out = tmp_path / "out"

@@ -252,6 +252,7 @@ def test_bad_input_falls_back_and_never_aborts(tmp_path, monkeypatch):
         assert _check_collider(path) is None and trimesh.load(path).volume > 0
 
 
+@pytest.mark.slow
 def test_existing_output_is_replaced_only_on_success(tmp_path, monkeypatch):
     build = write_build(tmp_path / "b")
     cfg = ExportConfig(**{**FAST, "format": "sdf", "workers": 0})

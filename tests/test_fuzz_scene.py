@@ -58,6 +58,7 @@ def edit(root: Path, fn, name: str = "transforms.json") -> None:
 # ----------------------------------------------------------------------------- items 1 and 2
 
 
+@pytest.mark.slow
 def test_truncated_depth_png_is_reported_by_validate_and_build(scene: Path, tmp_path: Path) -> None:
     truncate(scene / "depth/00000.png")
     r = simgen("validate", str(scene))
@@ -232,6 +233,7 @@ def test_gt_labels_count_must_match_the_mesh(scene: Path) -> None:
 # ----------------------------------------------------------------------------- the fuzzer
 
 
+@pytest.mark.slow
 def test_fuzz_validate_and_build_never_traceback(base: Path, tmp_path: Path) -> None:
     """A seeded sample over every file kind and corruption: every outcome is success or a refusal naming
     the damaged file; cases that must be refused (truncations, escaping paths ...) are; failed builds

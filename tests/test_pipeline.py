@@ -58,6 +58,7 @@ def test_build_writes_a_complete_record(tiny_scene_dir, tmp_path):
     assert n_instances == record["counters"]["instances"] > 0
 
 
+@pytest.mark.slow
 def test_a_build_folder_holds_one_build(tiny_scene_dir, other_scene_dir, tmp_path, capsys):
     """The reported mix-up: build A with everything, then build B without Gaussians and export into the
     same folder. B is refused; with --overwrite nothing of A is left for export, serve or eval to read."""

@@ -256,6 +256,7 @@ def test_nan_loss_stops_with_the_term_and_keeps_the_last_checkpoint(tiny, tmp_pa
     assert meta["step"] == 4
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tiny, tmp_path, monkeypatch):
     """Ctrl-C in the middle of step 7 (no checkpoint due before step 100): the checkpoint holds the 7
     finished steps, nothing half-written is left beside it, and --resume trains on from step 7."""

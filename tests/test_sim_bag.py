@@ -45,6 +45,7 @@ def drive_with_bag(export, tmp_path_factory):
     return summary, out / "run.mcap", cfg
 
 
+@pytest.mark.slow
 def test_bag_topics_counts_and_stamps(drive_with_bag):
     summary, path, cfg = drive_with_bag
     assert summary["status"] == "reached" and summary["bag"]["path"] == str(path)
@@ -190,6 +191,7 @@ def test_simgen_drive_bag_cli(export, tmp_path, capsys):
     assert f"bag: {bag}" in out and bag.is_file()
 
 
+@pytest.mark.slow
 def test_terminated_drive_leaves_no_bag(export, tmp_path):
     """SIGTERM in the middle of `simgen drive --bag` (a job scheduler's stop): no bag, no temporary folder."""
     import os

@@ -279,7 +279,8 @@ def _robot_clearance(model, data, robot_geoms, scene_geoms, x0, y0, x, y, yaw) -
     return best
 
 
-@pytest.mark.parametrize("preset", ["tiny", pytest.param("room", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["tiny", "room"])
 def test_default_route_is_a_collision_free_loop_past_every_object(preset, tmp_path):
     """No --waypoints: the planned loop's waypoints and the straight segments between them keep the robot
     clear of the MuJoCo colliders at any heading, the drive reaches every waypoint without touching

@@ -66,6 +66,7 @@ def test_ssim_matches_torchmetrics():
     assert abs(float(ssim(a, a)) - 1.0) < 1e-5 and float(ours.mean()) < 0.97
 
 
+@pytest.mark.slow
 def test_training_improves_test_views_and_writes_outputs(small):
     scene, build = small
     summary = run_gaussians(scene, build, _cfg(), progress=False)

@@ -378,6 +378,7 @@ def _twins_check(root: Path) -> None:
     np.testing.assert_array_equal(mesh.visual.vertex_colors[vl == a], mesh.visual.vertex_colors[vl == b])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["back-to-back", "apart"])
 def test_two_rooms_twins_never_in_one_frame(tmp_path, layout):
     root = synthesize(
