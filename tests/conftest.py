@@ -49,6 +49,16 @@ def served_gt(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_gt_export(tmp_path_factory) -> Path:
+    """The ``tiny`` preset's exact GT mesh as a build, exported by the real pipeline with the default
+    colliders and physics checks (tests/helpers/sim.py: ``synthetic_export``). Read-only: tests that write
+    into an export copy it first."""
+    from helpers.sim import synthetic_export
+
+    return synthetic_export(tmp_path_factory.mktemp("tiny_gt_export"), "tiny")
+
+
+@pytest.fixture(scope="session")
 def _box_export(tmp_path_factory) -> Path:
     from helpers.sim import box_export
 

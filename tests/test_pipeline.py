@@ -45,17 +45,24 @@ def test_public_api_names_resolve():
 
 
 def test_build_writes_a_complete_record(tiny_scene_dir, tmp_path):
-    result = simgen.build(tiny_scene_dir, tmp_path / "b", FAST)
+    result = simgen.build(tiny_scene_dir, tmp_path / "b", replace(FAST, worlds=False))
     assert isinstance(result, simgen.BuildResult) and result.build_dir == tmp_path / "b"
     record = json.loads((tmp_path / "b" / folders.BUILD_FILE).read_text())
     assert record == result.record
     assert record["scene"] == str(Path(tiny_scene_dir).resolve()) and Path(record["scene"]).is_absolute()
     assert record["simgen_version"] == simgen.__version__ and len(record["id"]) == 32
-    # the export ran into the build folder and locates its build relative to itself
-    assert result.export is not None and result.export["build_dir"] == "."
-    assert (tmp_path / "b" / folders.WORLDS_DIR / f"{result.export['scene']}.sdf").is_file()
     n_instances = len(json.loads((tmp_path / "b" / folders.INSTANCES_FILE).read_text())["instances"])
     assert n_instances == record["counters"]["instances"] > 0
+    assert result.export is None and not (tmp_path / "b" / folders.WORLDS_DIR).exists()
+
+
+@pytest.mark.slow
+def test_build_exports_into_its_own_folder(tiny_scene_dir, tmp_path):
+    result = simgen.build(tiny_scene_dir, tmp_path / "b", FAST)
+    # the export ran into the build folder and locates its build relative to itself
+    assert result.export is not None and result.export["build_dir"] == "."
+    assert result.export == json.loads((tmp_path / "b" / folders.EXPORT_FILE).read_text())
+    assert (tmp_path / "b" / folders.WORLDS_DIR / f"{result.export['scene']}.sdf").is_file()
 
 
 @pytest.mark.slow

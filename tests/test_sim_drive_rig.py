@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.rosbag_reader import read_bag, transform_matrix
-from helpers.sim import synthetic_export
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
@@ -45,8 +44,8 @@ cameras:
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    return synthetic_export(tmp_path_factory.mktemp("rig"), "tiny")
+def export(tiny_gt_export) -> Path:
+    return tiny_gt_export
 
 
 def _drive(export: Path, root: Path, **kw) -> tuple[dict, Path]:

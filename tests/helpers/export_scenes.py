@@ -133,23 +133,3 @@ def write_build(build_dir: Path, mesh: PanopticMesh | None = None, categories=No
     write_panoptic_mesh(build_dir / "panoptic_mesh.ply", mesh)
     write_instances(build_dir / "instances.json", instance_records(mesh, categories), categories)
     return build_dir
-
-
-def gt_build(scene_dir: Path, build_dir: Path) -> Path:
-    """A "GT build" of a synthetic scene: its GT mesh, semantic = category of the GT segment, instance =
-    the GT segment id for things and 0 for stuff."""
-    from simgen.data.scene import load_scene
-
-    scene = load_scene(scene_dir)
-    mesh = scene.gt.mesh()
-    seg = scene.gt.mesh_labels().astype(np.int64)
-    segments = scene.gt.segments
-    sem = np.array([segments.get(int(s), -1) for s in range(seg.max() + 1)])[seg]
-    thing = np.array([scene.categories[c].isthing if c in scene.categories else False for c in sem])
-    colors = (
-        np.asarray(mesh.visual.vertex_colors)[:, :3]
-        if mesh.visual.kind == "vertex"
-        else np.full((len(seg), 3), 180)
-    )
-    pm = PanopticMesh(mesh.vertices, mesh.faces, colors, sem, np.where(thing, seg, 0))
-    return write_build(build_dir, pm, scene.categories)
