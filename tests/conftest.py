@@ -6,9 +6,11 @@ it is made, so tests can run in any order.
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,12 +25,34 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _made_once(tmp_path_factory, worker_id: str, name: str, make: Callable[[Path], object]) -> Path:
+    """``root / name``, made by ``make(root / name)`` once per test run. Session fixtures are per process,
+    so under pytest-xdist every worker would otherwise make its own copy of the same scene or export: the
+    workers share the run's temporary folder and take turns through a file lock; the first one makes it,
+    the others find it complete. Only for read-only fixtures."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # the run's folder, above each worker's own
+    folder, done = root / name, root / f"{name}.complete"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if make() raises
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def tiny_scene_dir(tmp_path_factory) -> Path:
+def tiny_scene_dir(tmp_path_factory, worker_id) -> Path:
     """The built-in ``tiny`` preset, seed 0, with its default sensor and label noise."""
     from simgen.synth import synthesize
 
-    return synthesize(tmp_path_factory.mktemp("tiny_scene") / "tiny", preset="tiny", seed=0)
+    def make(root: Path) -> None:
+        synthesize(root / "tiny", preset="tiny", seed=0)
+
+    return _made_once(tmp_path_factory, worker_id, "tiny_scene", make) / "tiny"
 
 
 @pytest.fixture(scope="session")
@@ -40,29 +64,32 @@ def tiny_scene(tiny_scene_dir):
 
 
 @pytest.fixture(scope="session")
-def served_gt(tmp_path_factory):
+def served_gt(tmp_path_factory, worker_id):
     """The noise-free ``tiny`` scene's exact GT mesh as a served folder (tests/helpers/served_gt.py):
     ``(scene with GT, served folder, {GT segment id: expected server segment id})``. Read-only."""
-    from helpers.served_gt import make_served_gt
+    from helpers.served_gt import make_served_gt, read_served_gt
 
-    return make_served_gt(tmp_path_factory.mktemp("served_gt"))
+    return read_served_gt(_made_once(tmp_path_factory, worker_id, "served_gt", make_served_gt))
 
 
 @pytest.fixture(scope="session")
-def tiny_gt_export(tmp_path_factory) -> Path:
+def tiny_gt_export(tmp_path_factory, worker_id) -> Path:
     """The ``tiny`` preset's exact GT mesh as a build, exported by the real pipeline with the default
     colliders and physics checks (tests/helpers/sim.py: ``synthetic_export``). Read-only: tests that write
     into an export copy it first."""
     from helpers.sim import synthetic_export
 
-    return synthetic_export(tmp_path_factory.mktemp("tiny_gt_export"), "tiny")
+    return (
+        _made_once(tmp_path_factory, worker_id, "tiny_gt_export", lambda r: synthetic_export(r, "tiny"))
+        / "export"
+    )
 
 
 @pytest.fixture(scope="session")
-def _box_export(tmp_path_factory) -> Path:
+def _box_export(tmp_path_factory, worker_id) -> Path:
     from helpers.sim import box_export
 
-    return box_export(tmp_path_factory.mktemp("box_export"))
+    return _made_once(tmp_path_factory, worker_id, "box_export", box_export) / "export"
 
 
 @pytest.fixture(scope="module")

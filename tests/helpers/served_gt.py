@@ -45,10 +45,16 @@ def make_served_gt(root: Path):
     write_panoptic_mesh(folder / "panoptic_mesh.ply", pmesh)
     write_instances(folder / "instances.json", instance_records(pmesh, scene.categories), scene.categories)
     write_json(folder / "alignment.json", {"world_from_scene": WORLD_FROM_SCENE.tolist()})
+    return read_served_gt(root)
+
+
+def read_served_gt(root: Path):
+    """What :func:`make_served_gt` returns, from the folder it wrote."""
+    scene = load_scene(root / "scene")
     expected = {0: 0}
     for gid, cid in scene.gt.segments.items():
         expected[gid] = gid if scene.categories[cid].isthing else STUFF_ID_OFFSET + cid
-    return scene, folder, expected
+    return scene, root / "export", expected
 
 
 def expected_panoptic(gt, i: int) -> np.ndarray:
