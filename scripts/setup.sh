@@ -69,5 +69,11 @@ elif [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" --no-deps -e .
   echo "$want" >"$stamp"
 fi
+# The CPU kernels compiled once now (numba caches them beside the code), not inside the first render or
+# test. Skipped when this checkout's cache already holds them (a kernel's cache lives next to its source).
+if ! ls simgen/render/__pycache__/*.nbi >/dev/null 2>&1; then
+  echo "setup.sh: compiling the CPU kernels (once per checkout)"
+  "$VENV/bin/python" -c "from simgen.render.jit import compile_kernels; compile_kernels()"
+fi
 echo "ready: $VENV ($("$VENV/bin/python" -c 'from importlib.metadata import version as v
 print(", ".join(f"{p} {v(p)}" for p in ("torch", "numpy", "trimesh", "coacd", "pymeshlab", "mujoco")))'))"

@@ -202,6 +202,7 @@ def test_zips_are_deterministic(fuel_export, tmp_path):
     assert (tmp_path / f"{name}.zip").read_bytes() == (out / summary["fuel"]["zips"][name]).read_bytes()
 
 
+@pytest.mark.slow
 def test_cli_fuel_flag_on_then_off(tmp_path):
     """--fuel writes the zips and records them; an export without it writes none and removes the old ones."""
     parts = [p for p in room_parts() if p[1] in (1, 12)]  # floor and the bin: a quick export

@@ -151,6 +151,7 @@ def test_openapi_declares_415(client) -> None:
 # ----------------------------------------------------------------------------- over real HTTP
 
 
+@pytest.mark.slow
 def test_real_server_answers_nested_json_400_without_a_traceback(folder) -> None:
     """The issue's probe against ``simgen serve`` (waitress on 127.0.0.1): 400 naming ``body``, not a
     500 with a RecursionError traceback in the log; then text/plain gets 415 and the server still works."""

@@ -243,6 +243,7 @@ def test_drive_into_a_box_stops_where_the_images_see_it(export, tmp_path):
     assert pan[24, 32] == 1 and (pan == 1).mean() > 0.5  # box 1 fills the view
 
 
+@pytest.mark.slow
 def test_simgen_drive_cli(export, tmp_path, capsys):
     from simgen.cli import main
 

@@ -1,0 +1,23 @@
+"""simgen.render.jit: what setup.sh compiles ahead of use is every CPU kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+from simgen.render import caster, rasterize_numba
+from simgen.render.jit import compile_kernels
+
+
+def test_compile_kernels_compiles_every_kernel():
+    if not rasterize_numba.numba_available():
+        pytest.skip("numba not installed: nothing is compiled")
+
+    assert compile_kernels() == [
+        "gaussian rasterizer (float32)",
+        "gaussian rasterizer (float64)",
+        "mesh caster",
+    ]
+    # The kernels Python calls (the helpers they call are compiled into them).
+    names = ("_rot_scale", "_project", "_bin", "_blend", "_eval_sh", "_gather")
+    kernels = [getattr(rasterize_numba, n) for n in names] + list(caster._KERNELS)
+    assert [k for k in kernels if not k.signatures] == []
