@@ -14,7 +14,8 @@ from lxml import etree
 
 from simgen.cli import main
 from simgen.data.scene import Category
-from simgen.export import physics
+from simgen.export import colliders, physics
+from simgen.export.colliders import robust_convex_hull
 from simgen.export.config import ExportConfig
 from simgen.export.pipeline import run_export
 from simgen.export.policy import FIXED_CLASSES, decide
@@ -228,3 +229,76 @@ def test_two_fixed_things_overlapping_are_trimmed_not_moved(tmp_path):
     # Measured again from the files: no overlap is left above the 5 mm tolerance.
     figures, totals, _, failures = physics.run_physics(mjcf, None, kinds, resolve=False)
     assert totals["spawn_max_penetration_mm"] <= 1000 * physics.SPAWN_TOLERANCE_M and failures == []
+
+
+def _resting_world(tmp_path: Path, hulls: list[tuple[np.ndarray, np.ndarray]], name: str) -> Path:
+    """An MJCF like the export's: a 10 cm floor box whose top is z = 0 and one dynamic thing whose collider
+    hulls (model frame = world here) are inline meshes, its inertia from its geoms (uniform density)."""
+    assets, geoms = [], []
+    for k, (v, f) in enumerate(hulls):
+        vs = " ".join(f"{x:.6f}" for x in np.asarray(v).ravel())
+        fs = " ".join(str(int(i)) for i in np.asarray(f).ravel())
+        assets.append(f'<mesh name="{name}__hull_{k}" vertex="{vs}" face="{fs}"/>')
+        geoms.append(f'<geom type="mesh" mesh="{name}__hull_{k}" density="300"/>')
+    xml = (
+        f'<mujoco><option timestep="0.002"/><default><geom friction="0.8 0.005 0.0001"/></default>'
+        f"<asset>{''.join(assets)}</asset><worldbody>"
+        f'<body name="floor" pos="0 0 -0.05"><geom type="box" size="2 2 0.05"/></body>'
+        f'<body name="{name}" pos="0 0 0"><freejoint/>{"".join(geoms)}</body></worldbody></mujoco>'
+    )
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.xml"
+    path.write_text(xml)
+    return path
+
+
+def _open_ball(radius: float, cut: float, spur: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """A scanned ball: a sphere of ``radius`` resting on z = 0 whose bottom ``cut`` (m) the camera never
+    saw, plus one stray vertex down at z = 0 at ``spur`` (x, y) off its axis (what the scan reached)."""
+    s = trimesh.creation.icosphere(3, radius=radius)
+    v = s.vertices[s.vertices[:, 2] > cut - radius] + [0, 0, radius]
+    return robust_convex_hull(np.vstack([v, [spur[0], spur[1], 0.0]]))
+
+
+def test_a_scanned_ball_gets_a_flat_base_and_rests_where_it_was_scanned(tmp_path):
+    ball = _open_ball(0.15, 0.03, (-0.095, -0.02))
+    com = colliders.hulls_centre_of_mass([ball])
+    assert colliders.base_margin([ball], com, 0.001) < 0  # it stands on the spur alone
+    moved, turned = physics.rest_test(_resting_world(tmp_path / "a", [ball], "ball_1"))["ball_1"]
+    assert moved > physics.REST_MOVE_M or turned > physics.REST_TURN_DEG  # as scanned it rolls away
+    (flat,), depth = colliders.flat_base([ball])
+    assert 0 < depth <= colliders.MAX_BASE_FRACTION * 0.3
+    fv, ff = flat
+    assert fv[:, 2].min() == pytest.approx(0.0, abs=1e-9)  # nothing below the support plane
+    assert colliders.convexity_excess(fv, ff) <= colliders.CONVEX_TOL_M and colliders.is_closed(ff)
+    # It keeps all of the scanned hull (every old vertex inside the new one) and stands on a disc that
+    # holds its centre of mass with the margin.
+    m = trimesh.Trimesh(fv, ff)
+    assert (m.nearest.signed_distance(ball[0]) > -1e-6).all()
+    assert colliders.base_margin([flat], com, 0.001) >= colliders.MIN_BASE_MARGIN_M
+    moved, turned = physics.rest_test(_resting_world(tmp_path / "b", [flat], "ball_1"))["ball_1"]
+    assert moved < physics.REST_MOVE_M and turned < physics.REST_TURN_DEG
+
+
+def test_flat_base_squashes_a_tilted_underside_and_leaves_sound_or_hopeless_bases_alone():
+    # A 40 x 30 x 25 cm box whose scanned underside is tilted by 8 mm across its length: it stands on one
+    # edge, its centre of mass 20 cm from it. Flattened at the smallest depth that holds it: at 5 mm the
+    # underside from x = -0.2 to 0.05 m is on the plane, 5 cm beyond the centre of mass.
+    box = np.array([[x, y, z] for x in (-0.2, 0.2) for y in (-0.15, 0.15) for z in (0.0, 0.25)])
+    box[(box[:, 2] == 0) & (box[:, 0] > 0), 2] = 0.008
+    hull = robust_convex_hull(box)
+    (flat,), depth = colliders.flat_base([hull])
+    assert depth == 0.005
+    low = flat[0][flat[0][:, 2] < 1e-9]
+    assert low[:, 0].min() == pytest.approx(-0.2) and low[:, 0].max() == pytest.approx(0.05)
+    assert low[:, 1].min() == pytest.approx(-0.15) and low[:, 1].max() == pytest.approx(0.15)
+    # A box standing flat is left as it is.
+    sound = robust_convex_hull(
+        np.array([[x, y, z] for x in (-0.2, 0.2) for y in (-0.15, 0.15) for z in (0, 0.25)])
+    )
+    assert colliders.flat_base([sound])[1] == 0.0
+    # A sign whose centre of mass is beyond its post's footprint at any depth is left to be pinned.
+    post = robust_convex_hull(_box([0.04, 0.04, 0.6], [0, 0, 0.3]).vertices)
+    board = robust_convex_hull(_box([0.5, 0.04, 0.2], [0.27, 0, 0.7]).vertices)
+    hulls, depth = colliders.flat_base([post, board])
+    assert depth == 0.0 and hulls[0] is post
