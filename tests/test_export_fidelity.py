@@ -139,3 +139,36 @@ def test_a_chair_gets_its_slab_split_within_25_percent_of_its_volume(yaw):
         abs(sum(hull_volume(*h) for h in res.hulls) - truth) / truth, abs=1e-3
     )
     assert res.choice["candidates"][0]["volume_error"] < 0.25
+
+
+def _holey(mesh: trimesh.Trimesh, centre, radius: float) -> trimesh.Trimesh:
+    """The mesh without the faces whose centroid lies within ``radius`` (m) of ``centre``: a hole."""
+    keep = np.linalg.norm(mesh.triangles_center - np.asarray(centre), axis=1) > radius
+    return trimesh.Trimesh(mesh.vertices, mesh.faces[keep], process=False)
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.6])
+def test_solid_volume_of_a_chair_matches_its_true_volume(yaw):
+    m = chair(yaw)
+    truth = 0.45 * 0.45 * 0.04 + 0.45 * 0.04 * 0.45 + 4 * 0.04 * 0.04 * 0.41  # 20.9 L, parts disjoint
+    assert fidelity.solid_volume(m.vertices, m.faces) == pytest.approx(truth, rel=0.04)
+
+
+def test_solid_volume_ignores_orientation_self_intersection_and_small_holes():
+    box = _box([0.3, 0.2, 0.25], [0, 0, 0.125]).subdivide_to_size(0.02)
+    truth = 0.3 * 0.2 * 0.25
+    assert fidelity.solid_volume(box.vertices, box.faces) == pytest.approx(truth, rel=0.02)
+    # Wound inwards: the signed volume is negative, the solid is the same.
+    assert trimesh.Trimesh(box.vertices, box.faces[:, ::-1]).volume == pytest.approx(-truth)
+    assert fidelity.solid_volume(box.vertices, box.faces[:, ::-1]) == pytest.approx(truth, rel=0.02)
+    # Two boxes overlapping by half: the signed volume counts the overlap twice, the solid once.
+    a = _box([0.3, 0.3, 0.3], [0, 0, 0.15])
+    both = trimesh.util.concatenate([a, _box([0.3, 0.3, 0.3], [0.15, 0, 0.15])])
+    assert both.volume == pytest.approx(2 * 0.027)
+    assert fidelity.solid_volume(both.vertices, both.faces) == pytest.approx(0.45 * 0.3 * 0.3, rel=0.02)
+    # A hole of about 3 cm in a side and the open underside of a scan standing on the floor.
+    holey = _holey(box, [0.15, 0.0, 0.125], 0.01)
+    assert not holey.is_watertight
+    assert fidelity.solid_volume(holey.vertices, holey.faces) == pytest.approx(truth, rel=0.02)
+    keep = box.face_normals[:, 2] > -0.5
+    assert fidelity.solid_volume(box.vertices, box.faces[keep]) == pytest.approx(truth, rel=0.02)

@@ -14,7 +14,8 @@ from lxml import etree
 
 from simgen.cli import main
 from simgen.data.scene import Category
-from simgen.export import physics
+from simgen.export import colliders, physics
+from simgen.export.colliders import robust_convex_hull
 from simgen.export.config import ExportConfig
 from simgen.export.pipeline import run_export
 from simgen.export.policy import FIXED_CLASSES, decide
@@ -31,15 +32,38 @@ def _box(size, centre) -> trimesh.Trimesh:
     return trimesh.creation.box(size, trimesh.transformations.translation_matrix(centre)).subdivide()
 
 
+BALL_CENTRE = (2.25, 2.05, TABLE_TOP + 0.1)  # on the table top, beside the book
+
+
+def _scanned_ball(centre, radius: float) -> trimesh.Trimesh:
+    """A ball as a scan leaves it: its bottom 2 cm never seen (open there), and one stray sliver reaching
+    down to its support 6 cm off its axis (what the scan caught of the contact)."""
+    s = trimesh.creation.icosphere(3, radius=radius)
+    keep = s.triangles_center[:, 2] > 0.02 - radius
+    v, f = s.vertices, s.faces[keep]
+    # The sliver hangs from the lowest edge of the opening (an edge of one face only), so it is part of
+    # the scanned surface, not a separate piece the cleaning drops.
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    uniq, count = np.unique(edges, axis=0, return_counts=True)
+    border = uniq[count == 1]
+    rim = border[np.argmin(v[border, 2].mean(1))]
+    spur = np.array([[v[rim, 0].mean() - 0.06 * np.sign(v[rim, 0].mean() or 1.0), v[rim, 1].mean(), -radius]])
+    m = trimesh.Trimesh(np.vstack([v, spur]), np.vstack([f, [[rim[0], rim[1], len(v)]]]), process=False)
+    m.apply_translation(centre)
+    return m
+
+
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
-    """The test room plus a light box on the floor and a book sunk into the table top."""
+    """The test room plus a light box on the floor, a book sunk into the table top and a scanned ball
+    (open underneath) on the table."""
     root = tmp_path_factory.mktemp("phys")
     cats = {
         **CATEGORIES,
         13: Category(13, "box", True),
         14: Category(14, "book", True),
         15: Category(15, "sign", True),
+        16: Category(16, "ball", True),
     }
     # A sign: a 0.6 m post with a 0.5 m board sticking out to one side at the top: its centre of mass is
     # outside its 4 cm footprint, so it cannot rest where it was scanned.
@@ -50,6 +74,7 @@ def export_dir(tmp_path_factory) -> Path:
         (_box([0.3, 0.3, 0.3], [2.0, 0.9, 0.15]), 13, 4, (200, 160, 90)),
         (_box([0.2, 0.15, 0.05], [2.0, 2.0, TABLE_TOP + 0.025 - SUNK]), 14, 5, (180, 30, 30)),
         (sign, 15, 6, (240, 240, 240)),
+        (_scanned_ball(BALL_CENTRE, 0.1), 16, 7, (230, 120, 20)),
     ]
     build = write_build(root / "room", make_mesh(parts), cats)
     run_export(build, root / "out", ExportConfig(**FAST, densities=None), robot=robot_mjcf)
@@ -113,10 +138,23 @@ def test_export_records_the_collider_choice_of_every_thing(export_dir):
         assert choice["chosen"] == r["collider"] and choice["reason"]
         kept = [c for c in choice["candidates"] if c["method"] == r["collider"]]
         assert len(kept) == 1 and kept[0]["hulls"] == r["hulls"]
-        assert kept[0]["volume_error"] == pytest.approx(r["volume_error"], abs=2e-4)
+        if choice["flat_base_mm"] == 0:  # the candidates' figures are before the flat base
+            assert kept[0]["volume_error"] == pytest.approx(r["volume_error"], abs=2e-4)
     # The table's legs are separate members: the slab split, without a decomposition run.
     table = {r["name"]: r for r in rows}["table_1"]["collider_choice"]
     assert table["chosen"] == "slabs" and len(table["candidates"]) == 1
+
+
+def test_a_scanned_ball_on_the_table_gets_a_flat_base_and_stays_dynamic(export_dir):
+    rows = {r["name"]: r for r in json.loads((export_dir / "export.json").read_text())["models"]}
+    ball = rows["ball_7"]
+    assert ball["dynamic"] and ball["policy"] == "movable" and not ball["physics"]["pinned"]
+    assert ball["collider_choice"]["flat_base_mm"] > 0
+    assert ball["physics"]["rest_moved_cm"] < 100 * physics.REST_MOVE_M
+    assert ball["physics"]["rest_turned_deg"] < physics.REST_TURN_DEG
+    # Where it was scanned: on the table top (the flat face is on the plane of its lowest scanned point).
+    body = etree.parse(str(export_dir / "mjcf" / "room.xml")).find(".//body[@name='ball_7']")
+    assert float(body.get("pos").split()[2]) == pytest.approx(TABLE_TOP, abs=0.006)
 
 
 def test_a_thing_that_falls_over_is_pinned(export_dir):
@@ -228,3 +266,76 @@ def test_two_fixed_things_overlapping_are_trimmed_not_moved(tmp_path):
     # Measured again from the files: no overlap is left above the 5 mm tolerance.
     figures, totals, _, failures = physics.run_physics(mjcf, None, kinds, resolve=False)
     assert totals["spawn_max_penetration_mm"] <= 1000 * physics.SPAWN_TOLERANCE_M and failures == []
+
+
+def _resting_world(tmp_path: Path, hulls: list[tuple[np.ndarray, np.ndarray]], name: str) -> Path:
+    """An MJCF like the export's: a 10 cm floor box whose top is z = 0 and one dynamic thing whose collider
+    hulls (model frame = world here) are inline meshes, its inertia from its geoms (uniform density)."""
+    assets, geoms = [], []
+    for k, (v, f) in enumerate(hulls):
+        vs = " ".join(f"{x:.6f}" for x in np.asarray(v).ravel())
+        fs = " ".join(str(int(i)) for i in np.asarray(f).ravel())
+        assets.append(f'<mesh name="{name}__hull_{k}" vertex="{vs}" face="{fs}"/>')
+        geoms.append(f'<geom type="mesh" mesh="{name}__hull_{k}" density="300"/>')
+    xml = (
+        f'<mujoco><option timestep="0.002"/><default><geom friction="0.8 0.005 0.0001"/></default>'
+        f"<asset>{''.join(assets)}</asset><worldbody>"
+        f'<body name="floor" pos="0 0 -0.05"><geom type="box" size="2 2 0.05"/></body>'
+        f'<body name="{name}" pos="0 0 0"><freejoint/>{"".join(geoms)}</body></worldbody></mujoco>'
+    )
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.xml"
+    path.write_text(xml)
+    return path
+
+
+def _open_ball(radius: float, cut: float, spur: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """A scanned ball: a sphere of ``radius`` resting on z = 0 whose bottom ``cut`` (m) the camera never
+    saw, plus one stray vertex down at z = 0 at ``spur`` (x, y) off its axis (what the scan reached)."""
+    s = trimesh.creation.icosphere(3, radius=radius)
+    v = s.vertices[s.vertices[:, 2] > cut - radius] + [0, 0, radius]
+    return robust_convex_hull(np.vstack([v, [spur[0], spur[1], 0.0]]))
+
+
+def test_a_scanned_ball_gets_a_flat_base_and_rests_where_it_was_scanned(tmp_path):
+    ball = _open_ball(0.15, 0.03, (-0.095, -0.02))
+    com = colliders.hulls_centre_of_mass([ball])
+    assert colliders.base_margin([ball], com, 0.001) < 0  # it stands on the spur alone
+    moved, turned = physics.rest_test(_resting_world(tmp_path / "a", [ball], "ball_1"))["ball_1"]
+    assert moved > physics.REST_MOVE_M or turned > physics.REST_TURN_DEG  # as scanned it rolls away
+    (flat,), depth = colliders.flat_base([ball])
+    assert 0 < depth <= colliders.MAX_BASE_FRACTION * 0.3
+    fv, ff = flat
+    assert fv[:, 2].min() == pytest.approx(0.0, abs=1e-9)  # nothing below the support plane
+    assert colliders.convexity_excess(fv, ff) <= colliders.CONVEX_TOL_M and colliders.is_closed(ff)
+    # It keeps all of the scanned hull (every old vertex inside the new one) and stands on a disc that
+    # holds its centre of mass with the margin.
+    m = trimesh.Trimesh(fv, ff)
+    assert (m.nearest.signed_distance(ball[0]) > -1e-6).all()
+    assert colliders.base_margin([flat], com, 0.001) >= colliders.MIN_BASE_MARGIN_M
+    moved, turned = physics.rest_test(_resting_world(tmp_path / "b", [flat], "ball_1"))["ball_1"]
+    assert moved < physics.REST_MOVE_M and turned < physics.REST_TURN_DEG
+
+
+def test_flat_base_squashes_a_tilted_underside_and_leaves_sound_or_hopeless_bases_alone():
+    # A 40 x 30 x 25 cm box whose scanned underside is tilted by 8 mm across its length: it stands on one
+    # edge, its centre of mass 20 cm from it. Flattened at the smallest depth that holds it: at 5 mm the
+    # underside from x = -0.2 to 0.05 m is on the plane, 5 cm beyond the centre of mass.
+    box = np.array([[x, y, z] for x in (-0.2, 0.2) for y in (-0.15, 0.15) for z in (0.0, 0.25)])
+    box[(box[:, 2] == 0) & (box[:, 0] > 0), 2] = 0.008
+    hull = robust_convex_hull(box)
+    (flat,), depth = colliders.flat_base([hull])
+    assert depth == 0.005
+    low = flat[0][flat[0][:, 2] < 1e-9]
+    assert low[:, 0].min() == pytest.approx(-0.2) and low[:, 0].max() == pytest.approx(0.05)
+    assert low[:, 1].min() == pytest.approx(-0.15) and low[:, 1].max() == pytest.approx(0.15)
+    # A box standing flat is left as it is.
+    sound = robust_convex_hull(
+        np.array([[x, y, z] for x in (-0.2, 0.2) for y in (-0.15, 0.15) for z in (0, 0.25)])
+    )
+    assert colliders.flat_base([sound])[1] == 0.0
+    # A sign whose centre of mass is beyond its post's footprint at any depth is left to be pinned.
+    post = robust_convex_hull(_box([0.04, 0.04, 0.6], [0, 0, 0.3]).vertices)
+    board = robust_convex_hull(_box([0.5, 0.04, 0.2], [0.27, 0, 0.7]).vertices)
+    hulls, depth = colliders.flat_base([post, board])
+    assert depth == 0.0 and hulls[0] is post

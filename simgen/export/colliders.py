@@ -416,3 +416,87 @@ def stuff_boxes(
             inward = 1.0 if (room_centre - pts.mean(0)) @ a >= 0 else -1.0
             boxes.append(_box_from_plane(pts, a, inward, thickness))
     return boxes
+
+
+# A thing stands on the plane through its colliders' lowest point (z up, model frame). Where the collider
+# points within BASE_NOISE_M of that plane already surround the centre of mass with MIN_BASE_MARGIN_M to
+# spare, the base is left as scanned; otherwise (a scanned ball touches its support in one point, a box
+# whose scanned underside is tilted by noise touches it along one edge) the bottom BASE_DEPTHS_M[k] of the
+# colliders is squashed onto the plane, the smallest depth that gives that margin, so that the thing rests
+# where it was scanned instead of rolling or tipping by the scan's noise.
+BASE_NOISE_M = 0.001
+MIN_BASE_MARGIN_M = 0.01
+BASE_DEPTHS_M = (0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05)
+# ...and never more than this fraction of the thing's height: the band a scan misses under a round thing
+# (a ball's underside, hidden from a camera above it), not a cut through a thing's body.
+MAX_BASE_FRACTION = 0.2
+
+
+def hulls_centre_of_mass(hulls: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(3,) centre of mass of convex hulls of uniform density (overlaps counted twice, as in the masses the
+    export writes)."""
+    masses, centres = [], []
+    for v, f in hulls:
+        m = trimesh.Trimesh(v, f, process=False)
+        masses.append(abs(float(m.volume)))
+        centres.append(np.asarray(m.center_mass, np.float64))
+    w = np.asarray(masses)
+    return (w[:, None] * np.asarray(centres)).sum(0) / max(float(w.sum()), 1e-18)
+
+
+def _below(v: np.ndarray, f: np.ndarray, z0: float) -> np.ndarray:
+    """(K, 3) points of a convex hull at or below the height ``z0``: its vertices there and the crossings
+    of its edges with the plane z = z0."""
+    edges = np.unique(np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1), axis=0)
+    a, b = v[edges[:, 0]], v[edges[:, 1]]
+    cross = (a[:, 2] - z0) * (b[:, 2] - z0) < 0
+    t = (z0 - a[cross, 2]) / (b[cross, 2] - a[cross, 2])
+    return np.concatenate([v[v[:, 2] <= z0], a[cross] + t[:, None] * (b[cross] - a[cross])])
+
+
+def base_margin(hulls: list[tuple[np.ndarray, np.ndarray]], com: np.ndarray, depth: float) -> float:
+    """Distance (m) from the centre of mass ``com`` (3,) to the edge of the support polygon formed by the
+    hulls' points within ``depth`` of their lowest point (xy plane); negative when it lies outside."""
+    zmin = min(float(v[:, 2].min()) for v, _ in hulls)
+    pts = np.concatenate([_below(v, f, zmin + depth) for v, f in hulls])[:, :2]
+    try:
+        poly = ConvexHull(pts)
+    except (QhullError, ValueError):  # a point or a line: no area to stand on
+        return -float(np.linalg.norm(pts - com[:2], axis=1).min()) if len(pts) else -np.inf
+    return float(-(poly.equations[:, :2] @ com[:2] + poly.equations[:, 2]).max())
+
+
+def flat_base(
+    hulls: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """A thing's convex hulls (model frame, z up, metres) with a flat base on their support plane.
+
+    Returns (hulls, depth m): the hulls unchanged and 0.0 when the base is stable as scanned or no depth
+    up to ``MAX_BASE_FRACTION`` of the height makes it stable (the physics checks then pin the thing);
+    else every hull reaching below ``lowest + depth`` gets the points it has there (vertices and edge
+    crossings at that height) projected onto the plane z = lowest as well, so it keeps all of its volume
+    and gains a flat face on the plane: no hull moves up or loses any part, nothing reaches below the
+    lowest point, and the contact polygon holds the centre of mass with ``MIN_BASE_MARGIN_M`` to spare.
+    """
+    if not hulls:
+        return hulls, 0.0
+    com = hulls_centre_of_mass(hulls)
+    if base_margin(hulls, com, BASE_NOISE_M) >= MIN_BASE_MARGIN_M:
+        return hulls, 0.0
+    zmin = min(float(v[:, 2].min()) for v, _ in hulls)
+    height = max(float(v[:, 2].max()) for v, _ in hulls) - zmin
+    for depth in BASE_DEPTHS_M:
+        if depth > MAX_BASE_FRACTION * height:
+            break
+        if base_margin(hulls, com, depth) < MIN_BASE_MARGIN_M:
+            continue
+        out = []
+        for v, f in hulls:
+            low = _below(v, f, zmin + depth)
+            if len(low) == 0:
+                out.append((v, f))
+                continue
+            flat = np.column_stack([low[:, :2], np.full(len(low), zmin)])
+            out.append(exact_convex_hull(np.concatenate([v, flat])))
+        return out, depth
+    return hulls, 0.0

@@ -383,6 +383,45 @@ MIN_LEG_SPACE_FRACTION = 0.1
 SLAB_MIN_FILL = 0.5
 
 
+# Voxel size (m) of the solid-volume reference: small enough for a chair's 4 cm legs (a shell voxel counts
+# half), large enough that a 2 m thing's grid stays near 200^3.
+SOLID_PITCH = 0.01
+MAX_SOLID_VOXELS_PER_SIDE = 256
+# Holes in the scanned surface up to twice this many voxels wide are sealed (and concave gaps as narrow).
+SOLID_SEAL_VOXELS = 2
+
+
+def solid_volume(vertices: np.ndarray, faces: np.ndarray, pitch: float = SOLID_PITCH) -> float:
+    """Volume (m^3) enclosed by a surface mesh (V, 3) / (F, 3), metres, any frame, measured on voxels.
+
+    The surface is voxelised at ``pitch`` (coarser only for things over ``MAX_SOLID_VOXELS_PER_SIDE``
+    voxels long) and filled from outside: every voxel the outside cannot reach is solid, the outside being
+    flooded around the shell thickened by ``SOLID_SEAL_VOXELS`` so that it does not leak through holes up
+    to twice that wide. Shell voxels straddle the surface, so those touching the outside
+    count half. Unlike the signed volume this ignores face orientation and self-intersections, and a small
+    hole does not empty the solid; a scan open where it stood on its support is closed by capping the
+    lowest occupied layer with its filled outline (z up).
+    """
+    v = np.asarray(vertices, np.float64)
+    f = np.asarray(faces, np.int64)
+    if len(f) == 0 or len(v) == 0:
+        return 0.0
+    pitch = max(float(pitch), float(np.ptp(v, axis=0).max()) / MAX_SOLID_VOXELS_PER_SIDE)
+    vox = trimesh.voxel.creation.voxelize_subdivide(trimesh.Trimesh(v, f, process=False), pitch, max_iter=16)
+    seal = SOLID_SEAL_VOXELS
+    shell = np.pad(np.asarray(vox.matrix, bool), seal + 2)
+    layers = np.flatnonzero(shell.any((0, 1)))
+    if len(layers):
+        z = layers[0]
+        shell[:, :, z] |= ndimage.binary_fill_holes(ndimage.binary_closing(shell[:, :, z], iterations=1))
+    # The outside is flooded around the shell thickened by ``seal`` voxels (so it cannot leak through a
+    # hole up to 2 x seal voxels wide), then grown back by as much: the solid keeps its own surface.
+    thick = ndimage.binary_dilation(shell, iterations=seal)
+    outside = ndimage.binary_dilation(~ndimage.binary_fill_holes(thick), iterations=seal) & ~shell
+    boundary = shell & ndimage.binary_dilation(outside, np.ones((3, 3, 3), bool))
+    return float((~outside).sum() - 0.5 * boundary.sum()) * pitch**3
+
+
 def reference_volume(
     vis_v: np.ndarray, vis_f: np.ndarray, col_v: np.ndarray, col_f: np.ndarray
 ) -> tuple[float | None, str]:

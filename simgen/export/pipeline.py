@@ -201,6 +201,16 @@ def _process_part(
                 "iterations": cfg.coacd_iterations,
             },
         )
+        # A scan open under a round thing or tilted by noise at its underside would roll or tip it off
+        # where it was scanned: its colliders get a flat face on the support plane where needed.
+        col.hulls, base = colliders.flat_base(col.hulls)
+        if col.choice is not None:
+            col.choice["flat_base_mm"] = round(1000 * base, 1)
+        if base > 0:
+            notes.append(
+                f"{part.name}: colliders' bottom {1000 * base:.1f} mm flattened onto the support plane "
+                "(its scanned base could not hold its centre of mass)"
+            )
         hull_vol = sum(colliders.hull_volume(hv, hf) for hv, hf in col.hulls)
         closed = trimesh.Trimesh(col_v, col_f, process=False)
         if mesh.is_watertight and mesh.volume > 1e-9:
