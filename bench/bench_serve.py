@@ -2,7 +2,7 @@
 
 Usage: python bench/bench_serve.py [--scene BUILD_OR_EXPORT] [--workers 1 2] [--requests 60]
                                    [--clients 8] [--duration 20] [--sizes 320x240 640x480] [--json FILE]
-                                   [--backend raycast|raster|auto] [--outputs depth+panoptic ...]
+                                   [--backend auto|zbuffer|raycast|raster] [--outputs depth+panoptic ...]
                                    [--baseline SIMGEN_SRC --repeats 3] [--tick-rates 10 30]
 
 Without ``--scene`` it makes one: ``simgen synth --preset tiny`` then ``simgen build --no-export`` (a
@@ -324,7 +324,9 @@ def main() -> int:
     )
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds per case with --baseline")
     ap.add_argument("--outputs", nargs="+", default=list(OUTPUT_SETS), choices=list(OUTPUT_SETS))
-    ap.add_argument("--backend", default="raycast", help="this checkout's --backend (raycast, raster, auto)")
+    ap.add_argument(
+        "--backend", default="raycast", help="this checkout's --backend (auto, zbuffer, raycast, raster)"
+    )
     ap.add_argument("--tick-rates", type=float, nargs="*", default=[], help="Gazebo tick latency runs (Hz)")
     args = ap.parse_args()
     duration = min(max(args.duration, 1.0), 120.0)

@@ -108,13 +108,16 @@ def test_clip_matrix_puts_pixels_where_the_intrinsics_do():
 
 
 def test_auto_picks_raster_only_on_hardware(monkeypatch):
+    # Without a hardware GL device auto takes the CPU z-buffer (tests/test_render_zbuffer.py covers its
+    # fallback to raycast without numba).
+    pytest.importorskip("numba")
     with pytest.raises(ValueError, match="backend"):
         RA.resolve_backend("opengl")
     assert RA.resolve_backend("raster") == "raster" and RA.resolve_backend("raycast") == "raycast"
     monkeypatch.setattr(RA, "gl_renderer", lambda: "llvmpipe (LLVM 15.0.6, 256 bits)")
-    assert RA.resolve_backend("auto") == "raycast"
+    assert RA.resolve_backend("auto") == "zbuffer"
     monkeypatch.setattr(RA, "gl_renderer", lambda: None)
-    assert RA.resolve_backend("auto") == "raycast"
+    assert RA.resolve_backend("auto") == "zbuffer"
     monkeypatch.setattr(RA, "gl_renderer", lambda: "NVIDIA H100 80GB HBM3/PCIe/SSE2")
     assert RA.resolve_backend("auto") == "raster"
 

@@ -48,12 +48,13 @@ class ServeConfig:
             "when the file exists, else mesh. Depth and panoptic always come from the mesh"
         },
     )
-    backend: Literal["raycast", "raster", "auto"] = field(
-        default="raycast",
+    backend: Literal["auto", "zbuffer", "raycast", "raster"] = field(
+        default="auto",
         metadata={
-            "help": "what renders depth, panoptic and mesh RGB: raycast = embree on the CPU; raster = OpenGL "
-            "(moderngl, headless EGL; a GPU, or Mesa's software rasterizer); auto = raster only where a "
-            "hardware GL device answers"
+            "help": "what renders depth, panoptic and mesh RGB: zbuffer = a compiled z-buffer on the CPU "
+            "(numba); raycast = embree ray casting on the CPU; raster = OpenGL (moderngl, headless EGL; a "
+            "GPU, or Mesa's software rasterizer); auto = raster where a hardware GL device answers, else "
+            "zbuffer where numba imports, else raycast"
         },
     )
     gaussians_device: Literal["auto", "cpu", "cuda"] = field(

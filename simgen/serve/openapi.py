@@ -435,9 +435,9 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
                         "stuff_id_offset": {"type": "integer"},
                         "mesh_backend": {
                             "type": "string",
-                            "enum": ["raycast", "raster"],
-                            "description": "what renders depth, panoptic and mesh rgb: embree ray casting or "
-                            "OpenGL rasterization (--backend)",
+                            "enum": ["raycast", "zbuffer", "raster"],
+                            "description": "what renders depth, panoptic and mesh rgb: embree ray casting, "
+                            "the compiled CPU z-buffer or OpenGL rasterization (--backend)",
                         },
                         "rgb_mode": {
                             "type": "string",
