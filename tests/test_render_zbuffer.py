@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.depth_edges import away_from_edges
 from helpers.export_scenes import make_mesh
 from helpers.served_gt import FRAMES, WORLD_FROM_SCENE, expected_panoptic
-from test_render_raster import _away_from_edges
 
 from simgen.data.camera import Intrinsics
 from simgen.folders import PanopticMesh
@@ -45,7 +45,7 @@ def _assert_agree(a: dict, b: dict, min_interior: float = 0.5) -> None:
     """``b`` gives ``a``'s images: hit / miss on >= 99.5 % of the pixels; away from depth edges depth within
     1 mm, equal panoptic ids and RGB within 2 / 255 on >= 99.5 %; the same segments in view."""
     assert ((a["depth"] > 0) == (b["depth"] > 0)).mean() >= 0.995
-    interior = _away_from_edges(a["depth"], b["depth"])
+    interior = away_from_edges(a["depth"], b["depth"])
     if min_interior > 0:
         assert interior.mean() >= min_interior
     if interior.any():
@@ -178,7 +178,7 @@ def test_served_zbuffer_backend_gives_the_gt_images(tiny):
         c2w = WORLD_FROM_SCENE @ f.c2w_cv
         out = zs.render(f.intrinsics, c2w)
         gd = scene.depth(i)  # exact GT, stored in millimetres
-        interior = _away_from_edges(gd, out["depth"])
+        interior = away_from_edges(gd, out["depth"])
         assert interior.mean() > 0.7
         assert (np.abs(out["depth"] - gd)[interior] < 1e-3).mean() >= 0.995
         assert (out["panoptic"] == expected_panoptic(gt, i))[interior].mean() >= 0.995

@@ -210,7 +210,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"error: {flag}: {e.message}", file=sys.stderr)
         return 2
     try:
-        scene = load_render_scene(args.out_dir, rgb=args.rgb if "rgb" in params.outputs else "mesh")
+        # the mesh backend `simgen serve` takes by default, so both give the same images
+        scene = load_render_scene(
+            args.out_dir, rgb=args.rgb if "rgb" in params.outputs else "mesh", backend=cfg.backend
+        )
     except SceneLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
