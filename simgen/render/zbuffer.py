@@ -130,12 +130,19 @@ def _zbuffer_py(verts, faces, R, c, px, py, fx, fy, cx, cy, near):
     # for corners behind the camera as well, and a face with all corners out of one is out of view.
     cam = np.empty((nv, 3))
     code = np.empty(nv, np.uint8)
+    pu = np.empty(nv)  # projected column / row of corners at z >= near, computed once per vertex
+    pv = np.empty(nv)
     for i in range(nv):
         dx, dy, dz = verts[i, 0] - c[0], verts[i, 1] - c[1], verts[i, 2] - c[2]
         x = R[0, 0] * dx + R[1, 0] * dy + R[2, 0] * dz
         y = R[0, 1] * dx + R[1, 1] * dy + R[2, 1] * dz
         z = R[0, 2] * dx + R[1, 2] * dy + R[2, 2] * dz
         cam[i, 0], cam[i, 1], cam[i, 2] = x, y, z
+        if z >= near:
+            # pixel-index space: centre of column j sits at j (x + 0.5 = fx x / z + cx)
+            iz = 1.0 / z
+            pu[i] = fx * x * iz + cx - 0.5
+            pv[i] = fy * y * iz + cy - 0.5
         k = 0
         if fx * x + cx * z < 0.0:
             k |= 1
@@ -152,8 +159,6 @@ def _zbuffer_py(verts, faces, R, c, px, py, fx, fy, cx, cy, near):
     face = np.full(H * W, -1, np.int32)
     wb = np.empty(H * W)
     wc = np.empty(H * W)
-    us = np.empty(4)  # projected corners of the face clipped to z >= near (at most 4)
-    vs = np.empty(4)
     for f in range(faces.shape[0]):
         ia, ib, ic = faces[f, 0], faces[f, 1], faces[f, 2]
         if code[ia] & code[ib] & code[ic]:
@@ -161,6 +166,40 @@ def _zbuffer_py(verts, faces, R, c, px, py, fx, fy, cx, cy, near):
         ax, ay, az = cam[ia, 0], cam[ia, 1], cam[ia, 2]
         bx, by, bz = cam[ib, 0], cam[ib, 1], cam[ib, 2]
         cx_, cy_, cz_ = cam[ic, 0], cam[ic, 1], cam[ic, 2]
+        # The rectangle of pixel centres first: most faces of a fine mesh hold none, and then need no more.
+        if (code[ia] | code[ib] | code[ic]) & 16:
+            # Clip the outline to z >= near (one plane, at most 4 corners) only to bound the rectangle.
+            umin, umax, vmin, vmax = np.inf, -np.inf, np.inf, -np.inf
+            for k in range(3):
+                if k == 0:
+                    p0x, p0y, p0z, p1x, p1y, p1z = ax, ay, az, bx, by, bz
+                elif k == 1:
+                    p0x, p0y, p0z, p1x, p1y, p1z = bx, by, bz, cx_, cy_, cz_
+                else:
+                    p0x, p0y, p0z, p1x, p1y, p1z = cx_, cy_, cz_, ax, ay, az
+                if p0z >= near:
+                    qu, qv = p0x / p0z, p0y / p0z
+                    umin, umax, vmin, vmax = min(umin, qu), max(umax, qu), min(vmin, qv), max(vmax, qv)
+                if (p0z >= near) != (p1z >= near):
+                    s = (near - p0z) / (p1z - p0z)
+                    qu = (p0x + s * (p1x - p0x)) / near
+                    qv = (p0y + s * (p1y - p0y)) / near
+                    umin, umax, vmin, vmax = min(umin, qu), max(umax, qu), min(vmin, qv), max(vmax, qv)
+            umin, umax = umin * fx + cx - 0.5, umax * fx + cx - 0.5
+            vmin, vmax = vmin * fy + cy - 0.5, vmax * fy + cy - 0.5
+        else:
+            umin, umax = min(pu[ia], pu[ib], pu[ic]), max(pu[ia], pu[ib], pu[ic])
+            vmin, vmax = min(pv[ia], pv[ib], pv[ic]), max(pv[ia], pv[ib], pv[ic])
+        # A hair wider, so rounding of the projection never drops a centre the triple products accept;
+        # clamped as floats first (a corner clipped at z = near projects far outside).
+        x0 = max(int(np.ceil(min(max(umin, -1.0), W) - 1e-6)), 0)
+        x1 = min(int(np.floor(min(max(umax, -1.0), W) + 1e-6)), W - 1)
+        if x0 > x1:
+            continue
+        y0 = max(int(np.ceil(min(max(vmin, -1.0), H) - 1e-6)), 0)
+        y1 = min(int(np.floor(min(max(vmax, -1.0), H) + 1e-6)), H - 1)
+        if y0 > y1:
+            continue
         # e0 = (B x C).r, e1 = (C x A).r, e2 = (A x B).r
         e0x, e0y, e0z = by * cz_ - bz * cy_, bz * cx_ - bx * cz_, bx * cy_ - by * cx_
         e1x, e1y, e1z = cy_ * az - cz_ * ay, cz_ * ax - cx_ * az, cx_ * ay - cy_ * ax
@@ -173,41 +212,6 @@ def _zbuffer_py(verts, faces, R, c, px, py, fx, fy, cx, cy, near):
         e1x, e1y, e1z = e1x * inv_det, e1y * inv_det, e1z * inv_det
         e2x, e2y, e2z = e2x * inv_det, e2y * inv_det, e2z * inv_det
         # now e0 + e1 + e2 = N.r / det = 1 / z at the ray's crossing with the plane
-        n = 0
-        if (code[ia] | code[ib] | code[ic]) & 16:
-            # Clip the outline to z >= near (one plane, at most 4 corners) only to bound the rectangle.
-            for k in range(3):
-                if k == 0:
-                    p0x, p0y, p0z, p1x, p1y, p1z = ax, ay, az, bx, by, bz
-                elif k == 1:
-                    p0x, p0y, p0z, p1x, p1y, p1z = bx, by, bz, cx_, cy_, cz_
-                else:
-                    p0x, p0y, p0z, p1x, p1y, p1z = cx_, cy_, cz_, ax, ay, az
-                if p0z >= near:
-                    us[n], vs[n] = p0x / p0z, p0y / p0z
-                    n += 1
-                if (p0z >= near) != (p1z >= near):
-                    s = (near - p0z) / (p1z - p0z)
-                    us[n] = (p0x + s * (p1x - p0x)) / near
-                    vs[n] = (p0y + s * (p1y - p0y)) / near
-                    n += 1
-        else:
-            us[0], vs[0] = ax / az, ay / az
-            us[1], vs[1] = bx / bz, by / bz
-            us[2], vs[2] = cx_ / cz_, cy_ / cz_
-            n = 3
-        umin, umax, vmin, vmax = us[0], us[0], vs[0], vs[0]
-        for k in range(1, n):
-            umin, umax = min(umin, us[k]), max(umax, us[k])
-            vmin, vmax = min(vmin, vs[k]), max(vmax, vs[k])
-        # Pixel columns / rows whose centres lie in the rectangle: centre x + 0.5 sits at ray x
-        # (x + 0.5 - cx) / fx. A hair wider, so rounding of the projection never drops a centre the triple
-        # products accept; clamped as floats first (a clipped corner at z = near projects far outside).
-        x0 = int(np.ceil(min(max(umin * fx + cx - 0.5, -1.0), W) - 1e-6))
-        x1 = int(np.floor(min(max(umax * fx + cx - 0.5, -1.0), W) + 1e-6))
-        y0 = int(np.ceil(min(max(vmin * fy + cy - 0.5, -1.0), H) - 1e-6))
-        y1 = int(np.floor(min(max(vmax * fy + cy - 0.5, -1.0), H) + 1e-6))
-        x0, x1, y0, y1 = max(x0, 0), min(x1, W - 1), max(y0, 0), min(y1, H - 1)
         for y in range(y0, y1 + 1):
             ry = py[y]
             b0, b1, b2 = e0y * ry + e0z, e1y * ry + e1z, e2y * ry + e2z
