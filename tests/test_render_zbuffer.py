@@ -201,3 +201,13 @@ def test_backend_choice_and_numba_fallback(monkeypatch):
         RA.resolve_backend("zbuffer")
     with pytest.raises(RuntimeError, match="zbuffer.*numba"):
         ZB.ZBufferCaster(make_mesh())
+
+
+def test_bad_camera_is_refused(tiny):
+    zb = tiny[2]
+    with pytest.raises(ValueError, match="c2w_cv"):
+        zb.render(K_WIDE, np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="fx, fy"):
+        zb.render(Intrinsics(0.0, 10.0, 5.0, 5.0, 10, 10), np.eye(4))
+    with pytest.raises(ValueError, match="width and height"):
+        zb.render(Intrinsics(10.0, 10.0, 5.0, 5.0, 0, 10), np.eye(4))

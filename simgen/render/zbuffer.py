@@ -10,11 +10,15 @@ Why a z-buffer: the server's frames ask for one ray per pixel from one centre, w
 BVH walk per ray (only ``rtcIntersect1`` is exposed by embreex); projecting each face once and scanning
 the pixels it covers does the same work without the walk.
 
-How (all float64, one thread per call, :func:`_zbuffer`):
+How (all float64, one thread per call -- the server already renders in parallel across its worker
+processes, so no ``prange`` here and :func:`simgen.render.rasterize_numba.set_render_threads` does not
+apply -- :func:`_zbuffer`):
 
 * vertices go to the OpenCV camera frame once, each with an out-code against the four side planes of the
   view frustum (planes through the eye, so the test holds for points behind the camera too) and a tiny
-  near plane :data:`NEAR`; a face with every corner outside one plane cannot be seen and is skipped;
+  near plane :data:`NEAR`, and its pixel position when in front of it; a face with every corner outside
+  one plane cannot be seen and is skipped, and so is one whose screen rectangle holds no pixel centre (most
+  faces of a fine mesh at a low resolution) before any per-face set-up;
 * a pixel's ray ``r = ((x + 0.5 - cx) / fx, (y + 0.5 - cy) / fy, 1)`` goes through face ABC iff the three
   triple products ``(B x C).r, (C x A).r, (A x B).r`` share a sign, and meets its plane at camera
   ``z = det[A, B, C] / (N.r)`` (``N`` the face normal, the sum of the three cross products). This test
@@ -22,8 +26,9 @@ How (all float64, one thread per call, :func:`_zbuffer`):
   near plane only bounds the scanned pixel rectangle (from the corners clipped to ``z >= NEAR``);
 * no back-face culling (embree hits both sides); the depth test keeps the largest ``1 / z`` (linear in
   the pixel's ray, so no division per covered pixel);
-* a second pass turns each pixel's winning face into embree's record from the same triple products
-  (``u = (C x A).r / N.r``, ``v = (A x B).r / N.r``, ``t = z |r|``).
+* the winner's record comes from the same triple products: ``u = (C x A).r / N.r``,
+  ``v = (A x B).r / N.r`` (kept with the depth on each win, so no second look at the face's corners, which
+  on a 400 k-face mesh is a cache miss per pixel), ``t = z |r|``.
 """
 
 from __future__ import annotations
@@ -94,6 +99,10 @@ class ZBufferCaster(FaceTables):
         c2w = np.asarray(c2w_cv, dtype=np.float64)
         if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
             raise ValueError(f"c2w_cv must be a finite (4, 4) matrix, got shape {c2w.shape}")
+        if not (K.fx > 0 and K.fy > 0 and np.isfinite([K.fx, K.fy, K.cx, K.cy]).all()):
+            raise ValueError(f"intrinsics: fx, fy must be finite and > 0, cx, cy finite, got {K}")
+        if K.width < 1 or K.height < 1:
+            raise ValueError(f"intrinsics: width and height must be >= 1, got {K.width} x {K.height}")
         px, py = self._pixel_rays(K)
         return _zbuffer(
             self.vertices,
