@@ -10,6 +10,11 @@ void, and a wide off-centre camera.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers.depth_edges import away_from_edges
@@ -173,6 +178,8 @@ def test_served_zbuffer_backend_gives_the_gt_images(tiny):
     zs = load_render_scene(folder, rgb="mesh", backend="zbuffer")
     ray = load_render_scene(folder, rgb="mesh", backend="raycast")
     assert zs.mesh_backend == "zbuffer" and isinstance(zs.caster, ZB.ZBufferCaster)
+    # warm() built it and rendered the default camera through it: the kernels are loaded before a request
+    assert zs._zbuffer is not None and zs._default_camera is not None and ray._zbuffer is None
     for i in FRAMES:
         f = scene.frames[i]
         c2w = WORLD_FROM_SCENE @ f.c2w_cv
@@ -201,6 +208,23 @@ def test_backend_choice_and_numba_fallback(monkeypatch):
         RA.resolve_backend("zbuffer")
     with pytest.raises(RuntimeError, match="zbuffer.*numba"):
         ZB.ZBufferCaster(make_mesh())
+
+
+def test_without_numba_auto_falls_back_to_raycast():
+    # A fresh interpreter where numba cannot be imported: the module-level fallbacks, not a monkeypatch.
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "from simgen.render import raster as RA, zbuffer as ZB\n"
+        "RA.gl_renderer = lambda: None\n"
+        "print(ZB.numba_available(), RA.resolve_backend('auto'))\n"
+        "try:\n    RA.resolve_backend('zbuffer')\nexcept RuntimeError as e:\n    print(e)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.strip().splitlines()
+    assert first == "False raycast" and "zbuffer" in second and "numba" in second
 
 
 def test_bad_camera_is_refused(tiny):
