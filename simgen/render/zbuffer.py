@@ -68,8 +68,8 @@ class ZBufferCaster(FaceTables):
         mesh: panoptic mesh in the served world frame (vertices ``(V, 3)`` metres, faces ``(F, 3)``).
 
     Raises:
-        RuntimeError: numba is not installed (the backend has no numpy path: a Python loop per pixel would
-            be ~100x slower than embree).
+        RuntimeError: numba is not installed (the backend has no numpy path: its loops over faces and
+            pixels only make sense compiled; ``raycast`` is the fallback).
     """
 
     def __init__(self, mesh: PanopticMesh):
