@@ -69,12 +69,16 @@ def make_scene(root: Path) -> Path:
 class Server:
     def __init__(self, folder: Path, workers: int, src: str | None = None, flags: tuple[str, ...] = ()):
         """``simgen serve`` of this checkout, or of the simgen source tree ``src`` (a baseline)."""
+        folder = Path(folder).resolve()
         cmd = [sys.executable, "-m", "simgen", "serve", str(folder), "--port", "0", "--workers", str(workers)]
         cmd += ["--quiet", "--queue-depth", "16", *flags]
         env = dict(os.environ)
+        cwd = None
         if src:
-            env["PYTHONPATH"] = str(Path(src).resolve())
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+            # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: started from a
+            # checkout's root, the "baseline" would import that checkout's simgen. Start it inside src.
+            env["PYTHONPATH"] = cwd = str(Path(src).resolve())
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
         self.url = None
         for line in self.proc.stderr:
             if " on http://" in line:
