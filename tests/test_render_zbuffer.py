@@ -10,6 +10,7 @@ void, and a wide off-centre camera.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -208,6 +209,23 @@ def test_backend_choice_and_numba_fallback(monkeypatch):
         RA.resolve_backend("zbuffer")
     with pytest.raises(RuntimeError, match="zbuffer.*numba"):
         ZB.ZBufferCaster(make_mesh())
+
+
+def test_serve_config_refuses_zbuffer_without_numba(monkeypatch):
+    from simgen.config import ConfigError, dataclass_from_args
+    from simgen.serve import config as SC
+
+    assert SC.ServeConfig().backend == "auto" and SC.ServeConfig(backend="zbuffer").backend == "zbuffer"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SC.ServeConfig(backend="opengl")
+    monkeypatch.setattr(SC, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="'zbuffer' needs numba"):
+        SC.ServeConfig(backend="zbuffer")
+    assert SC.ServeConfig(backend="auto").backend == "auto"  # auto falls back instead
+    # the flags' path (simgen serve --backend zbuffer): a ConfigError, i.e. exit 2 with the message
+    ns = argparse.Namespace(**{**SC.ServeConfig().__dict__, "backend": "zbuffer"})
+    with pytest.raises(ConfigError, match="numba"):
+        dataclass_from_args(SC.ServeConfig, ns)
 
 
 def test_without_numba_auto_falls_back_to_raycast():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from typing import Literal, get_args
 
 RgbMode = Literal["auto", "gaussians", "mesh"]
 RGB_MODES: tuple[str, ...] = get_args(RgbMode)  # the one list of RGB sources (flags and the loader)
+MeshBackend = Literal["auto", "zbuffer", "raycast", "raster"]  # simgen.render.raster.BACKENDS
 
 
 @dataclass
@@ -48,7 +50,7 @@ class ServeConfig:
             "when the file exists, else mesh. Depth and panoptic always come from the mesh"
         },
     )
-    backend: Literal["auto", "zbuffer", "raycast", "raster"] = field(
+    backend: MeshBackend = field(
         default="auto",
         metadata={
             "help": "what renders depth, panoptic and mesh RGB: zbuffer = a compiled z-buffer on the CPU "
@@ -65,6 +67,15 @@ class ServeConfig:
         },
     )
     quiet: bool = field(default=False, metadata={"help": "no per-process start-up messages"})
+
+    def __post_init__(self) -> None:
+        if self.backend not in get_args(MeshBackend):
+            raise ValueError(f"backend must be one of {get_args(MeshBackend)}, got {self.backend!r}")
+        # Said here, before a scene is loaded or a worker forked, rather than by every worker at start-up.
+        if self.backend == "zbuffer" and find_spec("numba") is None:
+            raise ValueError(
+                "backend 'zbuffer' needs numba (pip install numba); use --backend raycast or auto"
+            )
 
     def threads(self) -> int:
         """Waitress threads per process: enough to run, queue and still reject (503) or answer /healthz."""

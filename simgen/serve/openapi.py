@@ -196,7 +196,7 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
             "(e.g. from Gazebo). Quaternions are scalar-last (qx, qy, qz, qw) and must be unit-norm within "
             f"{QUAT_NORM_TOL}. Panoptic segment ids: instance id for things, {STUFF_ID_OFFSET} + category_id "
             f"for category-only regions, 0 = void. This server renders rgb from {rgb_text} "
-            f"(rgb_source={rgb_source}); depth and panoptic are ray cast against the panoptic mesh. "
+            f"(rgb_source={rgb_source}); depth and panoptic are rendered from the panoptic mesh (mesh_backend in GET /scene). "
             "See docs/serve.md.",
         },
         "paths": {
