@@ -27,9 +27,11 @@ Images (all ``(H, W)`` row-major, pixel centres, OpenCV camera axes, see :mod:`s
   ray hits the fill (the Gaussians were trained on the scan and do not cover its holes).
 
 Labels and colours follow :mod:`simgen.render.mesh` (the hit triangle's corner nearest to the hit point;
-barycentric colour). Requests take :class:`FastCaster`, an embree path that computes both from embree's
-own barycentrics in float32; :meth:`RenderScene.render_reference` renders through the project's generic
-ray caster and :mod:`simgen.render.mesh`, and tests hold the two to the same images.
+barycentric colour). Requests take the mesh backend (:attr:`RenderScene.mesh_backend`): :class:`FastCaster`,
+an embree path that computes both from embree's own barycentrics in float32, the CPU z-buffer
+(:class:`simgen.render.zbuffer.ZBufferCaster`) that finds the same first hits and shades them with the same
+kernel, or the OpenGL rasterizer; :meth:`RenderScene.render_reference` renders through the project's
+generic ray caster and :mod:`simgen.render.mesh`, and tests hold them to the same images.
 """
 
 from __future__ import annotations
