@@ -2,7 +2,7 @@
 
 Usage: python bench/bench_serve.py [--scene BUILD_OR_EXPORT] [--workers 1 2] [--requests 60]
                                    [--clients 8] [--duration 20] [--sizes 320x240 640x480] [--json FILE]
-                                   [--backend raycast|raster|auto] [--outputs depth+panoptic ...]
+                                   [--backend auto|zbuffer|raycast|raster] [--outputs depth+panoptic ...]
                                    [--baseline SIMGEN_SRC --repeats 3] [--tick-rates 10 30]
 
 Without ``--scene`` it makes one: ``simgen synth --preset tiny`` then ``simgen build --no-export`` (a
@@ -69,12 +69,16 @@ def make_scene(root: Path) -> Path:
 class Server:
     def __init__(self, folder: Path, workers: int, src: str | None = None, flags: tuple[str, ...] = ()):
         """``simgen serve`` of this checkout, or of the simgen source tree ``src`` (a baseline)."""
+        folder = Path(folder).resolve()
         cmd = [sys.executable, "-m", "simgen", "serve", str(folder), "--port", "0", "--workers", str(workers)]
         cmd += ["--quiet", "--queue-depth", "16", *flags]
         env = dict(os.environ)
+        cwd = None
         if src:
-            env["PYTHONPATH"] = str(Path(src).resolve())
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+            # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: started from a
+            # checkout's root, the "baseline" would import that checkout's simgen. Start it inside src.
+            env["PYTHONPATH"] = cwd = str(Path(src).resolve())
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
         self.url = None
         for line in self.proc.stderr:
             if " on http://" in line:
@@ -324,7 +328,9 @@ def main() -> int:
     )
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds per case with --baseline")
     ap.add_argument("--outputs", nargs="+", default=list(OUTPUT_SETS), choices=list(OUTPUT_SETS))
-    ap.add_argument("--backend", default="raycast", help="this checkout's --backend (raycast, raster, auto)")
+    ap.add_argument(
+        "--backend", default="raycast", help="this checkout's --backend (auto, zbuffer, raycast, raster)"
+    )
     ap.add_argument("--tick-rates", type=float, nargs="*", default=[], help="Gazebo tick latency runs (Hz)")
     args = ap.parse_args()
     duration = min(max(args.duration, 1.0), 120.0)

@@ -12,9 +12,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers.depth_edges import away_from_edges
 from helpers.served_gt import FRAMES, WORLD_FROM_SCENE, expected_panoptic
 from helpers.server import Server
-from scipy.ndimage import minimum_filter
 
 from simgen.data.camera import Intrinsics
 from simgen.render import raster as RA
@@ -38,23 +38,6 @@ def scenes(gt):  # noqa: F811
     return ray, ras
 
 
-def _away_from_edges(*depths: np.ndarray, rel: float = 0.01) -> np.ndarray:
-    """Pixels not next to a depth edge in any image: every pixel of the 3x3 neighbourhood is hit and the
-    depth's second differences (0 on a plane up to perspective curvature; large at a step or crease) stay
-    below ``rel`` of the depth."""
-    ok = np.ones(depths[0].shape, bool)
-    for d in depths:
-        d = d.astype(np.float64)
-        bend = np.zeros_like(d)
-        bend[:, 1:-1] = np.abs(d[:, 2:] + d[:, :-2] - 2 * d[:, 1:-1])
-        bend[1:-1, :] = np.maximum(bend[1:-1, :], np.abs(d[2:, :] + d[:-2, :] - 2 * d[1:-1, :]))
-        smooth = (bend < rel * d) & (d > 0)
-        ok &= minimum_filter(smooth, 3)
-    ok[[0, -1], :] = False
-    ok[:, [0, -1]] = False
-    return ok
-
-
 def test_raster_matches_ray_caster_and_ground_truth(gt, scenes):  # noqa: F811
     ray, ras = scenes
     assert ras.mesh_backend == "raster" and ray.mesh_backend == "raycast"
@@ -65,7 +48,7 @@ def test_raster_matches_ray_caster_and_ground_truth(gt, scenes):  # noqa: F811
         for K in (f.intrinsics, Intrinsics(200.0, 210.0, 150.3, 101.7, 320, 200)):  # also off-centre, wide
             a = ray.render(K, c2w)
             b = ras.render(K, c2w)
-            interior = _away_from_edges(a["depth"], b["depth"])
+            interior = away_from_edges(a["depth"], b["depth"])
             assert interior.mean() > 0.7
             assert (np.abs(a["depth"] - b["depth"])[interior] < 1e-3).mean() >= 0.995
             assert (a["panoptic"] == b["panoptic"])[interior].mean() >= 0.995
@@ -76,7 +59,7 @@ def test_raster_matches_ray_caster_and_ground_truth(gt, scenes):  # noqa: F811
         # And both against the scene's exact GT (depth stored in millimetres).
         gd = scene.depth(i)
         out = ras.render(f.intrinsics, c2w)
-        interior = _away_from_edges(gd, out["depth"])
+        interior = away_from_edges(gd, out["depth"])
         assert (np.abs(out["depth"] - gd)[interior] < 1e-3).mean() >= 0.995
         assert (out["panoptic"] == expected_panoptic(gt, i))[interior].mean() >= 0.995
 
@@ -108,13 +91,16 @@ def test_clip_matrix_puts_pixels_where_the_intrinsics_do():
 
 
 def test_auto_picks_raster_only_on_hardware(monkeypatch):
+    # Without a hardware GL device auto takes the CPU z-buffer (tests/test_render_zbuffer.py covers its
+    # fallback to raycast without numba).
+    pytest.importorskip("numba")
     with pytest.raises(ValueError, match="backend"):
         RA.resolve_backend("opengl")
     assert RA.resolve_backend("raster") == "raster" and RA.resolve_backend("raycast") == "raycast"
     monkeypatch.setattr(RA, "gl_renderer", lambda: "llvmpipe (LLVM 15.0.6, 256 bits)")
-    assert RA.resolve_backend("auto") == "raycast"
+    assert RA.resolve_backend("auto") == "zbuffer"
     monkeypatch.setattr(RA, "gl_renderer", lambda: None)
-    assert RA.resolve_backend("auto") == "raycast"
+    assert RA.resolve_backend("auto") == "zbuffer"
     monkeypatch.setattr(RA, "gl_renderer", lambda: "NVIDIA H100 80GB HBM3/PCIe/SSE2")
     assert RA.resolve_backend("auto") == "raster"
 
@@ -226,7 +212,7 @@ def reference_textured(
 def _assert_textured_match(parts: list, K: Intrinsics, c2w: np.ndarray, min_interior: float) -> np.ndarray:
     out = RA.GLRasterizer(None, parts=parts).render(K, c2w)
     rgb, depth, pan = reference_textured(parts, K, c2w)
-    interior = _away_from_edges(depth, out["depth"])
+    interior = away_from_edges(depth, out["depth"])
     assert interior.mean() > min_interior
     assert (np.abs(out["depth"] - depth)[interior] < 1e-3).mean() >= 0.995
     assert (out["panoptic"] == pan)[interior].mean() >= 0.995
@@ -288,7 +274,7 @@ def test_raster_draws_the_exports_baked_textures(tmp_path):
         # Panoptic ids agree with the render server's (panoptic mesh) on the interior of both.
         a = ray.render(K, c2w, ("depth", "panoptic"))
         b = RA.GLRasterizer(None, parts=parts).render(K, c2w, ("depth", "panoptic"))
-        interior = _away_from_edges(a["depth"], b["depth"])
+        interior = away_from_edges(a["depth"], b["depth"])
         assert (a["panoptic"] == b["panoptic"])[interior].mean() >= 0.98
 
 

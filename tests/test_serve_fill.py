@@ -194,6 +194,11 @@ def test_backends_agree_on_the_completed_scene(holed):
         assert (np.abs(fast["rgb"].astype(int) - ref["rgb"]).max(-1) <= 1).mean() > 0.995
         face = served.fast.render(K, c2w, (FACE,))[FACE]
         assert (face[hole] >= served.fill_from).all() and (face[~hole & (fast["depth"] > 0)] >= 0).all()
+        # The CPU z-buffer marks the fill's pixels as embree does (what the Gaussian backdrop is cut by).
+        zface = served.zbuffer.render(K, c2w, (FACE,))[FACE]
+        assert (zface[hole] >= served.fill_from).all()
+        assert ((zface >= served.fill_from) == (face >= served.fill_from)).mean() > 0.995
+        assert ((zface >= 0) == (face >= 0)).mean() > 0.995
     from simgen.render import raster as RA
 
     if RA.gl_renderer() is None:

@@ -199,7 +199,9 @@ def test_rig_drive_through_the_server_equals_in_process(export, rig_drive, tmp_p
     from helpers.server import Server
 
     summary, _, dest = rig_drive
-    server = Server(export).wait()
+    # the in-process drive renders with load_render_scene's default backend (raycast): the same here, so
+    # the frames can be compared byte for byte (the server's default, auto, may take the z-buffer)
+    server = Server(export, "--backend", "raycast").wait()
     try:
         remote, _ = _drive(export, tmp_path, server=server.url)
     finally:

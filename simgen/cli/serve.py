@@ -61,8 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve RGB / depth / panoptic renders of a build or export over HTTP",
         description="Serve a build or export folder: POST /render, POST /render/batch, GET /render/*.png, "
-        "GET /scene, GET /healthz, GET /openapi.json and a viewer page at /. Depth and panoptic are ray "
-        "cast against the panoptic mesh; RGB comes from the build's Gaussians (gaussians.ply) when present, "
+        "GET /scene, GET /healthz, GET /openapi.json and a viewer page at /. Depth and panoptic are "
+        "rendered from the panoptic mesh (--backend); RGB comes from the build's Gaussians (gaussians.ply) when present, "
         "else from the mesh's vertex colours (--rgb).",
         examples=SERVE_EXAMPLES,
     )
@@ -210,7 +210,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"error: {flag}: {e.message}", file=sys.stderr)
         return 2
     try:
-        scene = load_render_scene(args.out_dir, rgb=args.rgb if "rgb" in params.outputs else "mesh")
+        # the mesh backend `simgen serve` takes by default, so both give the same images
+        scene = load_render_scene(
+            args.out_dir, rgb=args.rgb if "rgb" in params.outputs else "mesh", backend=cfg.backend
+        )
     except SceneLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -29,31 +29,20 @@ FACE = "face"
 STUFF_ID_OFFSET = 1_000_000  # segment id of a category-only region = STUFF_ID_OFFSET + category_id
 
 
-class FastCaster:
-    """The server's render hot path: embree first hits with barycentric coordinates, float32 throughout.
+class FaceTables:
+    """Per-face shading tables of a panoptic mesh and the shading of first hits, shared by the casters that
+    find the hits (:class:`FastCaster`: embree; :class:`simgen.render.zbuffer.ZBufferCaster`: a z-buffer).
 
-    :class:`simgen.render.raycast.MeshRaycaster` re-solves every hit in float64 and
-    :mod:`simgen.render.mesh` recomputes barycentrics from the hit point, which together cost ~4x the
-    embree traversal itself at 320x240. Here embree's own ``u, v`` give the colour weights, and per-face
-    tables (corner positions, colours, segment ids) make every output one gather. Labels follow the
-    same rule as :func:`simgen.render.mesh.labels_at_hits` (the hit triangle's corner nearest to the
-    hit point); tests check the two paths agree.
+    Per-face tables (corner positions as Gram forms, colours, segment ids) make every output one gather.
+    Labels follow the same rule as :func:`simgen.render.mesh.labels_at_hits` (the hit triangle's corner
+    nearest to the hit point).
 
     Args:
         mesh: panoptic mesh in the served world frame.
-
-    Raises:
-        ImportError: embreex is not installed.
     """
 
     def __init__(self, mesh: PanopticMesh):
-        from embreex import rtcore_scene
-        from embreex.mesh_construction import TriangleMesh
-
         faces = np.asarray(mesh.faces, dtype=np.int64)
-        v32 = np.ascontiguousarray(mesh.vertices, dtype=np.float32)
-        self._scene = rtcore_scene.EmbreeScene()
-        TriangleMesh(scene=self._scene, vertices=v32, indices=faces.astype(np.int32))
         # Squared distance from a point with barycentrics (w0, w1, w2) to each corner, as quadratic forms of
         # the other two weights: |P - A|^2 = w1^2 |AB|^2 + w2^2 |AC|^2 + 2 w1 w2 AB.AC (and cyclically), so
         # the nearest corner needs 9 numbers per face instead of the hit point and 9 coordinates.
@@ -97,6 +86,63 @@ class FastCaster:
             self._dirs = cached  # one camera at a time keeps memory flat
         return cached[1], cached[2]
 
+    def _shade_hits(
+        self,
+        K: Intrinsics,
+        prim: np.ndarray,
+        u: np.ndarray,
+        v: np.ndarray,
+        tfar: np.ndarray,
+        z_cam: np.ndarray,
+        outputs: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """The requested outputs from first hits, all ``(H*W,)`` in row-major pixel order: ``prim`` the face
+        (-1 on a miss), ``u, v`` float32 barycentrics of corners B and C (embree's convention,
+        ``P = (1 - u - v) A + u B + v C``), ``tfar`` float32 metres along the unit ray, ``z_cam`` float32
+        the unit ray's camera z. Needs numba (the compiled :func:`_shade`)."""
+        want = ("depth" in outputs, "panoptic" in outputs, "rgb" in outputs)
+        depth, pan, rgb, seen = _KERNELS[1](
+            prim, u, v, tfar, z_cam, self.gram, self.segment_values, self.segment_code, self.colors, *want
+        )
+        shape = (K.height, K.width)
+        out: dict[str, Any] = {}
+        if want[0]:
+            out["depth"] = depth.reshape(shape)
+        if want[1]:
+            out["panoptic"] = pan.reshape(shape)
+            out["segment_ids"] = self.segment_values[seen]  # sorted distinct ids of the hit pixels
+        if want[2]:
+            out["rgb"] = rgb.reshape(*shape, 3)
+        if FACE in outputs:
+            out[FACE] = prim.astype(np.int32).reshape(shape)
+        return out
+
+
+class FastCaster(FaceTables):
+    """The server's render hot path: embree first hits with barycentric coordinates, float32 throughout.
+
+    :class:`simgen.render.raycast.MeshRaycaster` re-solves every hit in float64 and
+    :mod:`simgen.render.mesh` recomputes barycentrics from the hit point, which together cost ~4x the
+    embree traversal itself at 320x240. Here embree's own ``u, v`` give the colour weights and the
+    :class:`FaceTables` the labels; tests check the paths agree.
+
+    Args:
+        mesh: panoptic mesh in the served world frame.
+
+    Raises:
+        ImportError: embreex is not installed.
+    """
+
+    def __init__(self, mesh: PanopticMesh):
+        from embreex import rtcore_scene
+        from embreex.mesh_construction import TriangleMesh
+
+        faces = np.asarray(mesh.faces, dtype=np.int64)
+        v32 = np.ascontiguousarray(mesh.vertices, dtype=np.float32)
+        self._scene = rtcore_scene.EmbreeScene()
+        TriangleMesh(scene=self._scene, vertices=v32, indices=faces.astype(np.int32))
+        super().__init__(mesh)
+
     def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
         """Like :meth:`RenderScene.render` without ``segments``: ``rgb``, ``depth``, ``panoptic`` arrays
         (and :data:`FACE` when asked).
@@ -111,28 +157,12 @@ class FastCaster:
         return self._render_numpy(K, c2w_cv, outputs)
 
     def _render_compiled(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...]) -> dict[str, Any]:
-        rays, shade = _KERNELS
+        rays = _KERNELS[0]
         c2w = np.asarray(c2w_cv, dtype=np.float64)
         d_cam, z_cam = self._camera_dirs(K)
         origins, dirs = rays(d_cam, c2w[:3, :3].astype(np.float32), c2w[:3, 3].astype(np.float32))
         r = self._scene.run(origins, dirs, output=1)
-        want = ("depth" in outputs, "panoptic" in outputs, "rgb" in outputs)
-        depth, pan, rgb, seen = shade(
-            r["primID"], r["u"], r["v"], r["tfar"], z_cam, self.gram, self.segment_values, self.segment_code,
-            self.colors, *want,
-        )  # fmt: skip
-        shape = (K.height, K.width)
-        out: dict[str, Any] = {}
-        if want[0]:
-            out["depth"] = depth.reshape(shape)
-        if want[1]:
-            out["panoptic"] = pan.reshape(shape)
-            out["segment_ids"] = self.segment_values[seen]  # sorted distinct ids of the hit pixels
-        if want[2]:
-            out["rgb"] = rgb.reshape(*shape, 3)
-        if FACE in outputs:
-            out[FACE] = r["primID"].astype(np.int32).reshape(shape)
-        return out
+        return self._shade_hits(K, r["primID"], r["u"], r["v"], r["tfar"], z_cam, outputs)
 
     def _render_numpy(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...]) -> dict[str, Any]:
         c2w = np.asarray(c2w_cv, dtype=np.float64)

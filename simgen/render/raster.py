@@ -49,7 +49,7 @@ from simgen.data.camera import Intrinsics
 from simgen.folders import PanopticMesh
 from simgen.render.caster import FACE, OUTPUTS, STUFF_ID_OFFSET, segment_ids
 
-BACKENDS = ("raycast", "raster", "auto")
+BACKENDS = ("raycast", "zbuffer", "raster", "auto")
 SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "software rasterizer", "lavapipe")
 NEAR, FAR = 0.01, 1000.0  # metres: the clip planes
 
@@ -342,12 +342,24 @@ def hardware_gl() -> bool:
 
 
 def resolve_backend(backend: str) -> str:
-    """``raycast`` / ``raster`` as asked; ``auto``: raster only where a hardware GL device answers (on a
-    CPU, embree's ray caster is faster than a software rasterizer)."""
+    """``raycast`` / ``zbuffer`` / ``raster`` as asked; ``auto``: raster where a hardware GL device answers,
+    else the compiled CPU z-buffer where numba imports (faster than embree's per-ray traversal on the same
+    images: docs/benchmarks.md), else raycast (on a CPU, both beat a software GL rasterizer).
+
+    Raises:
+        ValueError: an unknown backend name.
+        RuntimeError: ``zbuffer`` asked for where numba is missing.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"mesh backend must be one of {BACKENDS}, got {backend!r}")
+    from simgen.render.zbuffer import numba_available
+
     if backend == "auto":
-        return "raster" if hardware_gl() else "raycast"
+        if hardware_gl():
+            return "raster"
+        return "zbuffer" if numba_available() else "raycast"
+    if backend == "zbuffer" and not numba_available():
+        raise RuntimeError("mesh backend 'zbuffer' needs numba (pip install numba); use raycast or auto")
     return backend
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from typing import Literal, get_args
 
 RgbMode = Literal["auto", "gaussians", "mesh"]
 RGB_MODES: tuple[str, ...] = get_args(RgbMode)  # the one list of RGB sources (flags and the loader)
+MeshBackend = Literal["auto", "zbuffer", "raycast", "raster"]  # simgen.render.raster.BACKENDS
 
 
 @dataclass
@@ -48,12 +50,13 @@ class ServeConfig:
             "when the file exists, else mesh. Depth and panoptic always come from the mesh"
         },
     )
-    backend: Literal["raycast", "raster", "auto"] = field(
-        default="raycast",
+    backend: MeshBackend = field(
+        default="auto",
         metadata={
-            "help": "what renders depth, panoptic and mesh RGB: raycast = embree on the CPU; raster = OpenGL "
-            "(moderngl, headless EGL; a GPU, or Mesa's software rasterizer); auto = raster only where a "
-            "hardware GL device answers"
+            "help": "what renders depth, panoptic and mesh RGB: zbuffer = a compiled z-buffer on the CPU "
+            "(numba); raycast = embree ray casting on the CPU; raster = OpenGL (moderngl, headless EGL; a "
+            "GPU, or Mesa's software rasterizer); auto = raster where a hardware GL device answers, else "
+            "zbuffer where numba imports, else raycast"
         },
     )
     gaussians_device: Literal["auto", "cpu", "cuda"] = field(
@@ -64,6 +67,15 @@ class ServeConfig:
         },
     )
     quiet: bool = field(default=False, metadata={"help": "no per-process start-up messages"})
+
+    def __post_init__(self) -> None:
+        if self.backend not in get_args(MeshBackend):
+            raise ValueError(f"backend must be one of {get_args(MeshBackend)}, got {self.backend!r}")
+        # Said here, before a scene is loaded or a worker forked, rather than by every worker at start-up.
+        if self.backend == "zbuffer" and find_spec("numba") is None:
+            raise ValueError(
+                "backend 'zbuffer' needs numba (pip install numba); use --backend raycast or auto"
+            )
 
     def threads(self) -> int:
         """Waitress threads per process: enough to run, queue and still reject (503) or answer /healthz."""

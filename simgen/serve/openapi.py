@@ -196,7 +196,7 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
             "(e.g. from Gazebo). Quaternions are scalar-last (qx, qy, qz, qw) and must be unit-norm within "
             f"{QUAT_NORM_TOL}. Panoptic segment ids: instance id for things, {STUFF_ID_OFFSET} + category_id "
             f"for category-only regions, 0 = void. This server renders rgb from {rgb_text} "
-            f"(rgb_source={rgb_source}); depth and panoptic are ray cast against the panoptic mesh. "
+            f"(rgb_source={rgb_source}); depth and panoptic are rendered from the panoptic mesh (mesh_backend in GET /scene). "
             "See docs/serve.md.",
         },
         "paths": {
@@ -435,9 +435,9 @@ def openapi_spec(cfg: ServeConfig, rgb_source: str = "mesh") -> dict:
                         "stuff_id_offset": {"type": "integer"},
                         "mesh_backend": {
                             "type": "string",
-                            "enum": ["raycast", "raster"],
-                            "description": "what renders depth, panoptic and mesh rgb: embree ray casting or "
-                            "OpenGL rasterization (--backend)",
+                            "enum": ["raycast", "zbuffer", "raster"],
+                            "description": "what renders depth, panoptic and mesh rgb: embree ray casting, "
+                            "the compiled CPU z-buffer or OpenGL rasterization (--backend)",
                         },
                         "rgb_mode": {
                             "type": "string",

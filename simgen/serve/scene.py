@@ -27,9 +27,11 @@ Images (all ``(H, W)`` row-major, pixel centres, OpenCV camera axes, see :mod:`s
   ray hits the fill (the Gaussians were trained on the scan and do not cover its holes).
 
 Labels and colours follow :mod:`simgen.render.mesh` (the hit triangle's corner nearest to the hit point;
-barycentric colour). Requests take :class:`FastCaster`, an embree path that computes both from embree's
-own barycentrics in float32; :meth:`RenderScene.render_reference` renders through the project's generic
-ray caster and :mod:`simgen.render.mesh`, and tests hold the two to the same images.
+barycentric colour). Requests take the mesh backend (:attr:`RenderScene.mesh_backend`): :class:`FastCaster`,
+an embree path that computes both from embree's own barycentrics in float32, the CPU z-buffer
+(:class:`simgen.render.zbuffer.ZBufferCaster`) that finds the same first hits and shades them with the same
+kernel, or the OpenGL rasterizer; :meth:`RenderScene.render_reference` renders through the project's
+generic ray caster and :mod:`simgen.render.mesh`, and tests hold them to the same images.
 """
 
 from __future__ import annotations
@@ -98,9 +100,10 @@ class RenderScene:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _default_camera: dict | None = field(default=None, repr=False)
     _fast: Any = field(default=None, repr=False)
-    backend: str = "raycast"  # mesh outputs: raycast | raster | auto (simgen.render.raster.BACKENDS)
+    backend: str = "raycast"  # mesh outputs: simgen.render.raster.BACKENDS (raycast, zbuffer, raster, auto)
     gaussians_device: str = "auto"  # where the Gaussians render: cpu | cuda | auto (cuda with gsplat)
     _raster: Any = field(default=None, repr=False)
+    _zbuffer: Any = field(default=None, repr=False)
     _backend_used: str | None = field(default=None, repr=False)
     fill_from: int | None = None
     fill_vertex_from: int | None = None
@@ -124,13 +127,13 @@ class RenderScene:
     # -- loading --------------------------------------------------------------------------------------
 
     def warm(self) -> RenderScene:
-        """Build the ray-casting BVH now (call in the process that serves; it is not fork-safe)."""
+        """Build the ray-casting BVH and the mesh backend now (call in the process that serves; neither
+        embree nor a GL context is fork-safe), and render once so the compiled kernels are loaded (or, the
+        first time on a machine, compiled) before the first request."""
         self.raycaster  # noqa: B018 -- property access builds it
-        self.fast  # noqa: B018
-        if self.mesh_backend == "raster":
-            self.raster  # noqa: B018
+        self.caster  # noqa: B018
         self._place_gaussians()
-        cam = self.default_camera()  # also loads the compiled caster kernels (numba cache) before requests
+        cam = self.default_camera()  # renders through the backend: loads its numba kernels before requests
         if self.gaussians is not None:  # and the rasterizer's: a tiny render
             self.render_gaussian_rgb(Intrinsics(8.0, 8.0, 4.0, 3.0, 8, 6), cam["c2w_cv"])
         return self
@@ -202,9 +205,10 @@ class RenderScene:
 
     @property
     def mesh_backend(self) -> str:
-        """``"raycast"`` (embree) or ``"raster"`` (OpenGL): what renders depth, panoptic and mesh RGB here.
-        ``backend="auto"`` is resolved on first use, in the process that renders (a GL context does not
-        survive ``fork``): raster only where a hardware GL device answers."""
+        """``"raycast"`` (embree), ``"zbuffer"`` (compiled CPU z-buffer) or ``"raster"`` (OpenGL): what
+        renders depth, panoptic and mesh RGB here. ``backend="auto"`` is resolved on first use, in the
+        process that renders (a GL context does not survive ``fork``): raster where a hardware GL device
+        answers, else zbuffer where numba imports, else raycast."""
         if self._backend_used is None:
             with self._lock:
                 if self._backend_used is None:
@@ -224,6 +228,28 @@ class RenderScene:
                     self._raster = GLRasterizer(self.mesh)
         return self._raster
 
+    @property
+    def zbuffer(self):
+        """The compiled CPU z-buffer (:class:`simgen.render.zbuffer.ZBufferCaster`), built on first use."""
+        if self._zbuffer is None:
+            with self._lock:
+                if self._zbuffer is None:
+                    from simgen.render.zbuffer import ZBufferCaster
+
+                    self._zbuffer = ZBufferCaster(self.mesh)
+        return self._zbuffer
+
+    @property
+    def caster(self):
+        """What renders the mesh outputs under :attr:`mesh_backend` (``render(K, c2w_cv, outputs)``), or
+        None for raycast without embreex (:meth:`render` then uses the generic ray caster)."""
+        backend = self.mesh_backend
+        if backend == "raster":
+            return self.raster
+        if backend == "zbuffer":
+            return self.zbuffer
+        return self.fast
+
     def render(self, K: Intrinsics, c2w_cv: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Any]:
         """Render the requested outputs for one camera.
 
@@ -237,7 +263,7 @@ class RenderScene:
             "segments": [segment dicts in view, by id]}`` -- only the keys requested (segments with
             panoptic).
         """
-        fast = self.raster if self.mesh_backend == "raster" else self.fast
+        fast = self.caster
         if fast is None:
             return self.render_reference(K, c2w_cv, outputs)
         mesh_outputs = self._mesh_outputs(outputs)
@@ -467,8 +493,9 @@ def load_render_scene(
         rgb: RGB source, one of :data:`RGB_MODES`: ``"auto"`` renders ``gaussians.ply`` (next to the
             panoptic mesh) when it exists, else mesh colours; ``"gaussians"`` requires the file;
             ``"mesh"`` never reads it.
-        backend: what renders the mesh outputs: ``"raycast"`` (embree), ``"raster"`` (OpenGL through
-            moderngl; headless EGL), ``"auto"`` (raster where a hardware GL device answers).
+        backend: what renders the mesh outputs: ``"raycast"`` (embree), ``"zbuffer"`` (compiled CPU
+            z-buffer, numba), ``"raster"`` (OpenGL through moderngl; headless EGL), ``"auto"`` (raster where
+            a hardware GL device answers, else zbuffer where numba imports, else raycast).
 
     Raises:
         SceneLoadError: naming the missing or unreadable file.
