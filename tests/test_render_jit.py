@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simgen.render import caster, rasterize_numba
+from simgen.render import caster, rasterize_numba, zbuffer
 from simgen.render.jit import compile_kernels
 
 
@@ -16,8 +16,9 @@ def test_compile_kernels_compiles_every_kernel():
         "gaussian rasterizer (float32)",
         "gaussian rasterizer (float64)",
         "mesh caster",
+        "mesh z-buffer",
     ]
     # The kernels Python calls (the helpers they call are compiled into them).
     names = ("_rot_scale", "_project", "_bin", "_blend", "_eval_sh", "_gather")
-    kernels = [getattr(rasterize_numba, n) for n in names] + list(caster._KERNELS)
+    kernels = [getattr(rasterize_numba, n) for n in names] + [*caster._KERNELS, zbuffer._zbuffer]
     assert [k for k in kernels if not k.signatures] == []

@@ -26,6 +26,7 @@ def compile_kernels() -> list[str]:
     from simgen.folders import PanopticMesh
     from simgen.render.caster import FastCaster
     from simgen.render.rasterize import rasterize
+    from simgen.render.zbuffer import ZBufferCaster
 
     done = []
     g = torch.Generator().manual_seed(0)
@@ -50,6 +51,9 @@ def compile_kernels() -> list[str]:
         np.zeros(3, np.int64),
         np.ones(3, np.int64),
     )
-    FastCaster(tri).render(Intrinsics(8.0, 8.0, 4.0, 3.0, 8, 6), np.eye(4))
+    K = Intrinsics(8.0, 8.0, 4.0, 3.0, 8, 6)
+    FastCaster(tri).render(K, np.eye(4))
     done.append("mesh caster")
+    ZBufferCaster(tri).render(K, np.eye(4))
+    done.append("mesh z-buffer")
     return done
