@@ -14,7 +14,7 @@ from helpers.gt import gt_panoptic_mesh
 from simgen.cli import main
 from simgen.data.scene import load_scene
 from simgen.eval.config import EvalConfig
-from simgen.eval.evaluate import evaluate, markdown_table, pose_alignment, rigid_fit
+from simgen.eval.evaluate import EvalError, evaluate, markdown_table, pose_alignment, rigid_fit
 from simgen.folders import PanopticMesh, write_panoptic_mesh
 
 FAST = {"samples": 30_000, "pictures": False, "quiet": True}
@@ -160,3 +160,24 @@ def test_scene_without_true_poses_keeps_the_stored_protocol(tmp_path, tiny_scene
     assert m["protocol"]["poses"] == "stored" and m["protocol"]["alignment"] is None
     assert "records no true poses" in m["protocol"]["note"]
     assert "stored poses" in (build / "eval" / "metrics.md").read_text()
+
+
+def test_the_builds_own_poses_define_its_frame(tmp_path, tiny_scene_dir, tiny_scene):
+    # A builder that refined its poses (build.json `poses`, e.g. frame-to-model alignment) built in the
+    # frame of those poses, not of the stored ones: the alignment follows them.
+    from simgen.folders import BUILD_FILE, fused_poses_record
+
+    S = _rigid([1.0, 0.0, 0.2], -15.0, [0.4, 0.3, -0.1])
+    build = _build(tmp_path / "b", _moved(gt_panoptic_mesh(tiny_scene), S))
+    keyframes = list(range(0, len(tiny_scene.frames), 3))
+    record = {"poses": fused_poses_record({i: S @ tiny_scene.frames[i].c2w_cv for i in keyframes})}
+    (build / BUILD_FILE).write_text(json.dumps(record))
+    m = evaluate(build, tiny_scene_dir, EvalConfig(**FAST))["metrics"]
+    a = m["protocol"]["alignment"]
+    assert "build.json" in a["trajectory"] and a["frames"] == len(keyframes)
+    assert np.allclose(np.array(a["gt_to_build"]), S, atol=1e-6) and a["residual_rms_mm"] < 1e-3
+    assert m["panoptic"]["pq"] == pytest.approx(1.0, abs=1e-3) and m["geometry"]["fscore"] == 1.0
+    # A malformed entry is named.
+    (build / BUILD_FILE).write_text(json.dumps({"poses": {"frames": [0, 999], "transform_matrix": []}}))
+    with pytest.raises(EvalError, match="build.json"):
+        evaluate(build, tiny_scene_dir, EvalConfig(**FAST))

@@ -34,9 +34,12 @@ from simgen.data.scene import Scene, SceneError, load_scene
 from simgen.eval import metrics as M
 from simgen.eval.config import EvalConfig
 from simgen.folders import (
+    BUILD_FILE,
     GAUSSIANS_FILE,
     MESH_FILE,
+    FolderError,
     PanopticMesh,
+    read_fused_poses,
     read_panoptic_mesh,
 )
 from simgen.render.mesh import colors_at_hits, labels_at_hits
@@ -191,8 +194,9 @@ class PoseAlignment:
     """The rigid map of the GT frame onto the build (scene) frame: ``x_build = T @ x_gt``.
 
     ``T`` is ``(4, 4)`` float64 (rotation and translation in metres, no scale); ``residual_rms_mm`` /
-    ``residual_max_mm`` are the camera-centre residuals ``|T c_true - c_stored|`` over ``frames``
-    frames after alignment; ``points`` says what was aligned (``centres``, or ``centres+axes`` when the
+    ``residual_max_mm`` are the camera-centre residuals ``|T c_true - c_build|`` over ``frames``
+    frames after alignment (``c_build``: the centres of ``trajectory``, the stored poses unless the
+    build recorded the poses it fused at); ``points`` says what was aligned (``centres``, or ``centres+axes`` when the
     centres alone leave a rotation free: all on one line).
     """
 
@@ -201,9 +205,11 @@ class PoseAlignment:
     residual_max_mm: float
     frames: int
     points: str
+    trajectory: str = "stored poses (transforms.json)"  # which poses stand for the build's trajectory
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "trajectory": self.trajectory,
             "gt_to_build": np.round(self.T, 9).tolist(),
             "residual_rms_mm": self.residual_rms_mm,
             "residual_max_mm": self.residual_max_mm,
@@ -255,16 +261,30 @@ def pose_alignment(true_c2w: np.ndarray, stored_c2w: np.ndarray) -> PoseAlignmen
     return PoseAlignment(T, float(np.sqrt(np.mean(res**2))), float(res.max()), len(src), points)
 
 
-def _alignment(scene: Scene, cfg: EvalConfig) -> PoseAlignment | None:
-    """The GT-to-build alignment of the true-pose protocol, or None for the stored-pose protocol."""
+def _alignment(scene: Scene, build_dir: Path, cfg: EvalConfig) -> PoseAlignment | None:
+    """The GT-to-build alignment of the true-pose protocol, or None for the stored-pose protocol.
+
+    The build's trajectory is the poses it fused its frames at: build.json's ``poses`` when the builder
+    refined them (frame-to-model alignment), else the scene's stored poses, all frames.
+    """
     if cfg.poses == "stored" or scene.gt is None or scene.gt.true_c2w is None:
         return None
-    stored = np.stack([fr.c2w for fr in scene.frames])
-    if len(scene.gt.true_c2w) != len(stored):
+    if len(scene.gt.true_c2w) != len(scene.frames):
         raise EvalError(
-            f"{scene.gt.root / 'gt.json'}: {len(scene.gt.true_c2w)} true poses for {len(stored)} frames"
+            f"{scene.gt.root / 'gt.json'}: {len(scene.gt.true_c2w)} true poses for {len(scene.frames)} frames"
         )
-    return pose_alignment(scene.gt.true_c2w, stored)
+    try:
+        fused = read_fused_poses(build_dir, len(scene.frames))
+    except FolderError as e:
+        raise EvalError(str(e)) from e
+    if fused is None:
+        a = pose_alignment(scene.gt.true_c2w, np.stack([fr.c2w for fr in scene.frames]))
+        a.trajectory = "stored poses (transforms.json)"
+        return a
+    frames, c2w = fused
+    a = pose_alignment(scene.gt.true_c2w[frames], c2w)
+    a.trajectory = f"the build's poses ({BUILD_FILE} poses)"
+    return a
 
 
 def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None = None) -> dict[str, Any]:
@@ -292,7 +312,7 @@ def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | Non
             f"{scene.root}: frames of several sizes {sorted(sizes)} (evaluate one size at a time)"
         )
 
-    align = _alignment(scene, cfg)
+    align = _alignment(scene, build_dir, cfg)
     raycaster = MeshRaycaster(mesh.to_trimesh())
     renderer, renderer_note = _appearance_renderer(build_dir)
     things, stuff = scene.thing_ids, scene.stuff_ids
@@ -662,7 +682,7 @@ def _protocol_line(p: dict[str, Any] | None) -> str:
         return f"Protocol: build rendered at the scene's stored poses{why}."
     a = p["alignment"]
     return (
-        f"Protocol: build rendered at the GT's true poses, aligned rigidly onto the stored ones "
+        f"Protocol: build rendered at the GT's true poses, aligned rigidly onto {a.get('trajectory', 'the stored poses')} "
         f"(camera-centre residual {a['residual_rms_mm']:.1f} mm RMS, {a['residual_max_mm']:.1f} mm max, "
         f"{a['frames']} frames); GT mesh moved by the same transform; observed GT: {p['gt_culling']}."
     )
