@@ -125,30 +125,3 @@ def test_alignment_degeneracy_check_leaves_sliding_along_a_wall_alone():
     assert res.accepted and res.degenerate == 3  # x, y slides and the roll about the wall normal
     assert abs(res.c2w[2, 3]) < 0.005  # distance to the wall corrected
     np.testing.assert_allclose(res.c2w[:2, 3], start[:2, 3], atol=1e-6)  # slide untouched
-
-
-def test_alignment_max_depth_leaves_far_points_out():
-    """A near floor-like plane at 1.5 m (left half) and a far one at 4 m (right half), the camera 3 cm
-    too close to both: with ``max_depth`` 2 m only the near half's points take part (the count halves)
-    and the distance is still corrected; with ``max_depth`` below every point nothing is aligned."""
-    from simgen.recon.fusion.align import align_to_model
-
-    Kw = Intrinsics(120.0, 120.0, 80.0, 60.0, 160, 120)
-    depth = np.full((120, 160), 1.5, np.float32)
-    depth[:, 80:] = 4.0
-    vol = VoxelBlockVolume(0.02, 0.06, n_classes=1)
-    for dx in (-0.1, 0.0, 0.1):
-        c2w = np.eye(4)
-        c2w[0, 3] = dx
-        vol.integrate(depth, Kw, c2w, block_stride=1)
-    start = np.eye(4)
-    start[2, 3] = 0.03
-    full = align_to_model(vol, depth, Kw, start, stride=2)
-    near = align_to_model(vol, depth, Kw, start, stride=2, max_depth=2.0)
-    assert full.accepted and near.accepted
-    assert abs(near.c2w[2, 3]) < 0.01  # from 3 cm (damped steps, 10 iterations)
-    assert near.points < 0.6 * full.points
-    none = align_to_model(vol, depth, Kw, start, stride=2, max_depth=1.0)
-    assert not none.accepted and none.points == 0 and (none.c2w == start).all()
-    with pytest.raises(ValueError, match="align_max_depth"):
-        FusionConfig(align_max_depth=-1.0)

@@ -88,7 +88,6 @@ def align_to_model(
     noise_model: tuple[float, float] | None = None,
     min_weight: float = 1.0,
     degeneracy_ratio: float = 0.0,
-    max_depth: float = 0.0,
 ) -> AlignResult:
     """Refine ``c2w_cv`` so that ``depth`` lies on the model's surface (see the module docstring).
 
@@ -113,11 +112,9 @@ def align_to_model(
             "On degeneracy of optimization-based state estimation problems"): a view of one wall or
             of a floor cannot tell where along it the camera is, and an update there follows noise.
             0 = off (plain damping only).
-        max_depth: only points up to this z (metres) take part; 0 = all. A consumer sensor's error grows
-            with z² and its disparity steps reach several cm at 3-5 m: far points pull the pose.
     """
     d = depth[::stride, ::stride]
-    m = (d > 0) & (d <= max_depth) if max_depth > 0 else d > 0
+    m = d > 0
     pc = directions(K)[::stride, ::stride][m].astype(np.float64) * d[m][:, None]  # camera frame
     w_pt = np.ones(len(pc)) if noise_model is None else noise_weight(d[m], *noise_model).astype(np.float64)
     scale = max(float(np.mean(np.linalg.norm(pc, axis=1))), 1e-3) if len(pc) else 1.0

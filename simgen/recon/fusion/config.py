@@ -135,13 +135,6 @@ class FusionConfig:
             "best-constrained one's information are left unchanged (e.g. sliding along a lone wall); 0 = off"
         },
     )
-    align_max_depth: float = field(
-        default=0.0,
-        metadata={
-            "help": "with --fusion.align-to-model: align with the depth up to this many metres only (a "
-            "consumer sensor's far depth is noisy and coarsely quantised and biases the alignment); 0 = all"
-        },
-    )
     prefetch: bool = field(
         default=True,
         metadata={
@@ -168,7 +161,6 @@ class FusionConfig:
             (self.fuse_max_gap >= 0, "fuse_max_gap must be >= 0"),
             (0 < self.split_merged_coverage <= 1, "split_merged_coverage must lie in (0, 1]"),
             (0 <= self.align_degeneracy < 1, "align_degeneracy must lie in [0, 1)"),
-            (self.align_max_depth >= 0, "align_max_depth must be >= 0"),
             (self.flying_pixel_slope >= 0, "flying_pixel_slope must be >= 0"),
             (0 <= self.flying_pixel_support <= 8, "flying_pixel_support must lie in 0..8"),
             (

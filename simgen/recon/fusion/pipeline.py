@@ -236,7 +236,6 @@ def run_fusion(
                         else None,
                         min_weight=state.min_weight(),
                         degeneracy_ratio=cfg.align_degeneracy,
-                        max_depth=cfg.align_max_depth,
                     )
                     pose = res.c2w
                     correction = pose @ np.linalg.inv(poses[pos])
