@@ -88,7 +88,6 @@ def align_to_model(
     noise_model: tuple[float, float] | None = None,
     min_weight: float = 1.0,
     degeneracy_ratio: float = 0.0,
-    min_gain_m: float = 0.0,
 ) -> AlignResult:
     """Refine ``c2w_cv`` so that ``depth`` lies on the model's surface (see the module docstring).
 
@@ -113,8 +112,6 @@ def align_to_model(
             "On degeneracy of optimization-based state estimation problems"): a view of one wall or
             of a floor cannot tell where along it the camera is, and an update there follows noise.
             0 = off (plain damping only).
-        min_gain_m: the result is kept only if it also lowers the residual RMS by at least this many
-            metres (an absolute floor beside ``min_gain``; 0 = none).
     """
     d = depth[::stride, ::stride]
     m = d > 0
@@ -175,7 +172,6 @@ def align_to_model(
         and np.linalg.norm(t - t0) <= max_step[0]
         and ang <= max_step[1]
         and rmse < min_gain * rmse0
-        and rmse0 - rmse >= min_gain_m
     )
     out = np.array(c2w_cv, dtype=np.float64)
     if accepted:

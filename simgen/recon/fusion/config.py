@@ -135,14 +135,6 @@ class FusionConfig:
             "best-constrained one's information are left unchanged (e.g. sliding along a lone wall); 0 = off"
         },
     )
-    align_min_gain_m: float = field(
-        default=0.0,
-        metadata={
-            "help": "with --fusion.align-to-model: keep a refined pose only if it lowers the point-to-surface "
-            "RMS by at least this many metres (on drift-free input the alignment mostly chases the "
-            "discretisation bias of the TSDF); 0 = any 10 %% gain"
-        },
-    )
     prefetch: bool = field(
         default=True,
         metadata={
@@ -169,7 +161,6 @@ class FusionConfig:
             (self.fuse_max_gap >= 0, "fuse_max_gap must be >= 0"),
             (0 < self.split_merged_coverage <= 1, "split_merged_coverage must lie in (0, 1]"),
             (0 <= self.align_degeneracy < 1, "align_degeneracy must lie in [0, 1)"),
-            (self.align_min_gain_m >= 0, "align_min_gain_m must be >= 0"),
             (self.flying_pixel_slope >= 0, "flying_pixel_slope must be >= 0"),
             (0 <= self.flying_pixel_support <= 8, "flying_pixel_support must lie in 0..8"),
             (

@@ -236,7 +236,6 @@ def run_fusion(
                         else None,
                         min_weight=state.min_weight(),
                         degeneracy_ratio=cfg.align_degeneracy,
-                        min_gain_m=cfg.align_min_gain_m,
                     )
                     pose = res.c2w
                     correction = pose @ np.linalg.inv(poses[pos])
