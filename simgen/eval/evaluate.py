@@ -12,8 +12,9 @@ Pipeline (see docs/evaluation.md for every metric's definition):
    recall and the 3D labels are scored on the GT surface some frame observed (``--gt-culling``).
 
 Protocol (``--poses``): when ``gt/gt.json`` records the true camera poses, the GT frame is aligned onto
-the build frame by the rigid transform that best maps the true camera centres onto the stored ones
-(:func:`pose_alignment`, the ATE convention of SLAM evaluation); the build is rendered at the aligned
+the build frame by the rigid transform that best maps the true camera centres onto the build's (the
+stored poses, or those the build fused at when ``build.json`` records them; :func:`pose_alignment`,
+the ATE convention of SLAM evaluation); the build is rendered at the aligned
 true poses, the GT mesh is moved by the same transform, and the observed GT surface comes from ray
 casting the GT mesh at the true poses. Otherwise (or with ``--poses stored``) the build is rendered at
 the stored poses and the GT is culled with the scene's own depth.
@@ -196,8 +197,8 @@ class PoseAlignment:
     ``T`` is ``(4, 4)`` float64 (rotation and translation in metres, no scale); ``residual_rms_mm`` /
     ``residual_max_mm`` are the camera-centre residuals ``|T c_true - c_build|`` over ``frames``
     frames after alignment (``c_build``: the centres of ``trajectory``, the stored poses unless the
-    build recorded the poses it fused at); ``points`` says what was aligned (``centres``, or ``centres+axes`` when the
-    centres alone leave a rotation free: all on one line).
+    build recorded the poses it fused at); ``points`` says what was aligned (``centres``, or
+    ``centres+axes`` when the centres alone leave a rotation free: all on one line).
     """
 
     T: np.ndarray
@@ -236,7 +237,8 @@ def rigid_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def pose_alignment(true_c2w: np.ndarray, stored_c2w: np.ndarray) -> PoseAlignment:
-    """Align the true camera poses ``(N, 4, 4)`` onto the stored ones ``(N, 4, 4)`` (same camera axes).
+    """Align the true camera poses ``(N, 4, 4)`` onto the build's ``(N, 4, 4)`` (same frames, same camera
+    axes, metres): the scene's stored poses or the ones the build fused at.
 
     Camera centres only (the ATE convention), unless they are collinear: then the camera axes' tips
     (1 m along each axis) join them so the rotation about that line is fixed too. Identical poses (a
