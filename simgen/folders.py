@@ -121,6 +121,41 @@ def new_build_record(method: str, scene_dir: str | Path) -> dict[str, Any]:
     }
 
 
+def fused_poses_record(poses: dict[int, np.ndarray]) -> dict[str, Any]:
+    """build.json's ``poses``: ``{"frames": [scene frame index], "transform_matrix": [(4, 4) list]}`` from
+    ``{frame index: (4, 4) camera-to-world with OpenCV axes}``, stored with OpenGL axes (the convention of
+    transforms.json), for builders that fuse frames at poses other than the scene's."""
+    frames = sorted(poses)
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV -> OpenGL camera axes (and back): flip y and z
+    return {
+        "frames": frames,
+        "transform_matrix": [np.round(np.asarray(poses[i], np.float64) @ flip, 8).tolist() for i in frames],
+    }
+
+
+def read_fused_poses(build_dir: str | Path, n_frames: int) -> tuple[list[int], np.ndarray] | None:
+    """The build's own poses from ``build_dir/build.json`` (``poses``, see :func:`fused_poses_record`):
+    ``(frame indices, (M, 4, 4) camera-to-world with OpenGL axes)``, or None when the build fused the
+    scene's stored poses (no ``poses`` entry, or no build.json). :class:`FolderError` names the file when
+    the entry is malformed or names a frame outside ``[0, n_frames)``."""
+    path = Path(build_dir) / BUILD_FILE
+    if not path.is_file():
+        return None
+    entry = read_json(path).get("poses")
+    if entry is None:
+        return None
+    try:
+        frames = [int(i) for i in entry["frames"]]
+        c2w = np.asarray(entry["transform_matrix"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FolderError(f"{path}: malformed 'poses' ({type(e).__name__}: {e})") from None
+    if c2w.shape != (len(frames), 4, 4) or not np.all(np.isfinite(c2w)):
+        raise FolderError(f"{path}: 'poses.transform_matrix' must be {len(frames)} finite 4x4 matrices")
+    if any(i < 0 or i >= n_frames for i in frames) or len(set(frames)) != len(frames):
+        raise FolderError(f"{path}: 'poses.frames' must be distinct frame indices in [0, {n_frames})")
+    return frames, c2w
+
+
 def read_json(path: str | Path) -> dict[str, Any]:
     """A JSON object from ``path``; :class:`FolderError` naming the file when missing or unreadable."""
     path = Path(path)

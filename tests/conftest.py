@@ -64,6 +64,18 @@ def tiny_scene(tiny_scene_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_drift_scene_dir(tmp_path_factory, worker_id) -> Path:
+    """``tiny`` seed 0 with strong pose drift alone (5 cm and 3 deg RMS per 10 m, the realistic profile's
+    1.5 cm / 1 deg scaled up so a 16-frame walk drifts measurably); ``gt/gt.json`` holds the true poses."""
+    from simgen.synth import synthesize
+
+    def make(root: Path) -> None:
+        synthesize(root / "tiny", preset="tiny", seed=0, noise={"drift_trans_m": 0.05, "drift_rot_deg": 3.0})
+
+    return _made_once(tmp_path_factory, worker_id, "tiny_drift", make) / "tiny"
+
+
+@pytest.fixture(scope="session")
 def served_gt(tmp_path_factory, worker_id):
     """The noise-free ``tiny`` scene's exact GT mesh as a served folder (tests/helpers/served_gt.py):
     ``(scene with GT, served folder, {GT segment id: expected server segment id})``. Read-only."""

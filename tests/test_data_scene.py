@@ -222,3 +222,39 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
         tmp.write_text("half")
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gt_true_poses_round_trip_and_bad_ones_are_named(tmp_path: Path) -> None:
+    # A writer given true poses records them in gt/gt.json; the loader returns them (OpenGL as stored).
+    w = SceneWriter(tmp_path / "s", K, CATS)
+    true = [look_at([0.2 * i, 0, 1.5], [0.2 * i + 1, 0, 1.0]) for i in range(2)]
+    for i, c2w in enumerate(true):
+        stored = c2w.copy()
+        stored[:3, 3] += [0.01 * i, 0, 0]  # the stored pose drifted
+        pan = np.zeros((12, 16), np.int32)
+        pan[2:6, 4:9] = 9
+        w.add_frame(np.zeros((12, 16, 3), np.uint8), np.ones((12, 16)), pan, [Segment(9, 7)], stored,
+                    gt_panoptic=(pan > 0).astype(np.int32), gt_c2w_gl=c2w)  # fmt: skip
+    root = w.finish({1: 7})
+    scene = load_scene(root)
+    np.testing.assert_allclose(scene.gt.true_c2w, np.stack(true), atol=1e-8)
+    np.testing.assert_allclose(scene.gt.true_c2w_cv(1), opengl_to_opencv(true[1]), atol=1e-8)
+    assert scene.frames[1].c2w[0, 3] == pytest.approx(true[1][0, 3] + 0.01)
+
+    gpath = root / "gt" / "gt.json"
+    good = json.loads(gpath.read_text())
+    for edit, text in [
+        (lambda g: g["frames"][1].update(transform_matrix=[[1, 0], [0, 1]]), "must be 4x4"),
+        (lambda g: g["frames"][0]["transform_matrix"][0].__setitem__(0, 2.0), "not rigid"),
+        (lambda g: g["frames"][1].pop("transform_matrix"), "on 1 of 2 GT frames: all or none"),
+    ]:
+        g = json.loads(json.dumps(good))
+        edit(g)
+        gpath.write_text(json.dumps(g))
+        msgs = messages(root)
+        assert any(str(gpath) in m and "transform_matrix (true pose)" in m and text in m for m in msgs), msgs
+    # Without any true pose the field is simply absent.
+    for f in good["frames"]:
+        del f["transform_matrix"]
+    gpath.write_text(json.dumps(good))
+    assert messages(root) == [] and load_scene(root).gt.true_c2w is None

@@ -499,3 +499,22 @@ def test_fuse_keeps_a_second_object_apart_but_fuses_a_piece():
         seg = assoc.frame_segments(pan, segs, {1: 0, 2: 1, 3: 2}, thing)
         out = assoc.associate(table, seg, seg.index[0], pts, rendered, frame=0, cfg=cfg)
         assert out.tolist() == expect, gap
+
+
+def test_aligned_build_records_the_poses_it_fused_at(tiny_drift_scene_dir, tiny_build, tmp_path):
+    # Frame-to-model alignment fuses keyframes at refined poses: build.json keeps them (OpenGL axes, as
+    # transforms.json) so that `simgen eval` aligns the truth onto the build's own trajectory.
+    from simgen.folders import read_fused_poses
+
+    scene = load_scene(tiny_drift_scene_dir)
+    rec = run_fusion(scene, tmp_path / "b", FusionConfig(align_to_model=True), progress=False)
+    frames, c2w = read_fused_poses(tmp_path / "b", len(scene.frames))
+    assert len(frames) == rec["counters"]["keyframes"] and set(frames) <= set(scene.split_indices("train"))
+    # The first keyframe anchors the build at its stored pose; the others carry the last accepted
+    # correction, so every keyframe from the first accepted alignment on sits off its stored pose.
+    np.testing.assert_allclose(c2w[0], scene.frames[frames[0]].c2w, atol=1e-7)
+    moved = [np.abs(c - scene.frames[i].c2w).max() > 1e-6 for i, c in zip(frames, c2w, strict=True)]
+    assert 0 < rec["counters"]["aligned"] <= sum(moved) and not moved[0]
+    # A build at the stored poses records none.
+    plain_scene, _, plain = tiny_build
+    assert read_fused_poses(plain, len(plain_scene.frames)) is None

@@ -92,6 +92,15 @@ class GroundTruth:
     panoptic_paths: list[Path]  # per frame, same order as transforms.json frames
     mesh_path: Path | None
     mesh_labels_path: Path | None
+    # (N, 4, 4) float64 true camera-to-world per frame (OpenGL camera axes, the convention of
+    # transforms.json), when the source knows the poses exactly; None when gt.json carries none.
+    true_c2w: np.ndarray | None = None
+
+    def true_c2w_cv(self, i: int) -> np.ndarray:
+        """(4, 4) true camera-to-world of frame ``i`` with OpenCV camera axes (raises if none is known)."""
+        if self.true_c2w is None:
+            raise ValueError(f"{self.root / GT_JSON}: the frames carry no transform_matrix (true poses)")
+        return opengl_to_opencv(self.true_c2w[i])
 
     def panoptic(self, i: int) -> np.ndarray:
         """(H, W) int32 scene-consistent GT segment ids of frame ``i`` (0 = void)."""
@@ -517,14 +526,25 @@ def _parse_gt(root: Path, n_frames: int, categories: dict[int, Category], proble
     except _FieldError as e:
         problems.append(Problem(where, f"unreadable ground truth: {e}"))
         return None
+    poses: list[np.ndarray] = []
     for i, f in enumerate(frames):
         try:
             if not isinstance(f, dict) or "panoptic_file_path" not in f:
                 raise _FieldError("frame entry must be an object with panoptic_file_path")
             pan.append(_inside(root, gdir, f["panoptic_file_path"], "panoptic_file_path"))
+            if "transform_matrix" in f:
+                poses.append(_gt_pose(f["transform_matrix"]))
         except _FieldError as e:
             problems.append(Problem(where, str(e), i))
             ok = False
+    # True poses are all or nothing: a partial list cannot be matched to the frames by index.
+    if ok and poses and len(poses) != len(frames):
+        problems.append(
+            Problem(
+                where, f"transform_matrix (true pose) on {len(poses)} of {len(frames)} GT frames: all or none"
+            )
+        )
+        ok = False
     try:
         if g.get("mesh_path"):
             mesh = _inside(root, gdir, g["mesh_path"], "mesh_path")
@@ -543,7 +563,24 @@ def _parse_gt(root: Path, n_frames: int, categories: dict[int, Category], proble
     for p in (mesh, labels):
         if p is not None and not p.is_file():
             problems.append(Problem(str(p), "GT file named in gt.json is missing"))
-    return GroundTruth(gdir, segments, pan, mesh, labels)
+    return GroundTruth(gdir, segments, pan, mesh, labels, np.stack(poses) if poses else None)
+
+
+def _gt_pose(value: Any) -> np.ndarray:
+    """A GT frame's ``transform_matrix``: (4, 4) rigid float64, else :class:`_FieldError`."""
+    try:
+        c2w = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise _FieldError(
+            f"transform_matrix (true pose) must be a 4x4 number matrix, got {_show(value)}"
+        ) from None
+    if c2w.shape != (4, 4):
+        raise _FieldError(f"transform_matrix (true pose) must be 4x4, got shape {c2w.shape}")
+    if not np.all(np.isfinite(c2w)):
+        raise _FieldError("transform_matrix (true pose) has non-finite values")
+    if not _rigid(c2w):
+        raise _FieldError("transform_matrix (true pose) is not rigid (rotation not orthonormal or det != 1)")
+    return c2w
 
 
 # ----------------------------------------------------------------------------- validation

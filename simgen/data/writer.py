@@ -50,8 +50,13 @@ class SceneWriter:
         c2w_gl: np.ndarray,
         gt_panoptic: np.ndarray | None = None,
         name: str | None = None,
+        gt_c2w_gl: np.ndarray | None = None,
     ) -> str:
         """Write one frame; ``c2w_gl`` is camera-to-world with OpenGL camera axes. Returns its file_path.
+
+        ``gt_c2w_gl`` (4, 4), OpenGL axes: the frame's true pose when ``c2w_gl`` carries pose noise; it
+        lands in ``gt/gt.json`` (``frames[i].transform_matrix``, with ``gt_panoptic`` only), where
+        ``simgen eval`` aligns the build to it.
 
         ``panoptic`` None writes an unlabelled frame (no ``panoptic_file_path`` / ``segments_info``),
         as the importers of sources without labels do (``simgen label`` adds them later).
@@ -79,7 +84,10 @@ class SceneWriter:
         if gt_panoptic is not None:
             gt_rel = f"panoptic/{stem}.png"
             io.write_panoptic(self.root / GT_DIR / gt_rel, gt_panoptic)
-            self._gt_frames.append({"panoptic_file_path": gt_rel})
+            gt_entry: dict[str, Any] = {"panoptic_file_path": gt_rel}
+            if gt_c2w_gl is not None:
+                gt_entry["transform_matrix"] = np.asarray(gt_c2w_gl, dtype=float).round(8).tolist()
+            self._gt_frames.append(gt_entry)
         return rel["file_path"]
 
     def write_gt_mesh(self, mesh, vertex_labels: np.ndarray, mesh_name: str = "mesh.ply") -> None:

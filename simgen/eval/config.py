@@ -55,6 +55,15 @@ class EvalConfig:
             "scene observed (depth test), or on the whole GT mesh (none)"
         },
     )
+    poses: Literal["true", "stored"] = field(
+        default="true",
+        metadata={
+            "help": "render the build at the true camera poses of gt/gt.json, rigidly aligned onto the "
+            "stored ones, move the GT mesh by that alignment and cull the GT by exact visibility (true; "
+            "used when gt/gt.json records true poses), or at the scene's stored poses with the GT culled "
+            "by the scene's depth (stored)"
+        },
+    )
     observed_tolerance: float = field(
         default=0.05,
         metadata={"help": "a GT surface point is observed when within this many metres of a frame's depth"},
@@ -68,6 +77,8 @@ class EvalConfig:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
         if not self.threshold > 0:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
+        if self.poses not in ("true", "stored"):
+            raise ValueError(f"poses must be 'true' or 'stored', got {self.poses!r}")
         if not self.observed_tolerance > 0:
             raise ValueError(f"observed_tolerance must be > 0, got {self.observed_tolerance}")
         if self.frames < 0:

@@ -10,6 +10,14 @@ Pipeline (see docs/evaluation.md for every metric's definition):
    Chamfer-L1 / precision / recall / F-score from sample-to-surface distances, and label the GT
    samples from their nearest predicted sample for 3D mIoU / mAcc / mCov / mW-Cov. Completeness,
    recall and the 3D labels are scored on the GT surface some frame observed (``--gt-culling``).
+
+Protocol (``--poses``): when ``gt/gt.json`` records the true camera poses, the GT frame is aligned onto
+the build frame by the rigid transform that best maps the true camera centres onto the build's (the
+stored poses, or those the build fused at when ``build.json`` records them; :func:`pose_alignment`,
+the ATE convention of SLAM evaluation); the build is rendered at the aligned
+true poses, the GT mesh is moved by the same transform, and the observed GT surface comes from ray
+casting the GT mesh at the true poses. Otherwise (or with ``--poses stored``) the build is rendered at
+the stored poses and the GT is culled with the scene's own depth.
 """
 
 from __future__ import annotations
@@ -27,9 +35,12 @@ from simgen.data.scene import Scene, SceneError, load_scene
 from simgen.eval import metrics as M
 from simgen.eval.config import EvalConfig
 from simgen.folders import (
+    BUILD_FILE,
     GAUSSIANS_FILE,
     MESH_FILE,
+    FolderError,
     PanopticMesh,
+    read_fused_poses,
     read_panoptic_mesh,
 )
 from simgen.render.mesh import colors_at_hits, labels_at_hits
@@ -179,6 +190,105 @@ def _clean(v):
     return v
 
 
+@dataclass
+class PoseAlignment:
+    """The rigid map of the GT frame onto the build (scene) frame: ``x_build = T @ x_gt``.
+
+    ``T`` is ``(4, 4)`` float64 (rotation and translation in metres, no scale); ``residual_rms_mm`` /
+    ``residual_max_mm`` are the camera-centre residuals ``|T c_true - c_build|`` over ``frames``
+    frames after alignment (``c_build``: the centres of ``trajectory``, the stored poses unless the
+    build recorded the poses it fused at); ``points`` says what was aligned (``centres``, or
+    ``centres+axes`` when the centres alone leave a rotation free: all on one line).
+    """
+
+    T: np.ndarray
+    residual_rms_mm: float
+    residual_max_mm: float
+    frames: int
+    points: str
+    trajectory: str = "stored poses (transforms.json)"  # which poses stand for the build's trajectory
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trajectory": self.trajectory,
+            "gt_to_build": np.round(self.T, 9).tolist(),
+            "residual_rms_mm": self.residual_rms_mm,
+            "residual_max_mm": self.residual_max_mm,
+            "frames": self.frames,
+            "points": self.points,
+        }
+
+
+def rigid_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares rigid transform (Kabsch / Umeyama without scale) mapping ``src`` onto ``dst``.
+
+    ``src``, ``dst``: ``(N, 3)`` corresponding points (metres). Returns ``(4, 4)`` float64 ``T`` minimising
+    ``sum |R src_i + t - dst_i|^2`` with ``det R = +1``.
+    """
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    ms, md = src.mean(axis=0), dst.mean(axis=0)
+    U, _, Vt = np.linalg.svd((dst - md).T @ (src - ms))
+    # The sign fix keeps R a rotation when the best orthogonal map would be a reflection.
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt)) or 1.0])
+    R = U @ D @ Vt
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, md - R @ ms
+    return T
+
+
+def pose_alignment(true_c2w: np.ndarray, stored_c2w: np.ndarray) -> PoseAlignment:
+    """Align the true camera poses ``(N, 4, 4)`` onto the build's ``(N, 4, 4)`` (same frames, same camera
+    axes, metres): the scene's stored poses or the ones the build fused at.
+
+    Camera centres only (the ATE convention), unless they are collinear: then the camera axes' tips
+    (1 m along each axis) join them so the rotation about that line is fixed too. Identical poses (a
+    scene without pose noise; files round them to 8 decimals) give exactly the identity, so such a
+    scene scores the same under either protocol.
+    """
+    true_c2w, stored_c2w = np.asarray(true_c2w, np.float64), np.asarray(stored_c2w, np.float64)
+    src, dst = true_c2w[:, :3, 3], stored_c2w[:, :3, 3]
+    if np.allclose(true_c2w, stored_c2w, rtol=0.0, atol=1e-8):
+        T, points = np.eye(4), "centres"
+    else:
+        sv = np.linalg.svd(src - src.mean(axis=0), compute_uv=False)
+        points = "centres" if sv[1] > 1e-6 * max(sv[0], 1e-12) else "centres+axes"
+        if points == "centres":
+            T = rigid_fit(src, dst)
+        else:
+            tips = [c[:, :3, 3][:, None] + c[:, :3, :3].transpose(0, 2, 1) for c in (true_c2w, stored_c2w)]
+            T = rigid_fit(
+                np.concatenate([src, tips[0].reshape(-1, 3)]), np.concatenate([dst, tips[1].reshape(-1, 3)])
+            )
+    res = np.linalg.norm(src @ T[:3, :3].T + T[:3, 3] - dst, axis=1) * 1000.0
+    return PoseAlignment(T, float(np.sqrt(np.mean(res**2))), float(res.max()), len(src), points)
+
+
+def _alignment(scene: Scene, build_dir: Path, cfg: EvalConfig) -> PoseAlignment | None:
+    """The GT-to-build alignment of the true-pose protocol, or None for the stored-pose protocol.
+
+    The build's trajectory is the poses it fused its frames at: build.json's ``poses`` when the builder
+    refined them (frame-to-model alignment), else the scene's stored poses, all frames.
+    """
+    if cfg.poses == "stored" or scene.gt is None or scene.gt.true_c2w is None:
+        return None
+    if len(scene.gt.true_c2w) != len(scene.frames):
+        raise EvalError(
+            f"{scene.gt.root / 'gt.json'}: {len(scene.gt.true_c2w)} true poses for {len(scene.frames)} frames"
+        )
+    try:
+        fused = read_fused_poses(build_dir, len(scene.frames))
+    except FolderError as e:
+        raise EvalError(str(e)) from e
+    if fused is None:
+        a = pose_alignment(scene.gt.true_c2w, np.stack([fr.c2w for fr in scene.frames]))
+        a.trajectory = "stored poses (transforms.json)"
+        return a
+    frames, c2w = fused
+    a = pose_alignment(scene.gt.true_c2w[frames], c2w)
+    a.trajectory = f"the build's poses ({BUILD_FILE} poses)"
+    return a
+
+
 def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | None = None) -> dict[str, Any]:
     """Evaluate the build in ``build_dir`` against ``scene_dir/gt``.
 
@@ -204,6 +314,7 @@ def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | Non
             f"{scene.root}: frames of several sizes {sorted(sizes)} (evaluate one size at a time)"
         )
 
+    align = _alignment(scene, build_dir, cfg)
     raycaster = MeshRaycaster(mesh.to_trimesh())
     renderer, renderer_note = _appearance_renderer(build_dir)
     things, stuff = scene.thing_ids, scene.stuff_ids
@@ -215,12 +326,15 @@ def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | Non
     t_render = time.perf_counter()
     for i in tqdm(indices, desc="eval: render", unit="frame", disable=cfg.quiet or None, leave=False):
         fr = scene.frames[i]
-        hits = raycaster.cast(fr.intrinsics, fr.c2w_cv)
+        # The GT images were taken at the true pose: render the build where that camera sits in the
+        # build's frame (the stored pose carries the scan's drift).
+        c2w_cv = fr.c2w_cv if align is None else align.T @ scene.gt.true_c2w_cv(i)
+        hits = raycaster.cast(fr.intrinsics, c2w_cv)
         sem, inst = labels_at_hits(mesh, hits)
         if renderer is None:
             rgb, depth = colors_at_hits(mesh, hits), hits.depth
         else:
-            rgb, depth = renderer[1](fr.intrinsics, fr.c2w_cv)
+            rgb, depth = renderer[1](fr.intrinsics, c2w_cv)
         try:
             gs, gi, gseg = gt_labels(scene, i)
             gt_rgb, gt_depth = scene.rgb(i), scene.depth(i)
@@ -260,7 +374,7 @@ def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | Non
 
     # ---- 3D
     t3 = time.perf_counter()
-    three_d, data3d = _evaluate_3d(mesh, scene, class_ids, cfg)
+    three_d, data3d = _evaluate_3d(mesh, scene, class_ids, cfg, align)
     time_3d = time.perf_counter() - t3
 
     per_class_pan = {
@@ -273,6 +387,7 @@ def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | Non
         "split": cfg.split,
         "frames": indices,
         "config": dataclasses.asdict(cfg),
+        "protocol": _protocol(scene, cfg, align),
         "panoptic": {**{k: v for k, v in pan.items() if k != "per_class"}, "per_class": per_class_pan},
         "panoptic_per_frame": {k: v for k, v in pan_frame.items() if k != "per_class"},
         "semantic_2d": {
@@ -316,6 +431,17 @@ def evaluate(build_dir: str | Path, scene_dir: str | Path, cfg: EvalConfig | Non
     return {"metrics": _clean(metrics), "data": data}
 
 
+def _protocol(scene: Scene, cfg: EvalConfig, align: PoseAlignment | None) -> dict[str, Any]:
+    """metrics.json's ``protocol``: which poses the build was rendered at and how the GT was culled."""
+    has_true = scene.gt is not None and scene.gt.true_c2w is not None
+    if align is None:
+        why = "--poses stored" if has_true else "gt/gt.json records no true poses"
+        culling = "scene depth at the stored poses" if cfg.gt_culling == "observed" else "none"
+        return {"poses": "stored", "note": why, "gt_culling": culling, "alignment": None}
+    culling = "GT mesh ray cast at the true poses" if cfg.gt_culling == "observed" else "none"
+    return {"poses": "true", "note": None, "gt_culling": culling, "alignment": align.as_dict()}
+
+
 def _picture_frames(indices: list[int], n: int) -> list[int]:
     """``n`` frames spread evenly over the evaluated ones."""
     if n <= 0:
@@ -330,7 +456,55 @@ def observed_mask(points: np.ndarray, scene: Scene, tolerance: float, quiet: boo
     A point is observed by a frame when it projects inside the image in front of the camera and its
     camera z is within ``tolerance`` metres of the frame's depth at that pixel (nearest pixel; depth 0 =
     invalid never observes). All frames of the scene count (train and test): this is the surface the
-    scan covers, the same for every builder.
+    scan covers, the same for every builder. Uses the stored poses and the scene's own depth (the
+    protocol without true poses; :func:`visible_mask` is the one with them).
+    """
+
+    def frames():
+        for i, fr in enumerate(scene.frames):
+            yield fr.intrinsics, fr.c2w_cv, _frame_depth(scene, i)
+
+    return _depth_test(points, frames(), len(scene.frames), tolerance, "eval: observed GT", quiet)
+
+
+def visible_mask(
+    points: np.ndarray, scene: Scene, gt_raycaster, tolerance: float, quiet: bool = True
+) -> np.ndarray:
+    """Which GT-frame points ``(N, 3)`` some frame saw, by exact visibility: ``(N,) bool``.
+
+    The depth test of :func:`observed_mask` against the GT mesh ray cast (``gt_raycaster``, a
+    :class:`simgen.render.raycast.MeshRaycaster` of the GT mesh) at each frame's true pose, at pixels
+    where the scene's sensor returned a depth (no builder can recover what the sensor gave nothing for;
+    the depth image was taken at the true pose, so its pixels line up with the ray cast). Unlike the
+    sensor's depth, the exact depth never lets a surface behind the visible one pass the test.
+    """
+
+    unit = scene.depth_unit_scale
+
+    def frames():
+        for i, fr in enumerate(scene.frames):
+            c2w = scene.gt.true_c2w_cv(i)
+            exact = gt_raycaster.cast(fr.intrinsics, c2w).depth.astype(np.float64)
+            # At the scene's depth resolution (as a depth PNG stores it): far below the tolerance, and
+            # a scene with exact depth then culls bit for bit as with its own depth.
+            exact = np.round(exact / unit).astype(np.float32) * np.float32(unit)
+            yield fr.intrinsics, c2w, np.where(_frame_depth(scene, i) > 0, exact, 0.0)
+
+    return _depth_test(points, frames(), len(scene.frames), tolerance, "eval: visible GT", quiet)
+
+
+def _frame_depth(scene: Scene, i: int) -> np.ndarray:
+    fr = scene.frames[i]
+    try:
+        return scene.depth(i)
+    except (OSError, ValueError) as e:
+        raise EvalError(f"frame {i} ({fr.name}): cannot read depth {fr.depth_path}: {e}") from e
+
+
+def _depth_test(points: np.ndarray, frames, n: int, tolerance: float, desc: str, quiet: bool) -> np.ndarray:
+    """``(N,) bool``: points within ``tolerance`` m of some frame's depth at their pixel.
+
+    ``frames`` yields ``(K, c2w_cv, depth (H, W) metres, 0 = none)``; ``n`` is their count (progress).
     """
     from tqdm import tqdm
 
@@ -338,15 +512,10 @@ def observed_mask(points: np.ndarray, scene: Scene, tolerance: float, quiet: boo
 
     pts = np.asarray(points, np.float64).reshape(-1, 3)
     seen = np.zeros(len(pts), bool)
-    for i in tqdm(range(len(scene.frames)), desc="eval: observed GT", unit="frame", disable=quiet or None,
-                  leave=False):  # fmt: skip
-        fr = scene.frames[i]
-        K = fr.intrinsics
-        try:
-            depth = scene.depth(i)
-        except (OSError, ValueError) as e:
-            raise EvalError(f"frame {i} ({fr.name}): cannot read depth {fr.depth_path}: {e}") from e
-        uv, z = project(pts, K, fr.c2w_cv)
+    for K, c2w_cv, depth in tqdm(
+        frames, desc=desc, unit="frame", total=n, disable=quiet or None, leave=False
+    ):
+        uv, z = project(pts, K, c2w_cv)
         with np.errstate(invalid="ignore"):
             u = np.floor(uv[:, 0]).astype(np.int64, copy=False)
             v = np.floor(uv[:, 1]).astype(np.int64, copy=False)
@@ -357,8 +526,17 @@ def observed_mask(points: np.ndarray, scene: Scene, tolerance: float, quiet: boo
     return seen
 
 
-def _evaluate_3d(mesh: PanopticMesh, scene: Scene, class_ids: list[int], cfg: EvalConfig):
-    """Geometry and 3D label metrics on surface samples. Returns (metrics dict, arrays for the report)."""
+def _evaluate_3d(
+    mesh: PanopticMesh,
+    scene: Scene,
+    class_ids: list[int],
+    cfg: EvalConfig,
+    align: PoseAlignment | None = None,
+):
+    """Geometry and 3D label metrics on surface samples. Returns (metrics dict, arrays for the report).
+
+    With ``align`` the GT mesh is moved into the build frame (``align.T``) before any distance.
+    """
     if scene.gt.mesh_path is None or scene.gt.mesh_labels_path is None:
         note = "the scene's gt/gt.json names no mesh_path / mesh_labels_path"
         return {"geometry": {"note": note}, "semantic_3d": {"note": note}, "instance_3d": {"note": note}}, {}
@@ -376,10 +554,20 @@ def _evaluate_3d(mesh: PanopticMesh, scene: Scene, class_ids: list[int], cfg: Ev
     pred_pts, pred_vi, pred_fi = M.sample_surface(
         mesh.vertices, mesh.faces, cfg.samples, seed=cfg.seed, return_faces=True
     )
-    if cfg.gt_culling == "observed":
+    if cfg.gt_culling == "none":
+        observed = np.ones(len(gt_pts), bool)
+    elif align is None:
         observed = observed_mask(gt_pts, scene, cfg.observed_tolerance, quiet=cfg.quiet)
     else:
-        observed = np.ones(len(gt_pts), bool)
+        from simgen.render.raycast import MeshRaycaster
+
+        observed = visible_mask(
+            gt_pts, scene, MeshRaycaster(gt_mesh), cfg.observed_tolerance, quiet=cfg.quiet
+        )
+    if align is not None:
+        # Culling above ran in the GT frame (true poses); distances run in the build frame.
+        R, t = align.T[:3, :3], align.T[:3, 3]
+        gt_v, gt_pts = gt_v @ R.T + t, gt_pts @ R.T + t
     # Accuracy is the distance to the true surface, seen or not; completeness, recall and the labels
     # are scored on the observed GT surface only: no builder can recover what no camera saw.
     # Distances to the other mesh's surface (its samples' triangles, see M.surface_distances), so the
@@ -421,6 +609,9 @@ def _evaluate_3d(mesh: PanopticMesh, scene: Scene, class_ids: list[int], cfg: Ev
             "matching": cfg.coverage_3d,
         },
     }
+    if align is not None:  # the report's top-down view overlays both meshes
+        gt_mesh = gt_mesh.copy()
+        gt_mesh.apply_transform(align.T)
     data = {"gt_mesh": gt_mesh, "gt_vertex_segments": gt_seg_v, "semantic_3d": sem3d, "coverage_3d": cov3d}
     return out, data
 
@@ -478,9 +669,22 @@ def markdown_table(m: dict[str, Any]) -> str:
     ]
     head = (
         f"Evaluation of `{m['build']}` on `{m['scene']}`, split `{m['split']}` ({len(m['frames'])} frames). "
-        "Ratios in %.\n\n"
+        "Ratios in %.\n\n" + _protocol_line(m.get("protocol")) + "\n\n"
     )
     width = max(len(r[0]) for r in rows)
     lines = [f"| {'metric':<{width}} | value |", f"| {'-' * width} | ----: |"]
     lines += [f"| {a_:<{width}} | {b} |" for a_, b in rows]
     return head + "\n".join(lines) + "\n"
+
+
+def _protocol_line(p: dict[str, Any] | None) -> str:
+    """One sentence on the protocol of a metrics.json dict (which poses, which culling)."""
+    if not p or p["poses"] == "stored":
+        why = f" ({p['note']})" if p and p.get("note") else ""
+        return f"Protocol: build rendered at the scene's stored poses{why}."
+    a = p["alignment"]
+    return (
+        f"Protocol: build rendered at the GT's true poses, aligned rigidly onto {a.get('trajectory', 'the stored poses')} "
+        f"(camera-centre residual {a['residual_rms_mm']:.1f} mm RMS, {a['residual_max_mm']:.1f} mm max, "
+        f"{a['frames']} frames); GT mesh moved by the same transform; observed GT: {p['gt_culling']}."
+    )

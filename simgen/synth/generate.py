@@ -262,7 +262,11 @@ def generate(cfg: SynthConfig, out_dir: str | Path, overwrite: bool = False, qui
             length = float(real_rng.uniform(*nz.blur_px)) * K.width / 320.0
             rgb = motion_blur(rgb, length, float(real_rng.uniform(0, np.pi)))
             pl.events["blur_px"] = round(length, 2)
-        names.append(writer.add_frame(rgb, depth, pl.panoptic, pl.segments, c2w, gt_panoptic=fr.gt_panoptic))
+        names.append(
+            writer.add_frame(
+                rgb, depth, pl.panoptic, pl.segments, c2w, gt_panoptic=fr.gt_panoptic, gt_c2w_gl=poses[i]
+            )
+        )
         stored.append(c2w)
         sources.append({str(k): v for k, v in pl.source.items()})
         events.append(pl.events)

@@ -124,8 +124,9 @@ class FusionConfig:
     align_to_model: bool = field(
         default=False,
         metadata={
-            "help": "experimental: refine each keyframe's pose against the TSDF fused so far (frame-to-model "
-            "alignment against tracking drift); measured not to improve two-rooms builds yet (docs/benchmarks.md)"
+            "help": "refine each keyframe's pose against the TSDF fused so far (frame-to-model alignment "
+            "against tracking drift; the fused poses go to build.json); helps on drifting scans, costs a "
+            "little on drift-free ones (docs/benchmarks.md)"
         },
     )
     align_degeneracy: float = field(

@@ -199,6 +199,7 @@ def run_fusion(
 
     poses = [scene.frames[i].c2w_cv for i in frames]
     correction = np.eye(4)  # refined @ inv(stored) of the last aligned keyframe (align_to_model)
+    fused_poses: dict[int, np.ndarray] = {}  # keyframe -> the c2w_cv it was fused at (align_to_model)
     with (
         tqdm(total=len(frames), desc="fusion", unit="frame", disable=not progress, dynamic_ncols=True) as bar,
         FrameReader(scene, cfg, background=cfg.prefetch) as reader,
@@ -241,6 +242,8 @@ def run_fusion(
                     counters["aligned"] = counters.get("aligned", 0) + int(res.accepted)
                     state._tick("align", t)
                 state.add_keyframe(scene, i, frame, pose)
+                if cfg.align_to_model:
+                    fused_poses[i] = poses[pos] if pose is None else pose
                 counters["keyframes"] += 1
                 fragment.append(i)
                 if len(fragment) == cfg.fragment_size:
@@ -287,6 +290,10 @@ def run_fusion(
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "files": {"mesh": output.MESH_FILE, "instances": output.INSTANCES_FILE},
     }
+    if fused_poses:
+        # The build's own trajectory: `simgen eval` aligns the true poses onto it, not onto the stored
+        # ones the alignment corrected.
+        record["poses"] = output.fused_poses_record(fused_poses)
     if out_dir is not None:
         t = time.perf_counter()
         write_build(Path(out_dir), mesh, records, scene, record)
