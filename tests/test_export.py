@@ -10,6 +10,7 @@ import pytest
 import trimesh
 from helpers.export_scenes import (
     CATEGORIES,
+    FAST_EXPORT,
     HEIGHT,
     ROOM,
     make_mesh,
@@ -31,16 +32,7 @@ from simgen.export.pipeline import ExportError, run_export
 from simgen.export.texture import bake_vertex_colors
 from simgen.folders import read_panoptic_mesh
 
-# physics checks and thumbnails have their own modules (test_export_physics.py, test_export_fuel.py)
-FAST = dict(
-    max_hulls=6,
-    texture_size=128,
-    coacd_resolution=500,
-    face_budget=5000,
-    quiet=True,
-    physics=False,
-    thumbnails=False,
-)
+FAST = dict(FAST_EXPORT, thumbnails=False)  # thumbnails have their own module (test_export_fuel.py)
 
 
 def rigid(seed: int = 3) -> np.ndarray:

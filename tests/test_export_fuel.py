@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from helpers.export_scenes import CATEGORIES, make_mesh, room_parts, write_build
+from helpers.export_scenes import CATEGORIES, FAST_EXPORT, make_mesh, room_parts, write_build
 from PIL import Image
 
 from simgen.cli import main
@@ -21,15 +21,7 @@ from simgen.export.pipeline import run_export
 from simgen.folders import read_panoptic_mesh
 from simgen.render.raycast import MeshRaycaster
 
-FAST = dict(
-    max_hulls=6,
-    texture_size=128,
-    coacd_resolution=500,
-    face_budget=5000,
-    quiet=True,
-    workers=0,
-    physics=False,
-)
+FAST = dict(FAST_EXPORT, workers=0)
 USER = dict(fuel_author="Ada Scanner", fuel_email="ada@example.org", fuel_license="CC-BY-4.0")
 
 

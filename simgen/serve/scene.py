@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,13 +141,12 @@ class RenderScene:
 
     @property
     def raycaster(self):
-        if self._raycaster is None:
-            with self._lock:
-                if self._raycaster is None:
-                    from simgen.render.raycast import MeshRaycaster
+        def make():
+            from simgen.render.raycast import MeshRaycaster
 
-                    self._raycaster = MeshRaycaster(self.mesh.to_trimesh())
-        return self._raycaster
+            return MeshRaycaster(self.mesh.to_trimesh())
+
+        return self._once("_raycaster", make)
 
     def _segment_table(self) -> dict[int, dict]:
         table: dict[int, dict] = {}
@@ -177,17 +177,25 @@ class RenderScene:
 
     # -- rendering ------------------------------------------------------------------------------------
 
+    def _once(self, attr: str, make: Callable[[], Any]) -> Any:
+        """``self.<attr>``, made by ``make()`` on first use: request threads share one, built once."""
+        if getattr(self, attr) is None:
+            with self._lock:
+                if getattr(self, attr) is None:
+                    setattr(self, attr, make())
+        return getattr(self, attr)
+
     @property
     def fast(self) -> FastCaster | None:
         """The embree hot path (None without embreex: :meth:`render` then uses the generic ray caster)."""
-        if self._fast is None:
-            with self._lock:
-                if self._fast is None:
-                    try:
-                        self._fast = FastCaster(self.mesh)
-                    except ImportError:
-                        self._fast = False
-        return self._fast or None
+
+        def make() -> FastCaster | bool:
+            try:
+                return FastCaster(self.mesh)
+            except ImportError:
+                return False  # tried: not None, so it is not tried again
+
+        return self._once("_fast", make) or None
 
     def _place_gaussians(self) -> None:
         """Move the Gaussians to the GPU when asked (``cuda``) or when ``auto`` finds CUDA and gsplat: the
@@ -209,35 +217,35 @@ class RenderScene:
         renders depth, panoptic and mesh RGB here. ``backend="auto"`` is resolved on first use, in the
         process that renders (a GL context does not survive ``fork``): raster where a hardware GL device
         answers, else zbuffer where numba imports, else raycast."""
-        if self._backend_used is None:
-            with self._lock:
-                if self._backend_used is None:
-                    from simgen.render.raster import resolve_backend
 
-                    self._backend_used = resolve_backend(self.backend)
-        return self._backend_used
+        def make() -> str:
+            from simgen.render.raster import resolve_backend
+
+            return resolve_backend(self.backend)
+
+        return self._once("_backend_used", make)
 
     @property
     def raster(self):
         """The OpenGL rasterizer (:class:`simgen.render.raster.GLRasterizer`), built on first use."""
-        if self._raster is None:
-            with self._lock:
-                if self._raster is None:
-                    from simgen.render.raster import GLRasterizer
 
-                    self._raster = GLRasterizer(self.mesh)
-        return self._raster
+        def make():
+            from simgen.render.raster import GLRasterizer
+
+            return GLRasterizer(self.mesh)
+
+        return self._once("_raster", make)
 
     @property
     def zbuffer(self):
         """The compiled CPU z-buffer (:class:`simgen.render.zbuffer.ZBufferCaster`), built on first use."""
-        if self._zbuffer is None:
-            with self._lock:
-                if self._zbuffer is None:
-                    from simgen.render.zbuffer import ZBufferCaster
 
-                    self._zbuffer = ZBufferCaster(self.mesh)
-        return self._zbuffer
+        def make():
+            from simgen.render.zbuffer import ZBufferCaster
+
+            return ZBufferCaster(self.mesh)
+
+        return self._once("_zbuffer", make)
 
     @property
     def caster(self):

@@ -25,6 +25,11 @@ CATEGORIES = {
 ROOM = 4.0  # room spans [0, ROOM] in x and y
 WALL_X = ROOM  # wall plane x = ROOM (faces the room), wall plane y = ROOM
 HEIGHT = 2.5
+# Small but real export settings for the test room (few hulls, small textures, no MuJoCo checks: those
+# have their own tests in test_export_physics.py).
+FAST_EXPORT = dict(
+    max_hulls=6, texture_size=128, coacd_resolution=500, face_budget=5000, quiet=True, physics=False
+)
 
 
 def _grid(nx: int, ny: int) -> tuple[np.ndarray, np.ndarray]:
