@@ -33,10 +33,17 @@ class FrameSegments:
 
 
 def frame_segments(
-    panoptic: np.ndarray, segments: tuple[Segment, ...], column_of: dict[int, int], thing_columns: np.ndarray
+    panoptic: np.ndarray,
+    segments: tuple[Segment, ...],
+    column_of: dict[int, int],
+    thing_columns: np.ndarray,
+    min_score: float = 0.0,
 ) -> FrameSegments:
-    """Compact per-pixel segment indices from a ``(H, W) int32`` panoptic id image and its segments_info."""
-    segs = sorted(segments, key=lambda s: s.id)
+    """Compact per-pixel segment indices from a ``(H, W) int32`` panoptic id image and its segments_info.
+
+    Segments scoring below ``min_score`` are left out: their pixels become void.
+    """
+    segs = sorted((s for s in segments if s.score >= min_score), key=lambda s: s.id)
     ids = np.array([s.id for s in segs], dtype=np.int64)
     column = np.array([column_of[s.category_id] for s in segs], dtype=np.int64)
     score = np.array([s.score for s in segs], dtype=np.float32)

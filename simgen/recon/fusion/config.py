@@ -70,6 +70,13 @@ class FusionConfig:
     min_segment_pixels: int = field(
         default=60, metadata={"help": "thing segments with fewer valid-depth pixels are ignored"}
     )
+    min_segment_score: float = field(
+        default=0.3,
+        metadata={
+            "help": "segments scoring lower are ignored (their pixels are void): the low-confidence duplicates "
+            "a segmenter's own score threshold would have dropped"
+        },
+    )
     match_min_iou: float = field(
         default=0.15, metadata={"help": "a segment matches a global instance only above this mask IoU"}
     )
@@ -116,6 +123,20 @@ class FusionConfig:
         default=0.5,
         metadata={"help": "... when it covers at least this share of that instance's visible pixels"},
     )
+    min_instance_area: float = field(
+        default=0.004,
+        metadata={
+            "help": "an instance whose mesh surface is smaller (m², counted as vertices x voxel_size²) gives its "
+            "vertices to the labels around it"
+        },
+    )
+    orphan_instance_area: float = field(
+        default=0.03,
+        metadata={
+            "help": "a connected thing-class surface that no instance claims and that touches none (an object "
+            "whose segments were too small or too few to found one) becomes an instance from this area (m²)"
+        },
+    )
     min_frames: int = field(default=3, metadata={"help": "instances observed in fewer keyframes are dropped"})
     lookup_stride: int = field(
         default=2, metadata={"help": "pixel stride of the global-instance lookup used for association"}
@@ -134,6 +155,13 @@ class FusionConfig:
         metadata={
             "help": "with --fusion.align-to-model: update directions carrying less than this fraction of the "
             "best-constrained one's information are left unchanged (e.g. sliding along a lone wall); 0 = off"
+        },
+    )
+    align_gain: float = field(
+        default=1.0,
+        metadata={
+            "help": "with --fusion.align-to-model: share of each keyframe's measured correction taken into the "
+            "carried one (drift changes slowly while single alignments scatter; 1 = take it whole)"
         },
     )
     prefetch: bool = field(
@@ -157,11 +185,15 @@ class FusionConfig:
             (self.max_weight >= 1, "max_weight must be >= 1"),
             (self.fragment_size >= 1, "fragment_size must be >= 1"),
             (self.min_frames >= 1, "min_frames must be >= 1"),
+            (self.min_instance_area >= 0, "min_instance_area must be >= 0"),
+            (self.orphan_instance_area >= 0, "orphan_instance_area must be >= 0"),
             (self.lookup_stride >= 1, "lookup_stride must be >= 1"),
             (0 <= self.match_weight_3d <= 1, "match_weight_3d must lie in [0, 1]"),
+            (0 <= self.min_segment_score <= 1, "min_segment_score must lie in [0, 1]"),
             (self.fuse_max_gap >= 0, "fuse_max_gap must be >= 0"),
             (0 < self.split_merged_coverage <= 1, "split_merged_coverage must lie in (0, 1]"),
             (0 <= self.align_degeneracy < 1, "align_degeneracy must lie in [0, 1)"),
+            (0 < self.align_gain <= 1, "align_gain must lie in (0, 1]"),
             (self.flying_pixel_slope >= 0, "flying_pixel_slope must be >= 0"),
             (0 <= self.flying_pixel_support <= 8, "flying_pixel_support must lie in 0..8"),
             (

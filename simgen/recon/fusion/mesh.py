@@ -102,6 +102,128 @@ def propagate_labels(faces: np.ndarray, key: np.ndarray, known: np.ndarray, iter
     return known
 
 
+def _regions(edges: np.ndarray, mask: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """``(V,) int64`` connected region of each masked vertex over edges joining equal keys (-1 unmasked)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(mask)
+    e = edges[mask[edges[:, 0]] & mask[edges[:, 1]] & (key[edges[:, 0]] == key[edges[:, 1]])]
+    graph = coo_matrix((np.ones(len(e), np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    return np.where(mask, comp, -1).astype(np.int64)
+
+
+def _most_touched(edges: np.ndarray, region: np.ndarray, inst: np.ndarray) -> dict[int, int]:
+    """For each region (``(V,)``, -1 none), the instance (``(V,)``, 0 none) of another region sharing the
+    most mesh edges with it."""
+    e = edges[
+        (region[edges[:, 0]] >= 0) & (inst[edges[:, 1]] > 0) & (region[edges[:, 1]] != region[edges[:, 0]])
+    ]
+    if not len(e):
+        return {}
+    pairs, counts = np.unique(np.stack([region[e[:, 0]], inst[e[:, 1]]], 1), axis=0, return_counts=True)
+    order = np.lexsort((-counts, pairs[:, 0]))
+    pairs = pairs[order]
+    first = np.ones(len(pairs), bool)
+    first[1:] = pairs[1:, 0] != pairs[:-1, 0]
+    return {int(r): int(i) for r, i in pairs[first]}
+
+
+def settle_instances(
+    faces: np.ndarray,
+    col: np.ndarray,
+    inst: np.ndarray,
+    known: np.ndarray,
+    orphan: np.ndarray,
+    propagate_iterations: int,
+    min_instance_vertices: int = 0,
+    orphan_instance_vertices: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Give every thing surface one instance, each instance one piece, unknown vertices their neighbours'.
+
+    Rules, in order (regions are connected over mesh edges):
+
+    1. Thing-class vertices without an instance (``orphan``: a confused class vote on another object, or
+       an object whose segments were too small or too few to found an instance): a region of them that
+       touches instances joins the one it touches most (a patch of that object); one touching none is
+       an object of its own and becomes a new instance from ``orphan_instance_vertices`` vertices.
+    2. Every region of an instance but its largest that touches another instance's largest region joins
+       the one it touches most (slivers, step 3, excepted): a segmenter that merged two objects left part
+       of the second one with the first's id. Pieces touching no other instance's body (legs, a lamp's
+       base on the floor) stay.
+    3. An instance with fewer than ``min_instance_vertices`` vertices (it lost its voxels to a neighbour)
+       and small orphan regions take their neighbours' labels (:func:`propagate_labels`), as unknown
+       vertices do; those no labelled neighbour reaches keep what they had.
+
+    Args:
+        faces: ``(F, 3) int`` triangles; col ``(V,) int`` semantic column per vertex; inst ``(V,) int``
+            instance id (0 none); known ``(V,) bool`` whether col is set; orphan ``(V,) bool`` known
+            thing-class vertices without an instance.
+
+    Returns:
+        ``col``, ``inst`` (new instances numbered after the largest id) and ``known``, all ``(V,)``.
+    """
+    col = np.asarray(col, np.int64).copy()
+    inst = np.asarray(inst, np.int64).copy()
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    doubtful = np.zeros(len(inst), bool)
+    inst_col = {int(i): int(c) for i, c in zip(inst[inst > 0], col[inst > 0], strict=True)}
+
+    if orphan.any():
+        region = _regions(edges, orphan, col)
+        joins = _most_touched(edges, region, inst)
+        ids, size = np.unique(region[orphan], return_counts=True)
+        next_id = int(inst.max()) + 1
+        for r, n in zip(ids.tolist(), size.tolist(), strict=True):
+            sel = region == r
+            if r in joins:
+                inst[sel], col[sel] = joins[r], inst_col[joins[r]]
+            elif n >= max(orphan_instance_vertices, 1):
+                inst[sel] = next_id
+                inst_col[next_id] = int(col[sel][0])
+                next_id += 1
+            else:
+                doubtful |= sel
+
+    owned = inst > 0
+    if owned.any():
+        region = _regions(edges, owned, inst)
+        ids, size = np.unique(region[owned], return_counts=True)
+        uniq, first = np.unique(region, return_index=True)
+        body: dict[int, tuple[int, int]] = {}  # instance -> (size, region) of its largest piece
+        for r, n in zip(ids.tolist(), size.tolist(), strict=True):
+            i = int(inst[first[np.searchsorted(uniq, r)]])
+            if n > body.get(i, (-1, -1))[0]:
+                body[i] = (n, r)
+        in_body = np.isin(region, [r for _, r in body.values()])
+        # Only an instance's largest piece can receive: a detached piece of one object (a lamp's shade
+        # above an unscanned stem) must not follow a stray of another lying on it.
+        joins = _most_touched(edges, np.where(in_body, -1, region), np.where(in_body, inst, 0))
+        present, counts = np.unique(inst[owned], return_counts=True)
+        sliver = set(present[counts < min_instance_vertices].tolist())
+        for r, target in joins.items():
+            if target in sliver:  # it goes in step 3; a piece of a real object must not follow it
+                continue
+            sel = region == r
+            inst[sel], col[sel] = target, inst_col[target]
+
+    if min_instance_vertices > 1:
+        present, counts = np.unique(inst[inst > 0], return_counts=True)
+        doubtful |= np.isin(inst, present[counts < min_instance_vertices])
+    if propagate_iterations > 0 and not (known & ~doubtful).all():
+        n_inst = int(inst.max()) + 1
+        key = col * n_inst + inst
+        before = key.copy()
+        trusted = propagate_labels(faces, key, known & ~doubtful, propagate_iterations)
+        stays = doubtful & ~trusted
+        key[stays] = before[stays]
+        known = trusted | doubtful
+        col, inst = np.divmod(key, n_inst)
+    return col, inst, known
+
+
 def label_vertices(
     vol: VoxelBlockVolume,
     rows: np.ndarray,
@@ -112,6 +234,8 @@ def label_vertices(
     instance_class: dict[int, int],
     instance_lut: np.ndarray | None = None,
     propagate_iterations: int = 10,
+    min_instance_vertices: int = 0,
+    orphan_instance_vertices: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Colour, semantic category id and instance id per vertex.
 
@@ -128,6 +252,9 @@ def label_vertices(
             class so that semantic and instance labels agree.
         instance_lut: ``(max_id + 1,) int32`` map from voted ids to final ids (drops -> 0).
         propagate_iterations: rings of label propagation (0 disables it).
+        min_instance_vertices: an instance with fewer vertices gives them to its neighbours' labels.
+        orphan_instance_vertices: a connected thing-class region without an instance, touching none,
+            becomes an instance of its own from this many vertices (see :func:`_orphan_regions`).
 
     Returns:
         colours ``(V, 3) uint8``, semantic ``(V,) int32`` (-1 unknown), instance ``(V,) int32`` (0 none).
@@ -163,12 +290,18 @@ def label_vertices(
         known |= is_inst
         inst = np.where(is_inst, inst, 0)
     else:
+        is_inst = np.zeros(len(inst), bool)
         inst = np.zeros_like(inst)
-    if propagate_iterations > 0 and not known.all():
-        n_inst = int(inst.max()) + 1
-        key = col.astype(np.int64) * n_inst + inst
-        known = propagate_labels(faces, key, known, propagate_iterations)
-        col, inst = np.divmod(key, n_inst)
+    col, inst, known = settle_instances(
+        faces,
+        col,
+        inst,
+        known,
+        known & thing_columns[col] & ~is_inst,
+        propagate_iterations,
+        min_instance_vertices,
+        orphan_instance_vertices,
+    )
     semantic = np.where(known, class_ids[col], -1).astype(np.int32)
     return colors, semantic, np.where(known, inst, 0).astype(np.int32)
 
@@ -181,6 +314,8 @@ def panoptic_mesh(
     instance_lut: np.ndarray | None = None,
     min_weight: float = 1.0,
     propagate_iterations: int = 10,
+    min_instance_vertices: int = 0,
+    orphan_instance_vertices: int = 1,
 ) -> PanopticMesh:
     """Mesh the volume and label it (see :func:`extract_mesh`, :func:`label_vertices`)."""
     verts, faces, rows, corners = extract_mesh(vol, min_weight)
@@ -197,5 +332,7 @@ def panoptic_mesh(
         instance_class,
         instance_lut,
         propagate_iterations,
+        min_instance_vertices,
+        orphan_instance_vertices,
     )
     return PanopticMesh(verts, faces, colors, semantic, inst)

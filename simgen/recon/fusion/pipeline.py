@@ -26,7 +26,7 @@ from simgen import folders as output
 from simgen.config import to_dict
 from simgen.data import io
 from simgen.data.scene import Scene
-from simgen.recon.fusion.align import align_to_model
+from simgen.recon.fusion.align import align_to_model, blend_correction
 from simgen.recon.fusion.association import (
     InstanceTable,
     associate,
@@ -80,7 +80,7 @@ class FusionState:
         t = time.perf_counter()
         depth, rgb, pan = frame.depth, frame.rgb, frame.panoptic
         c2w, K = (f.c2w_cv if c2w_cv is None else c2w_cv), f.intrinsics
-        seg = frame_segments(pan, f.segments, self.column_of, self.thing_columns)
+        seg = frame_segments(pan, f.segments, self.column_of, self.thing_columns, cfg.min_segment_score)
 
         s = cfg.lookup_stride
         d_s = depth[::s, ::s]
@@ -147,6 +147,11 @@ class FusionState:
             vol.instance[:n] = lut[vol.instance[:n]]
         self._tick("maintain", t)
 
+    def _vertices(self, area: float) -> int:
+        # Marching cubes leaves about 1.5 vertices per voxel_size² of surface (0.6 voxel² per vertex on a
+        # two-rooms build, walls and furniture).
+        return int(np.ceil(1.5 * area / self.cfg.voxel_size**2))
+
     def finish(self) -> tuple[output.PanopticMesh, dict[int, set[int]]]:
         """Drop weakly supported instances and extract the labelled mesh."""
         t = time.perf_counter()
@@ -161,7 +166,14 @@ class FusionState:
                 lut[iid] = 0
         instance_class = {k: inst.column for k, inst in table.instances.items()}
         mesh = panoptic_mesh(
-            self.vol, self.class_ids, self.thing_columns, instance_class, lut, min_weight=self.min_weight()
+            self.vol,
+            self.class_ids,
+            self.thing_columns,
+            instance_class,
+            lut,
+            min_weight=self.min_weight(),
+            min_instance_vertices=self._vertices(self.cfg.min_instance_area),
+            orphan_instance_vertices=self._vertices(self.cfg.orphan_instance_area),
         )
         self._tick("mesh", t)
         return mesh, {k: inst.frames for k, inst in table.instances.items()}
@@ -237,8 +249,10 @@ def run_fusion(
                         min_weight=state.min_weight(),
                         degeneracy_ratio=cfg.align_degeneracy,
                     )
-                    pose = res.c2w
-                    correction = pose @ np.linalg.inv(poses[pos])
+                    correction = blend_correction(
+                        correction, res.c2w @ np.linalg.inv(poses[pos]), cfg.align_gain
+                    )
+                    pose = correction @ poses[pos]
                     counters["aligned"] = counters.get("aligned", 0) + int(res.accepted)
                     state._tick("align", t)
                 state.add_keyframe(scene, i, frame, pose)
