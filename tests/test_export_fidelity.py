@@ -211,3 +211,44 @@ def test_a_chair_whose_closed_mesh_is_overfull_keeps_the_slab_split_near_its_tru
             assert near.sum() == 1
     gap, cell = fidelity.leg_space(visual.vertices, visual.faces)
     assert fidelity.bridged_volume(res.hulls, gap, cell) < 0.02 * volume
+
+
+def _kinked_leg(x: float, y: float, shift: float) -> list[trimesh.Trimesh]:
+    """A 4 cm leg from the floor to 0.41 m whose lower half is set ``shift`` m outwards (a splayed foot)."""
+    out = np.sign([x, y]) * shift
+    return [
+        _box([0.04, 0.04, 0.205], [x, y, 0.3075]),
+        _box([0.04, 0.04, 0.205], [x + out[0], y + out[1], 0.1025]),
+    ]
+
+
+def test_layered_volume_follows_a_member_whose_cross_section_moves():
+    box = _box([0.04, 0.06, 0.4], [0.1, 0.2, 0.2]).subdivide_to_size(0.01)
+    pitch = 0.01
+    # A straight member: the stack of its cross-sections is the member (one layer of slack at its ends).
+    assert fidelity.layered_volume(box.vertices, pitch) == pytest.approx(0.04 * 0.06 * 0.4, rel=0.05)
+    leg = trimesh.util.concatenate(_kinked_leg(0.2, 0.2, 0.03)).subdivide_to_size(0.01)
+    truth = 2 * 0.04 * 0.04 * 0.205
+    hull = leg.convex_hull.volume
+    assert hull > 1.5 * truth  # the hull spans both halves' cross-sections at every height
+    # One layer at the bend holds both halves: 1 cm of a 41 cm leg at up to 4 x its area.
+    assert fidelity.layered_volume(leg.vertices, pitch) == pytest.approx(truth, rel=0.1)
+
+
+def test_slab_split_follows_kinked_legs():
+    """Legs bent 3 cm outwards half-way down: the voxel split sees one member per leg (the halves overlap
+    layer to layer), whose hull bridges the bend; the split cuts it where the hull outgrows the stack of the
+    leg's cross-sections."""
+    parts = [_box([0.45, 0.45, 0.04], [0, 0, 0.43]), _box([0.45, 0.04, 0.45], [0, 0.205, 0.675])]
+    for x in (-0.2, 0.2):
+        for y in (-0.2, 0.2):
+            parts += _kinked_leg(x, y, 0.03)
+    m = trimesh.util.concatenate(parts)
+    truth = 0.45 * 0.45 * 0.04 + 0.45 * 0.04 * 0.45 + 8 * 0.04 * 0.04 * 0.205  # 18.8 L, parts disjoint
+    hulls = [robust_convex_hull(g) for g in fidelity.slab_hulls(m.vertices, m.faces, max_hulls=16)]
+    volume = sum(hull_volume(*h) for h in hulls)
+    # Exact boxes: what is left over the truth is the hulls of the seat's and back's slab pieces (~2 cm
+    # voxels); one hull per kinked leg would add ~1.9 L (+10 %).
+    assert abs(volume - truth) / truth < 0.15
+    legs = [h for h in hulls if h[0][:, 2].max() < 0.42]  # below the seat
+    assert sum(hull_volume(*h) for h in legs) < 1.25 * 8 * 0.04 * 0.04 * 0.205
