@@ -236,43 +236,17 @@ OVERFULL = 1.15
 MAX_DEPTH = 4
 
 
-def layered_volume(points: np.ndarray, layer: float) -> float:
-    """Volume (m^3) of the stack of a point set's horizontal cross-sections: the sum over layers ``layer`` m
-    thick (z up) of the area of the 2D convex hull of the points (N, 3) in the layer, times ``layer``.
-
-    For surface points of a member this is its volume with every cross-section made convex; its convex hull
-    is as large only when the cross-sections stay in place along z. A layer with under 3 points, or
-    collinear ones, adds nothing.
-    """
-    k = np.floor((points[:, 2] - points[:, 2].min()) / layer).astype(int)
-    order = np.argsort(k, kind="stable")
-    total = 0.0
-    for q in np.split(points[order, :2], np.flatnonzero(np.diff(k[order])) + 1):
-        if len(q) >= 3:
-            try:
-                total += float(ConvexHull(q).volume) * layer  # 2D hull: .volume is the area
-            except Exception:  # collinear
-                pass
-    return total
-
-
 def _refine(
     points: np.ndarray, piece: np.ndarray, solid: float, pitch: float, depth: int = 0
 ) -> list[np.ndarray]:
     """Bisect a slab piece (indices into points (N, 3)) across its longest principal axis while its convex
-    hull is more than OVERFULL x its solid voxel volume ``solid`` (m^3) or x its :func:`layered_volume`
-    (layers one voxel, ``pitch`` m, thick)."""
+    hull is more than OVERFULL x its solid voxel volume ``solid`` (m^3)."""
     p = points[piece]
     _, hull = _hull_vertices(p)
     centred = p - p.mean(0)
     axes = np.linalg.svd(centred, full_matrices=False)[2]
     proj = centred @ axes[0]
-    if depth >= MAX_DEPTH or np.ptp(proj) < 4 * pitch:
-        return [piece]
-    # The voxel solid (1-4 cm voxels, closed by one voxel) hides a scanned leg whose cross-section wanders
-    # or flares into the seat: its hull spans every cross-section at once. The stack of its cross-sections
-    # sees that at the surface points' own resolution.
-    if hull <= OVERFULL * solid and hull <= OVERFULL * layered_volume(p, pitch):
+    if depth >= MAX_DEPTH or hull <= OVERFULL * solid or np.ptp(proj) < 4 * pitch:
         return [piece]
     cut = np.median(proj)
     halves = [piece[proj <= cut], piece[proj > cut]]
