@@ -539,7 +539,10 @@ def thing_colliders(
         # spanned between the members (a cap under a seat), so it cannot tell the slab split's members
         # from an open scan's skin, and nearness to it favours the decomposition that follows the cap.
         # The candidate whose surface stays closest to the visual surface is kept, the smaller on a tie.
-        best = min(keep, key=lambda k: (rows[k]["p95_cm"], rows[k]["volume_m3"]))
+        # A candidate without the figure (no surface left to sample) ranks last.
+        best = min(
+            keep, key=lambda k: (rows[k]["p95_cm"] is None, rows[k]["p95_cm"] or 0.0, rows[k]["volume_m3"])
+        )
     else:
         best = min(keep, key=lambda k: (rows[k]["volume_error"] is None, rows[k]["volume_error"] or 0.0))
     if len(rows) == 1:
