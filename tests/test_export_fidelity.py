@@ -172,3 +172,42 @@ def test_solid_volume_ignores_orientation_self_intersection_and_small_holes():
     assert fidelity.solid_volume(holey.vertices, holey.faces) == pytest.approx(truth, rel=0.02)
     keep = box.face_normals[:, 2] > -0.5
     assert fidelity.solid_volume(box.vertices, box.faces[keep]) == pytest.approx(truth, rel=0.02)
+
+
+def test_a_chair_whose_closed_mesh_is_overfull_keeps_the_slab_split_near_its_true_volume():
+    """What hole filling did to room's chair_7: a cap spanning the seat and the backrest (here a 40 L block
+    on the seat, in front of the backrest) makes the closed mesh 3 x the chair, so the slab split holds
+    under half of it and CoACD is built too. CoACD follows the cap, outside any leg space, and was kept for
+    being nearer that volume; the slab split follows the visual surface and the true chair."""
+    whole = chair()
+    truth = 0.45 * 0.45 * 0.04 + 0.45 * 0.04 * 0.45 + 4 * 0.04 * 0.04 * 0.41  # 20.9 L, parts disjoint
+    # Scanned standing on the floor: the legs' bottoms are open, so the visual mesh is no volume reference.
+    floor = (whole.face_normals[:, 2] < -0.9) & (whole.triangles_center[:, 2] < 1e-6)
+    visual = trimesh.Trimesh(whole.vertices, whole.faces[~floor], process=False)
+    cap = _box([0.45, 0.41, 0.3], [0, -0.02, 0.6])  # on the seat (top at 0.45 m), against the backrest
+    closed = trimesh.util.concatenate([whole, cap])
+    assert not visual.is_watertight and closed.is_watertight
+    assert closed.volume * fidelity.SLAB_MIN_FILL > 1.5 * truth
+    res = fidelity.thing_colliders(
+        "chair_7", visual.vertices, visual.faces, closed.vertices, closed.faces, "auto", 16, 0, COACD
+    )
+    slabs, coacd = res.choice["candidates"]
+    assert (slabs["method"], coacd["method"]) == ("slabs", "coacd")
+    # The decomposition did not fill leg space (so the bridging rule keeps it) and is nearer the closed
+    # mesh's volume, but stands out of the visual surface by the cap's height.
+    assert coacd["bridged_fraction"] <= fidelity.MAX_BRIDGED_FRACTION
+    assert coacd["volume_error"] < slabs["volume_error"]
+    assert coacd["p95_cm"] > 10 > 2 > slabs["p95_cm"]
+    assert res.method == "slabs" and "closest to the visual surface" in res.choice["reason"]
+    # Kept: within 15 % of the true volume (the slab hulls of exact boxes; the voxel split at ~2 cm), and
+    # every leg in a hull of its own (no hull spans two legs, nothing in the space between them).
+    volume = sum(hull_volume(*h) for h in res.hulls)
+    assert slabs["volume_m3"] == pytest.approx(volume, abs=1e-6)
+    assert abs(volume - truth) / truth < 0.15
+    legs = np.array([[x, y] for x in (-0.2, 0.2) for y in (-0.2, 0.2)])
+    for v, _ in res.hulls:
+        if v[:, 2].min() < 0.3:  # reaches down among the legs
+            near = np.linalg.norm(legs[:, None] - v[None, :, :2], axis=2).min(1) < 0.05
+            assert near.sum() == 1
+    gap, cell = fidelity.leg_space(visual.vertices, visual.faces)
+    assert fidelity.bridged_volume(res.hulls, gap, cell) < 0.02 * volume

@@ -463,12 +463,15 @@ def thing_colliders(
     ``SLAB_MIN_FILL`` of the closed collider mesh's volume. Of the candidates built, one that bridges leg
     space (more than ``MAX_BRIDGED_FRACTION`` of its volume in :func:`leg_space`, on a thing with at least
     ``MIN_LEG_SPACE_FRACTION`` of its bounding box in leg space; CoACD following a hole-filling cap under a
-    table top) is dropped when another one does not; of the rest the one nearest
-    the reference volume (:func:`reference_volume`) is kept. ``method`` "coacd" builds CoACD only.
+    table top) is dropped when another one does not. Of the rest, on a thing with leg space the one whose
+    outer surface stays closest to the visual surface (:func:`collider_distance_p95`; the closed mesh's
+    volume there counts hole-filling caps between the members, so it is no reference), elsewhere the one
+    nearest the reference volume (:func:`reference_volume`) is kept. ``method`` "coacd" builds CoACD only.
 
     Args: visual mesh vis_v (V, 3) / vis_f (F, 3) and the decimated, hole-filled collider input col_v /
     col_f, both in metres. Returns a colliders.ColliderResult whose ``choice`` records every candidate's
-    volume error, bridged fraction and seconds, and the reason for the pick (export.json ``collider_choice``).
+    volume (m^3), volume error, bridged fraction, p95 distance (cm; only on a thing with leg space) and
+    seconds, and the reason for the pick (export.json ``collider_choice``).
     """
     import time
 
@@ -511,21 +514,37 @@ def thing_colliders(
     rows = []
     for c in built:
         volume = sum(colliders.hull_volume(*h) for h in c.hulls)
+        # The distance figure only where it decides (a thing with leg space): elsewhere a decomposition
+        # of an open scan's hole-filled mesh stands far out of the visual surface by design (the unseen
+        # back and bottom of a box), so it cannot rank the candidates there.
+        p95 = collider_distance_p95(c.hulls, vis_v, vis_f, seed=seed) if len(gap) else None
         rows.append(
             {
                 "method": c.method,
                 "hulls": len(c.hulls),
+                "volume_m3": round(volume, 6),
                 "volume_error": None if not ref else round(abs(volume - ref) / ref, 4),
                 "bridged_fraction": round(bridged_volume(c.hulls, gap, cell) / volume, 4)
                 if volume > 0
                 else 0.0,
+                "p95_cm": None if p95 is None else round(100 * p95, 2),
                 "seconds": round(c.seconds, 2),
             }
         )
     keep = [k for k, r in enumerate(rows) if r["bridged_fraction"] <= MAX_BRIDGED_FRACTION] or [
         min(range(len(rows)), key=lambda k: rows[k]["bridged_fraction"])
     ]
-    best = min(keep, key=lambda k: (rows[k]["volume_error"] is None, rows[k]["volume_error"] or 0.0))
+    if len(gap) and len(keep) > 1:
+        # Separate members with space between them: the closed mesh's volume counts whatever hole filling
+        # spanned between the members (a cap under a seat), so it cannot tell the slab split's members
+        # from an open scan's skin, and nearness to it favours the decomposition that follows the cap.
+        # The candidate whose surface stays closest to the visual surface is kept, the smaller on a tie.
+        # A candidate without the figure (no surface left to sample) ranks last.
+        best = min(
+            keep, key=lambda k: (rows[k]["p95_cm"] is None, rows[k]["p95_cm"] or 0.0, rows[k]["volume_m3"])
+        )
+    else:
+        best = min(keep, key=lambda k: (rows[k]["volume_error"] is None, rows[k]["volume_error"] or 0.0))
     if len(rows) == 1:
         reason = "the only candidate" if method == "coacd" else "slab split kept: separate members found"
         if rows[0]["method"] != "slabs" and method == "auto":
@@ -535,6 +554,10 @@ def thing_colliders(
         reason = (
             f"{', '.join(dropped)} bridged leg space (> {100 * MAX_BRIDGED_FRACTION:.0f} % of its volume)"
         )
+    elif len(gap):
+        others = ", ".join(f"{rows[k]['method']} {rows[k]['p95_cm']} cm" for k in keep if k != best)
+        p95 = rows[best]["p95_cm"]
+        reason = f"closest to the visual surface on a thing with leg space (p95 {p95} cm; {others})"
     else:
         reason = "nearest the reference volume (slab hulls held under half the closed mesh's volume)"
     res = built[best]
