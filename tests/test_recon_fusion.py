@@ -188,7 +188,8 @@ def test_output_files_follow_the_contract(tiny_build):
         np.testing.assert_allclose(r.bbox_min, mesh.vertices[sel].min(0), atol=1e-4)
         np.testing.assert_allclose(r.bbox_max, mesh.vertices[sel].max(0), atol=1e-4)
         assert np.all(np.array(r.bbox_min) <= r.centroid) and np.all(np.array(r.centroid) <= r.bbox_max)
-        assert len(r.frames_observed) >= FusionConfig().min_frames
+        # Associated instances were seen in min_frames keyframes; those founded at meshing list none.
+        assert len(r.frames_observed) >= FusionConfig().min_frames or r.frames_observed == []
         assert set(r.frames_observed) <= set(scene.split_indices("train"))
 
     build = json.loads((out / output.BUILD_FILE).read_text())

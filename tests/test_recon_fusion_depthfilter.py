@@ -125,22 +125,3 @@ def test_alignment_degeneracy_check_leaves_sliding_along_a_wall_alone():
     assert res.accepted and res.degenerate == 3  # x, y slides and the roll about the wall normal
     assert abs(res.c2w[2, 3]) < 0.005  # distance to the wall corrected
     np.testing.assert_allclose(res.c2w[:2, 3], start[:2, 3], atol=1e-6)  # slide untouched
-
-
-def test_blend_correction_moves_a_share_of_the_step():
-    from scipy.spatial.transform import Rotation
-
-    from simgen.recon.fusion.align import blend_correction
-
-    carried = np.eye(4)
-    carried[:3, 3] = [0.01, 0.0, 0.0]
-    measured = np.eye(4)
-    measured[:3, :3] = Rotation.from_euler("z", 2.0, degrees=True).as_matrix()
-    measured[:3, 3] = [0.03, -0.02, 0.0]
-    assert np.allclose(blend_correction(carried, measured, 1.0), measured)
-    assert np.allclose(blend_correction(measured, measured, 0.3), measured)
-    half = blend_correction(carried, measured, 0.5)
-    step = half @ np.linalg.inv(carried)
-    assert np.isclose(Rotation.from_matrix(step[:3, :3]).magnitude(), np.deg2rad(1.0))
-    full = measured @ np.linalg.inv(carried)
-    assert np.allclose(step[:3, 3], full[:3, 3] / 2)

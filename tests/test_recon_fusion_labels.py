@@ -120,3 +120,19 @@ def test_a_piece_does_not_follow_a_sliver_lying_on_it():
 
     assert (i[piece] == 4).all() and (i[chair4] == 4).all()
     assert not (i == 8).any()
+
+
+def test_an_object_association_dropped_does_not_return_as_an_orphan():
+    """The same lone 8 x 8 "ball", but its voxels voted for an instance dropped for too few keyframes."""
+    faces, at = _grid(30)
+    col = np.full(900, FLOOR)
+    ball = at[18:26, 18:26].ravel()
+    col[ball] = BALL
+    known = np.ones(900, bool)
+    may_found = np.ones(900, bool)
+    may_found[ball] = False
+    orphan = THING[col]
+    c, i, _ = settle_instances(faces, col, np.zeros(900, np.int64), known, orphan, 10, 5, 20, may_found)
+    assert not i.any() and (c == FLOOR).all()
+    c, i, _ = settle_instances(faces, col, np.zeros(900, np.int64), known, orphan, 10, 5, 20)
+    assert len(np.unique(i[ball])) == 1 and i[ball][0] > 0

@@ -179,29 +179,6 @@ def align_to_model(
     return AlignResult(out, n, rmse0, rmse, bool(accepted), degenerate)
 
 
-def blend_correction(carried: np.ndarray, measured: np.ndarray, gain: float) -> np.ndarray:
-    """Move the carried pose correction ``gain`` of the way towards a keyframe's measured one.
-
-    Args:
-        carried, measured: ``(4, 4)`` world-frame corrections (refined pose @ inverse stored pose).
-        gain: in (0, 1]; 1 returns ``measured``.
-
-    Returns:
-        ``(4, 4)``: ``exp(gain * log(measured @ inv(carried))) @ carried``, the rotation interpolated along
-        its axis and the translation of the step scaled linearly (steps are millimetres and tenths of a
-        degree, where the two agree).
-    """
-    if gain >= 1.0:
-        return np.array(measured, dtype=np.float64)
-    from scipy.spatial.transform import Rotation
-
-    step = measured @ np.linalg.inv(carried)
-    out = np.eye(4)
-    out[:3, :3] = Rotation.from_rotvec(gain * Rotation.from_matrix(step[:3, :3]).as_rotvec()).as_matrix()
-    out[:3, 3] = gain * step[:3, 3]
-    return out @ carried
-
-
 def _wrms(r: np.ndarray, w: np.ndarray) -> float:
     """Weighted RMS of residuals ``r`` (metres) with weights ``w`` (same shape)."""
     return float(np.sqrt(np.sum(w * r**2) / max(float(np.sum(w)), 1e-12)))

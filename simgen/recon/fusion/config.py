@@ -157,13 +157,6 @@ class FusionConfig:
             "best-constrained one's information are left unchanged (e.g. sliding along a lone wall); 0 = off"
         },
     )
-    align_gain: float = field(
-        default=1.0,
-        metadata={
-            "help": "with --fusion.align-to-model: share of each keyframe's measured correction taken into the "
-            "carried one (drift changes slowly while single alignments scatter; 1 = take it whole)"
-        },
-    )
     prefetch: bool = field(
         default=True,
         metadata={
@@ -193,7 +186,6 @@ class FusionConfig:
             (self.fuse_max_gap >= 0, "fuse_max_gap must be >= 0"),
             (0 < self.split_merged_coverage <= 1, "split_merged_coverage must lie in (0, 1]"),
             (0 <= self.align_degeneracy < 1, "align_degeneracy must lie in [0, 1)"),
-            (0 < self.align_gain <= 1, "align_gain must lie in (0, 1]"),
             (self.flying_pixel_slope >= 0, "flying_pixel_slope must be >= 0"),
             (0 <= self.flying_pixel_support <= 8, "flying_pixel_support must lie in 0..8"),
             (

@@ -139,6 +139,7 @@ def settle_instances(
     propagate_iterations: int,
     min_instance_vertices: int = 0,
     orphan_instance_vertices: int = 1,
+    may_found: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Give every thing surface one instance, each instance one piece, unknown vertices their neighbours'.
 
@@ -147,7 +148,8 @@ def settle_instances(
     1. Thing-class vertices without an instance (``orphan``: a confused class vote on another object, or
        an object whose segments were too small or too few to found an instance): a region of them that
        touches instances joins the one it touches most (a patch of that object); one touching none is
-       an object of its own and becomes a new instance from ``orphan_instance_vertices`` vertices.
+       an object of its own and becomes a new instance from ``orphan_instance_vertices`` vertices, unless
+       most of it voted for an instance association dropped (seen in too few keyframes: ``may_found``).
     2. Every region of an instance but its largest that touches another instance's largest region joins
        the one it touches most (slivers, step 3, excepted): a segmenter that merged two objects left part
        of the second one with the first's id. Pieces touching no other instance's body (legs, a lamp's
@@ -159,7 +161,8 @@ def settle_instances(
     Args:
         faces: ``(F, 3) int`` triangles; col ``(V,) int`` semantic column per vertex; inst ``(V,) int``
             instance id (0 none); known ``(V,) bool`` whether col is set; orphan ``(V,) bool`` known
-            thing-class vertices without an instance.
+            thing-class vertices without an instance; may_found ``(V,) bool`` vertices that may found an
+            instance (None: all).
 
     Returns:
         ``col``, ``inst`` (new instances numbered after the largest id) and ``known``, all ``(V,)``.
@@ -180,7 +183,7 @@ def settle_instances(
             sel = region == r
             if r in joins:
                 inst[sel], col[sel] = joins[r], inst_col[joins[r]]
-            elif n >= max(orphan_instance_vertices, 1):
+            elif n >= max(orphan_instance_vertices, 1) and (may_found is None or may_found[sel].mean() > 0.5):
                 inst[sel] = next_id
                 inst_col[next_id] = int(col[sel][0])
                 next_id += 1
@@ -278,7 +281,11 @@ def label_vertices(
     col = sem_w.argmax(axis=1)
     known = sem_w.max(axis=1) > 0
     if instance_lut is not None:
-        inst = instance_lut[np.clip(inst, 0, len(instance_lut) - 1)]
+        mapped = instance_lut[np.clip(inst, 0, len(instance_lut) - 1)]
+        dropped = (inst > 0) & (mapped == 0)  # voted for an instance dropped or forgotten
+        inst = mapped
+    else:
+        dropped = np.zeros(len(inst), bool)
     # A stuff majority wins over a stale instance vote; an instance otherwise decides the class.
     inst = np.where(known & ~thing_columns[col], 0, inst)
     ids = np.array(sorted(instance_class), dtype=np.int64)
@@ -301,6 +308,7 @@ def label_vertices(
         propagate_iterations,
         min_instance_vertices,
         orphan_instance_vertices,
+        may_found=~dropped,
     )
     semantic = np.where(known, class_ids[col], -1).astype(np.int32)
     return colors, semantic, np.where(known, inst, 0).astype(np.int32)

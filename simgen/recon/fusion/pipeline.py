@@ -26,7 +26,7 @@ from simgen import folders as output
 from simgen.config import to_dict
 from simgen.data import io
 from simgen.data.scene import Scene
-from simgen.recon.fusion.align import align_to_model, blend_correction
+from simgen.recon.fusion.align import align_to_model
 from simgen.recon.fusion.association import (
     InstanceTable,
     associate,
@@ -249,10 +249,8 @@ def run_fusion(
                         min_weight=state.min_weight(),
                         degeneracy_ratio=cfg.align_degeneracy,
                     )
-                    correction = blend_correction(
-                        correction, res.c2w @ np.linalg.inv(poses[pos]), cfg.align_gain
-                    )
-                    pose = correction @ poses[pos]
+                    pose = res.c2w
+                    correction = pose @ np.linalg.inv(poses[pos])
                     counters["aligned"] = counters.get("aligned", 0) + int(res.accepted)
                     state._tick("align", t)
                 state.add_keyframe(scene, i, frame, pose)
