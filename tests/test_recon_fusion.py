@@ -502,7 +502,7 @@ def test_fuse_keeps_a_second_object_apart_but_fuses_a_piece():
         assert out.tolist() == expect, gap
 
 
-def test_aligned_build_records_the_poses_it_fused_at(tiny_drift_scene_dir, tiny_build, tmp_path):
+def test_aligned_build_records_the_poses_it_fused_at(tiny_drift_scene_dir, tmp_path):
     # Frame-to-model alignment fuses keyframes at refined poses: build.json keeps them (OpenGL axes, as
     # transforms.json) so that `simgen eval` aligns the truth onto the build's own trajectory.
     from simgen.folders import read_fused_poses
@@ -517,5 +517,5 @@ def test_aligned_build_records_the_poses_it_fused_at(tiny_drift_scene_dir, tiny_
     moved = [np.abs(c - scene.frames[i].c2w).max() > 1e-6 for i, c in zip(frames, c2w, strict=True)]
     assert 0 < rec["counters"]["aligned"] <= sum(moved) and not moved[0]
     # A build at the stored poses records none.
-    plain_scene, _, plain = tiny_build
-    assert read_fused_poses(plain, len(plain_scene.frames)) is None
+    run_fusion(scene, tmp_path / "plain", FusionConfig(align_to_model=False), progress=False)
+    assert read_fused_poses(tmp_path / "plain", len(scene.frames)) is None

@@ -98,10 +98,10 @@ class FusionConfig:
         },
     )
     fuse_max_gap: float = field(
-        default=0.0,
+        default=0.1,
         metadata={
             "help": "... but not when it lies farther than this many metres (3D) from the segment that instance "
-            "matched in the same frame: a second object, not a piece (e.g. 0.1); 0 = always fuse"
+            "matched in the same frame: a second object, not a piece; 0 = always fuse"
         },
     )
     merge_overlap: float = field(
@@ -143,11 +143,11 @@ class FusionConfig:
     )
 
     align_to_model: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "refine each keyframe's pose against the TSDF fused so far (frame-to-model alignment "
-            "against tracking drift; the fused poses go to build.json); helps on drifting scans, costs a "
-            "little on drift-free ones (docs/benchmarks.md)"
+            "against tracking drift; the fused poses go to build.json); --fusion.no-align-to-model fuses at "
+            "the given poses (exact ones: synthetic scenes, a pose graph already optimised)"
         },
     )
     align_degeneracy: float = field(

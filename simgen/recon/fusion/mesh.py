@@ -148,8 +148,9 @@ def settle_instances(
     1. Thing-class vertices without an instance (``orphan``: a confused class vote on another object, or
        an object whose segments were too small or too few to found an instance): a region of them that
        touches instances joins the one it touches most (a patch of that object); one touching none is
-       an object of its own and becomes a new instance from ``orphan_instance_vertices`` vertices, unless
-       most of it voted for an instance association dropped (seen in too few keyframes: ``may_found``).
+       an object of its own and becomes a new instance from ``orphan_instance_vertices`` vertices when most
+       of its vertices may found one (``may_found``: voted for often enough; a detection in one or two
+       keyframes is no object).
     2. Every region of an instance but its largest that touches another instance's largest region joins
        the one it touches most (slivers, step 3, excepted): a segmenter that merged two objects left part
        of the second one with the first's id. Pieces touching no other instance's body (legs, a lamp's
@@ -239,6 +240,7 @@ def label_vertices(
     propagate_iterations: int = 10,
     min_instance_vertices: int = 0,
     orphan_instance_vertices: int = 1,
+    min_votes: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Colour, semantic category id and instance id per vertex.
 
@@ -257,7 +259,8 @@ def label_vertices(
         propagate_iterations: rings of label propagation (0 disables it).
         min_instance_vertices: an instance with fewer vertices gives them to its neighbours' labels.
         orphan_instance_vertices: a connected thing-class region without an instance, touching none,
-            becomes an instance of its own from this many vertices (see :func:`_orphan_regions`).
+            becomes an instance of its own from this many vertices if most of them hold at least
+            ``min_votes`` (score-weighted) votes for their class (:func:`settle_instances`).
 
     Returns:
         colours ``(V, 3) uint8``, semantic ``(V,) int32`` (-1 unknown), instance ``(V,) int32`` (0 none).
@@ -280,12 +283,11 @@ def label_vertices(
         conf[empty] = np.where(has, cconf.max(axis=1), 0.0)
     col = sem_w.argmax(axis=1)
     known = sem_w.max(axis=1) > 0
+    # Score-weighted class votes of the vertex's own class: an object must have been voted for in as many
+    # keyframes as association asks of an instance (min_frames) to be founded from the mesh.
+    votes = sem_w[np.arange(len(col)), col]
     if instance_lut is not None:
-        mapped = instance_lut[np.clip(inst, 0, len(instance_lut) - 1)]
-        dropped = (inst > 0) & (mapped == 0)  # voted for an instance dropped or forgotten
-        inst = mapped
-    else:
-        dropped = np.zeros(len(inst), bool)
+        inst = instance_lut[np.clip(inst, 0, len(instance_lut) - 1)]
     # A stuff majority wins over a stale instance vote; an instance otherwise decides the class.
     inst = np.where(known & ~thing_columns[col], 0, inst)
     ids = np.array(sorted(instance_class), dtype=np.int64)
@@ -308,7 +310,7 @@ def label_vertices(
         propagate_iterations,
         min_instance_vertices,
         orphan_instance_vertices,
-        may_found=~dropped,
+        may_found=votes >= min_votes,
     )
     semantic = np.where(known, class_ids[col], -1).astype(np.int32)
     return colors, semantic, np.where(known, inst, 0).astype(np.int32)
@@ -324,6 +326,7 @@ def panoptic_mesh(
     propagate_iterations: int = 10,
     min_instance_vertices: int = 0,
     orphan_instance_vertices: int = 1,
+    min_votes: float = 0.0,
 ) -> PanopticMesh:
     """Mesh the volume and label it (see :func:`extract_mesh`, :func:`label_vertices`)."""
     verts, faces, rows, corners = extract_mesh(vol, min_weight)
@@ -342,5 +345,6 @@ def panoptic_mesh(
         propagate_iterations,
         min_instance_vertices,
         orphan_instance_vertices,
+        min_votes,
     )
     return PanopticMesh(verts, faces, colors, semantic, inst)

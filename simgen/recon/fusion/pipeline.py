@@ -174,6 +174,7 @@ class FusionState:
             min_weight=self.min_weight(),
             min_instance_vertices=self._vertices(self.cfg.min_instance_area),
             orphan_instance_vertices=self._vertices(self.cfg.orphan_instance_area),
+            min_votes=float(self.cfg.min_frames),
         )
         self._tick("mesh", t)
         return mesh, {k: inst.frames for k, inst in table.instances.items()}
