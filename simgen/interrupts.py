@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 FORCED_EXIT_S = 1.5
 # Longest a postpone_forced_exit() block can hold the forced exit off.
 POSTPONE_MAX_S = 30.0
+# At exit, how long the other threads may take to finish what they are in (see exit_now), seconds.
+EXIT_JOIN_S = 0.3
 
 
 class Terminated(KeyboardInterrupt):
@@ -137,6 +139,14 @@ def exit_now(code: int) -> None:
     if mp_util is not None:
         with contextlib.suppress(Exception):
             mp_util._exit_function()
+        # A worker pool's queues may be collected in one of the pool's own threads, which then runs their
+        # semaphores' finalizers (unlink, then unregister with the resource tracker) while this thread
+        # exits; cut off in between, the tracker reports a leaked semaphore. Give those threads a moment.
+        deadline = time.monotonic() + EXIT_JOIN_S
+        for t in threading.enumerate():
+            if t is not threading.current_thread() and t.name != "simgen-watchdog":
+                with contextlib.suppress(RuntimeError):
+                    t.join(max(0.0, deadline - time.monotonic()))
     logging.shutdown()
     for f in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

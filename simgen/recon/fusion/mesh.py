@@ -182,42 +182,43 @@ def settle_instances(
     if orphan.any():
         region = _regions(edges, orphan, col)
         joins = _most_touched(edges, region, inst)
-        ids, size = np.unique(region[orphan], return_counts=True)
-        next_id = int(inst.max()) + 1
-        for r, n in zip(ids.tolist(), size.tolist(), strict=True):
-            sel = region == r
-            if r in joins:
-                inst[sel], col[sel] = joins[r], inst_col[joins[r]]
-            elif n >= max(orphan_instance_vertices, 1) and (
-                may_found is None or may_found[sel].mean() >= FOUND_SHARE
-            ):
-                inst[sel] = next_id
-                inst_col[next_id] = int(col[sel][0])
-                next_id += 1
-            else:
-                doubtful |= sel
+        ids, pos, size = np.unique(region[orphan], return_inverse=True, return_counts=True)
+        # Per region: the instance it joins (0 none), then whether it founds one of its own.
+        target = np.array([joins.get(r, 0) for r in ids.tolist()], np.int64)
+        voted = np.ones(len(ids)) if may_found is None else np.bincount(pos, may_found[orphan]) / size
+        founds = (target == 0) & (size >= max(orphan_instance_vertices, 1)) & (voted >= FOUND_SHARE)
+        new_id = np.where(founds, int(inst.max()) + 1 + np.cumsum(founds) - 1, 0)
+        first = np.unique(pos, return_index=True)[1]
+        for i, c in zip(new_id[founds].tolist(), col[orphan][first][founds].tolist(), strict=True):
+            inst_col[i] = c
+        joined = np.maximum(target, new_id)[pos]
+        idx = np.flatnonzero(orphan)
+        inst[idx] = joined
+        col[idx] = np.where(joined > 0, [inst_col.get(int(j), -1) for j in joined], col[idx])
+        doubtful[idx[joined == 0]] = True
 
     owned = inst > 0
     if owned.any():
         region = _regions(edges, owned, inst)
-        ids, size = np.unique(region[owned], return_counts=True)
-        uniq, first = np.unique(region, return_index=True)
-        body: dict[int, tuple[int, int]] = {}  # instance -> (size, region) of its largest piece
-        for r, n in zip(ids.tolist(), size.tolist(), strict=True):
-            i = int(inst[first[np.searchsorted(uniq, r)]])
-            if n > body.get(i, (-1, -1))[0]:
-                body[i] = (n, r)
-        in_body = np.isin(region, [r for _, r in body.values()])
+        ids, first, size = np.unique(region[owned], return_index=True, return_counts=True)
+        owner = inst[owned][first]
+        # The largest piece of each instance: sort pieces by (instance, size) and take each instance's last.
+        order = np.lexsort((size, owner))
+        last = np.ones(len(order), bool)
+        last[:-1] = owner[order][1:] != owner[order][:-1]
+        in_body = np.isin(region, ids[order][last])
         # Only an instance's largest piece can receive: a detached piece of one object (a lamp's shade
         # above an unscanned stem) must not follow a stray of another lying on it.
         joins = _most_touched(edges, np.where(in_body, -1, region), np.where(in_body, inst, 0))
         present, counts = np.unique(inst[owned], return_counts=True)
         sliver = set(present[counts < min_instance_vertices].tolist())
-        for r, target in joins.items():
-            if target in sliver:  # it goes in step 3; a piece of a real object must not follow it
-                continue
-            sel = region == r
-            inst[sel], col[sel] = target, inst_col[target]
+        moves = {r: t for r, t in joins.items() if t not in sliver}  # slivers go in step 3
+        if moves:
+            piece = np.array(sorted(moves), np.int64)
+            at = np.flatnonzero(np.isin(region, piece))
+            to = np.array([moves[r] for r in region[at].tolist()], np.int64)
+            inst[at] = to
+            col[at] = [inst_col[t] for t in to.tolist()]
 
     if min_instance_vertices > 1:
         present, counts = np.unique(inst[inst > 0], return_counts=True)
