@@ -2,7 +2,7 @@
 
 Usage:
     python bench/bench_robustness.py                                  # fusion, every variant
-    python bench/bench_robustness.py --variants realistic clean --tag -align --flags=--fusion.no-align-to-model
+    python bench/bench_robustness.py --variants realistic clean --tag=-align --flags=--no-fusion.align-to-model
     python bench/bench_robustness.py --variants clean realistic --methods fusion neural
     python bench/bench_robustness.py --out /tmp/robust --runs 3      # 3 builds per row, median time
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the result rows (for --noise / --flags experiments)")
     ap.add_argument("--flags", action="extend", nargs="*", default=[], metavar="FLAG",
                     help="extra 'simgen build' flags, one per --flags=FLAG (repeatable), e.g. "
-                         "--flags=--fusion.no-align-to-model --flags=--fusion.noise-weighting")  # fmt: skip
+                         "--flags=--no-fusion.align-to-model --flags=--fusion.noise-weighting")  # fmt: skip
     args = ap.parse_args(argv)
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.noise)}
     out = Path(args.out)

@@ -146,7 +146,7 @@ class FusionConfig:
         default=True,
         metadata={
             "help": "refine each keyframe's pose against the TSDF fused so far (frame-to-model alignment "
-            "against tracking drift; the fused poses go to build.json); --fusion.no-align-to-model fuses at "
+            "against tracking drift; the fused poses go to build.json); --no-fusion.align-to-model fuses at "
             "the given poses (exact ones: synthetic scenes, a pose graph already optimised)"
         },
     )
