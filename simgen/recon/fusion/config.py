@@ -126,8 +126,8 @@ class FusionConfig:
     min_instance_area: float = field(
         default=0.004,
         metadata={
-            "help": "an instance whose mesh surface is smaller (m², counted as vertices x voxel_size²) gives its "
-            "vertices to the labels around it"
+            "help": "an instance whose mesh surface is smaller (m², counted in mesh vertices at about 1.5 per "
+            "voxel_size²) gives its vertices to the labels around it"
         },
     )
     orphan_instance_area: float = field(
