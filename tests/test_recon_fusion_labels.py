@@ -22,6 +22,12 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
     return faces.astype(np.int64), np.arange(n * n).reshape(n, n)
 
 
+def _floor() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 30 x 30 floor: faces, the vertex grid, semantic columns (all floor) and instance ids (none)."""
+    faces, at = _grid(30)
+    return faces, at, np.full(900, FLOOR), np.zeros(900, np.int64)
+
+
 def test_low_score_segments_are_void():
     pan = np.array([[5, 5, 9, 9, 0]], np.int32)
     segs = (assoc.Segment(5, 3, 0.9), assoc.Segment(9, 3, 0.2))
@@ -40,9 +46,7 @@ def test_min_segment_score_is_validated():
 def test_orphans_become_instances_or_are_absorbed_and_slivers_vanish():
     """A 30 x 30 floor holding: a table (instance 7) with a 3 x 3 patch voted "shelf" and a 2-vertex
     instance 9 on it; an 8 x 8 "ball" no instance claims, alone on the floor; a 2 x 2 "ball" speck."""
-    faces, at = _grid(30)
-    col = np.full(900, FLOOR)
-    inst = np.zeros(900, np.int64)
+    faces, at, col, inst = _floor()
     table = at[2:14, 2:14].ravel()
     col[table], inst[table] = TABLE, 7
     patch = at[6:9, 6:9].ravel()
@@ -84,9 +88,7 @@ def test_an_orphan_no_neighbour_reaches_keeps_its_label():
 def test_a_piece_of_a_merged_neighbour_joins_it_and_detached_legs_stay():
     """Chairs 3 and 4 on a floor; a merged segment left a 3 x 3 piece of chair 4 with chair 3's id, and
     chair 3 has a separate 2 x 2 leg touching only the floor."""
-    faces, at = _grid(30)
-    col = np.full(900, FLOOR)
-    inst = np.zeros(900, np.int64)
+    faces, at, col, inst = _floor()
     chair3, chair4 = at[2:10, 2:10].ravel(), at[2:10, 15:23].ravel()
     col[chair3], inst[chair3] = BALL, 3
     col[chair4], inst[chair4] = BALL, 4
@@ -105,9 +107,7 @@ def test_a_piece_of_a_merged_neighbour_joins_it_and_detached_legs_stay():
 
 def test_a_piece_does_not_follow_a_sliver_lying_on_it():
     """Chair 4's detached 3 x 3 piece touches a 2-vertex instance 8: the piece stays, the sliver goes."""
-    faces, at = _grid(30)
-    col = np.full(900, FLOOR)
-    inst = np.zeros(900, np.int64)
+    faces, at, col, inst = _floor()
     chair4 = at[2:10, 15:23].ravel()
     col[chair4], inst[chair4] = BALL, 4
     piece = at[14:17, 4:7].ravel()
@@ -124,8 +124,7 @@ def test_a_piece_does_not_follow_a_sliver_lying_on_it():
 
 def test_an_object_association_dropped_does_not_return_as_an_orphan():
     """The same lone 8 x 8 "ball", but its voxels voted for an instance dropped for too few keyframes."""
-    faces, at = _grid(30)
-    col = np.full(900, FLOOR)
+    faces, at, col, _ = _floor()
     ball = at[18:26, 18:26].ravel()
     col[ball] = BALL
     known = np.ones(900, bool)

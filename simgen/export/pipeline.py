@@ -447,13 +447,6 @@ def _kill_workers(pool: cf.ProcessPoolExecutor) -> None:
     for p in procs:
         with contextlib.suppress(Exception):
             p.join(2)
-    # The executor's management thread notices the dead workers and drops its queues; their semaphores are
-    # unlinked, then unregistered from the resource tracker, by that thread. Exiting while it is between
-    # the two leaves the tracker a name already gone ("leaked semaphore ... No such file"): wait for it.
-    manager = getattr(pool, "_executor_manager_thread", None)
-    if manager is not None:
-        with contextlib.suppress(Exception):
-            manager.join(2)
 
 
 def _swap_in(stage: Path, out_dir: Path) -> None:

@@ -75,6 +75,12 @@ def extract_mesh(
     return world, faces.astype(np.int32), rows, corners
 
 
+def _edges(faces: np.ndarray) -> np.ndarray:
+    """``(6F, 2) int64`` directed mesh edges (src, dst), both directions of every triangle side."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
+    return np.concatenate([e, e[:, ::-1]])
+
+
 def propagate_labels(faces: np.ndarray, key: np.ndarray, known: np.ndarray, iterations: int) -> np.ndarray:
     """Fill unknown vertex labels from labelled mesh neighbours (majority vote, ring by ring).
 
@@ -89,8 +95,7 @@ def propagate_labels(faces: np.ndarray, key: np.ndarray, known: np.ndarray, iter
         ``(V,) bool``, the new ``known`` (``key`` is updated in place).
     """
     known = known.copy()
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
-    edges = np.concatenate([edges, edges[:, ::-1]])  # directed: src -> dst
+    edges = _edges(faces)
     for _ in range(iterations):
         e = edges[known[edges[:, 0]] & ~known[edges[:, 1]]]
         if e.size == 0:
@@ -174,10 +179,11 @@ def settle_instances(
     """
     col = np.asarray(col, np.int64).copy()
     inst = np.asarray(inst, np.int64).copy()
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
-    edges = np.concatenate([edges, edges[:, ::-1]])
+    edges = _edges(faces)
     doubtful = np.zeros(len(inst), bool)
-    inst_col = {int(i): int(c) for i, c in zip(inst[inst > 0], col[inst > 0], strict=True)}
+    # The class of each instance id (every vertex of an instance carries it), with room for new ids.
+    inst_col = np.full(int(inst.max()) + 2 + int(orphan.sum()), -1, np.int64)
+    inst_col[inst[inst > 0]] = col[inst > 0]
 
     if orphan.any():
         region = _regions(edges, orphan, col)
@@ -187,14 +193,13 @@ def settle_instances(
         target = np.array([joins.get(r, 0) for r in ids.tolist()], np.int64)
         voted = np.ones(len(ids)) if may_found is None else np.bincount(pos, may_found[orphan]) / size
         founds = (target == 0) & (size >= max(orphan_instance_vertices, 1)) & (voted >= FOUND_SHARE)
-        new_id = np.where(founds, int(inst.max()) + 1 + np.cumsum(founds) - 1, 0)
+        new_id = np.where(founds, int(inst.max()) + np.cumsum(founds), 0)
         first = np.unique(pos, return_index=True)[1]
-        for i, c in zip(new_id[founds].tolist(), col[orphan][first][founds].tolist(), strict=True):
-            inst_col[i] = c
+        inst_col[new_id[founds]] = col[orphan][first][founds]
         joined = np.maximum(target, new_id)[pos]
         idx = np.flatnonzero(orphan)
         inst[idx] = joined
-        col[idx] = np.where(joined > 0, [inst_col.get(int(j), -1) for j in joined], col[idx])
+        col[idx] = np.where(joined > 0, inst_col[joined], col[idx])
         doubtful[idx[joined == 0]] = True
 
     owned = inst > 0
@@ -215,10 +220,10 @@ def settle_instances(
         moves = {r: t for r, t in joins.items() if t not in sliver}  # slivers go in step 3
         if moves:
             piece = np.array(sorted(moves), np.int64)
+            dest = np.array([moves[r] for r in piece.tolist()], np.int64)
             at = np.flatnonzero(np.isin(region, piece))
-            to = np.array([moves[r] for r in region[at].tolist()], np.int64)
-            inst[at] = to
-            col[at] = [inst_col[t] for t in to.tolist()]
+            inst[at] = dest[np.searchsorted(piece, region[at])]
+            col[at] = inst_col[inst[at]]
 
     if min_instance_vertices > 1:
         present, counts = np.unique(inst[inst > 0], return_counts=True)
