@@ -101,7 +101,7 @@ class PartResult:
     visual_faces_in: int
     colliders: colliders.ColliderResult
     volume_error: float | None
-    error_reference: str  # "mesh" (watertight), "hole-filled mesh", "convex hull" (open), "-" (boxes)
+    error_reference: str  # fidelity.reference_volume's kind; "-" for stuff (boxes)
     solid_volume: float  # m^3 used for mass: mesh volume if watertight, else union of hulls
     mean_rgb: np.ndarray
     notes: list[str] = field(default_factory=list)
@@ -180,7 +180,6 @@ def _process_part(
     except Exception as e:  # keep the model; it gets a plain colour instead of a texture
         notes.append(f"{part.name}: texture baking failed ({e}); visual has a plain colour")
         visual = (np.asarray(vis_v, float), np.asarray(vis_f, np.int64), None, None)
-    mesh = trimesh.Trimesh(vis_v, vis_f, process=False)
     if part.kind == "thing" and len(part.faces) == 0:
         col = colliders.ColliderResult(hulls=[(col_v, col_f)], method="convex-hull")
         ref_kind, err, solid = "convex hull", 0.0, colliders.hull_volume(col_v, col_f)
@@ -212,18 +211,9 @@ def _process_part(
                 "(its scanned base could not hold its centre of mass)"
             )
         hull_vol = sum(colliders.hull_volume(hv, hf) for hv, hf in col.hulls)
-        closed = trimesh.Trimesh(col_v, col_f, process=False)
-        if mesh.is_watertight and mesh.volume > 1e-9:
-            ref, ref_kind, solid = float(mesh.volume), "mesh", float(mesh.volume)
-        elif closed.is_watertight and closed.volume > 1e-9:
-            ref, ref_kind, solid = float(closed.volume), "hole-filled mesh", float(closed.volume)
-        else:
-            ref_kind = "convex hull"
-            try:
-                ref = float(trimesh.convex.convex_hull(vis_v).volume)
-            except Exception:
-                ref = colliders.hull_volume(*colliders.robust_convex_hull(vis_v))
-            solid = colliders.union_volume(col.hulls, seed=cfg.seed)
+        ref, ref_kind = col.choice["reference_m3"], col.choice["reference"]
+        # The mass follows what the engine simulates: the colliders (overlaps once), unless the mesh is closed.
+        solid = ref if ref_kind == "mesh" else colliders.union_volume(col.hulls, seed=cfg.seed)
         err = abs(hull_vol - ref) / ref if ref > 0 else None
     else:
         col = colliders.ColliderResult(method="boxes")
@@ -864,8 +854,9 @@ def _write_all(
         "collider_p95_note": "95th percentile of the distance (cm) from the colliders' outer surface to the "
         "visual surface: how far a collider stands out of the object it stands for",
         "volume_error_note": "|sum of hull volumes - volume| / volume, against the mesh when it is watertight, "
-        "else the hole-filled collider mesh when that is, else the convex hull; masses then use the hulls' "
-        "union volume.",
+        "else what a surface encloses by the generalised winding number (1 cm cells with |w| >= 1/2): the "
+        "visual mesh's on a thing with leg space (chairs, tables), the hole-filled mesh's on a compact one; "
+        "masses use the mesh when it is watertight, else the hulls' union volume.",
         "thumbnails": {
             "views": len(fuel.THUMBNAIL_VIEWS) if cfg.thumbnails else 0,
             "size": cfg.thumbnail_size,
