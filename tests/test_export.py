@@ -388,6 +388,37 @@ def test_libsdformat_validates_the_world_and_reports_broken_files(export_dir, tm
     assert main(["check", str(broken), "--no-validator", "--no-physics"]) == 1  # the missing hull alone
 
 
+def test_check_reports_the_collider_figures_of_the_export(export_dir, tmp_path):
+    from simgen.export.check import check_export, collider_figures
+
+    # The module's export: every thing's figures as export.json has them.
+    _, stats = check_export(export_dir, validator=False, physics=False)
+    rows = {r["name"]: r for r in json.loads((export_dir / "export.json").read_text())["models"]}
+    things = stats["collider_fidelity"]["things"]
+    assert set(things) == {n for n, r in rows.items() if r["kind"] == "thing"}
+    assert things["table_1"]["volume_error"] == rows["table_1"]["volume_error"]
+    assert things["table_1"]["collider_p95_cm"] == rows["table_1"]["collider_p95_cm"]
+    # Per-class medians and the worst class, on figures chosen here.
+    models = [
+        {"name": "chair_1", "kind": "thing", "class": "chair", "volume_error": 0.1, "collider_p95_cm": 2.0},
+        {"name": "chair_2", "kind": "thing", "class": "chair", "volume_error": 0.5, "collider_p95_cm": 4.0},
+        {"name": "chair_3", "kind": "thing", "class": "chair", "volume_error": 0.2, "collider_p95_cm": 3.0},
+        {"name": "box_4", "kind": "thing", "class": "box", "volume_error": 0.3, "collider_p95_cm": None},
+        {"name": "flat_5", "kind": "thing", "class": "sign", "volume_error": None, "collider_p95_cm": None},
+        {"name": "floor", "kind": "stuff", "class": "floor", "volume_error": None, "collider_p95_cm": None},
+    ]
+    (tmp_path / "export.json").write_text(json.dumps({"models": models}))
+    got = collider_figures(tmp_path)
+    assert got["classes"]["chair"] == {"things": 3, "median_volume_error": 0.2, "median_p95_cm": 3.0}
+    assert (
+        got["classes"]["box"]["median_p95_cm"] is None
+        and got["classes"]["sign"]["median_volume_error"] is None
+    )
+    assert got["worst_class"] == "box" and "floor" not in got["things"]
+    (tmp_path / "export.json").write_text("{not json")
+    assert collider_figures(tmp_path) is None
+
+
 def _outside_distance(points: np.ndarray, hull: trimesh.Trimesh) -> np.ndarray:
     """(N,) max over the hull's face planes of the signed distance: <= 0 inside, ~distance outside."""
     n = hull.face_normals * (1 if hull.volume > 0 else -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 from lxml import etree
+
+from simgen import folders
 
 from .colliders import CONVEX_TOL_M, convexity_excess, is_closed
 
@@ -265,6 +268,9 @@ def check_export(
         "validated_with_libsdformat": validated,
         "problems": len(problems),
     }
+    fidelity = collider_figures(out_dir)
+    if fidelity is not None:
+        stats["collider_fidelity"] = fidelity
     if physics_stats is not None:
         stats["physics"] = physics_stats
     if physics:  # a figure, not a pass / fail: partial scans legitimately look out of their rooms
@@ -274,3 +280,45 @@ def check_export(
         if void is not None:
             stats["void"] = void
     return problems, stats
+
+
+def collider_figures(out_dir: str | Path) -> dict | None:
+    """The colliders' fidelity figures ``export.json`` records per thing (measured at export:
+    ``volume_error`` against ``volume_error_vs``, ``collider_p95_cm``), with each class's medians and the
+    worst class by median volume error; None for a folder without a readable ``export.json``."""
+    try:
+        record = json.loads((Path(out_dir) / folders.EXPORT_FILE).read_text())
+        rows = [m for m in record["models"] if m.get("kind") == "thing"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    per_class: dict[str, list[dict]] = {}
+    for m in rows:
+        per_class.setdefault(str(m.get("class")), []).append(m)
+
+    def median(key: str, ms: list[dict]) -> float | None:
+        v = [m[key] for m in ms if m.get(key) is not None]
+        return round(float(np.median(v)), 4) if v else None
+
+    classes = {
+        c: {
+            "things": len(ms),
+            "median_volume_error": median("volume_error", ms),
+            "median_p95_cm": median("collider_p95_cm", ms),
+        }
+        for c, ms in sorted(per_class.items())
+    }
+    ranked = [c for c in classes if classes[c]["median_volume_error"] is not None]
+    worst = max(ranked, key=lambda c: classes[c]["median_volume_error"]) if ranked else None
+    return {
+        "worst_class": worst,
+        "classes": classes,
+        "things": {
+            m["name"]: {
+                "class": m.get("class"),
+                "volume_error": m.get("volume_error"),
+                "volume_error_vs": m.get("volume_error_vs"),
+                "collider_p95_cm": m.get("collider_p95_cm"),
+            }
+            for m in rows
+        },
+    }
