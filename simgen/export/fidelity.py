@@ -3,7 +3,8 @@
 Figures (per thing, ``export.json`` and ``simgen check``):
 
 - ``volume_error``: |sum of hull volumes - reference volume| / reference volume (:func:`reference_volume`:
-  the mesh's volume when it is watertight, else the volume its surface encloses by the winding number);
+  the mesh's volume when it is watertight, else what the visual surface (a thing with leg space) or the
+  hole-filled mesh (a compact thing) encloses by the generalised winding number);
 - ``collider_p95_cm``: 95th percentile of the one-sided distance from the colliders' outer surface to the
   visual surface (cm). An overfull hull (one bridging a chair's legs) has surface far from any visual
   surface; a tight one stays within the scan's noise.
