@@ -389,7 +389,7 @@ def test_libsdformat_validates_the_world_and_reports_broken_files(export_dir, tm
 
 
 def test_check_reports_the_collider_figures_of_the_export(export_dir, tmp_path):
-    from simgen.export.check import check_export, collider_figures
+    from simgen.export.check import check_export, collider_figures, format_collider_figures
 
     # The module's export: every thing's figures as export.json has them.
     _, stats = check_export(export_dir, validator=False, physics=False)
@@ -415,6 +415,12 @@ def test_check_reports_the_collider_figures_of_the_export(export_dir, tmp_path):
         and got["classes"]["sign"]["median_volume_error"] is None
     )
     assert got["worst_class"] == "box" and "floor" not in got["things"]
+    line = format_collider_figures(got)
+    assert (
+        line.startswith("worst class box;")
+        and "chair 20.0 % / 3.0 cm (3)" in line
+        and "sign - / - (1)" in line
+    )
     (tmp_path / "export.json").write_text("{not json")
     assert collider_figures(tmp_path) is None
 

@@ -110,8 +110,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"summary": stats, "problems": [vars(p) for p in problems]}, indent=2))
     else:
+        from simgen.export.check import format_collider_figures
+
         for k, v in stats.items():
-            print(f"{k.replace('_', ' ')}: {v}")
+            text = format_collider_figures(v) if k == "collider_fidelity" else v
+            print(f"{k.replace('_', ' ')}: {text}")
         if problems:
             print(f"\n{len(problems)} problem(s):", file=sys.stderr)
             for p in problems:

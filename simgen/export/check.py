@@ -322,3 +322,23 @@ def collider_figures(out_dir: str | Path) -> dict | None:
             for m in rows
         },
     }
+
+
+def format_collider_figures(figures: dict) -> str:
+    """One line of :func:`collider_figures` for the terminal: per class the median volume error, the median
+    p95 distance and the number of things, and the worst class."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f} %"
+
+    def cm(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f} cm"
+
+    parts = [
+        f"{c} {pct(v['median_volume_error'])} / {cm(v['median_p95_cm'])} ({v['things']})"
+        for c, v in figures["classes"].items()
+    ]
+    return (
+        f"worst class {figures['worst_class']}; per class, median volume error / median p95 (things): "
+        + ", ".join(parts)
+    )
