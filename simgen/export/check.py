@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import os
 import re
 import shutil
@@ -287,9 +286,9 @@ def collider_figures(out_dir: str | Path) -> dict | None:
     ``volume_error`` against ``volume_error_vs``, ``collider_p95_cm``), with each class's medians and the
     worst class by median volume error; None for a folder without a readable ``export.json``."""
     try:
-        record = json.loads((Path(out_dir) / folders.EXPORT_FILE).read_text())
+        record = folders.read_json(Path(out_dir) / folders.EXPORT_FILE)
         rows = [m for m in record["models"] if m.get("kind") == "thing"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (folders.FolderError, KeyError, TypeError, AttributeError):
         return None
     per_class: dict[str, list[dict]] = {}
     for m in rows:

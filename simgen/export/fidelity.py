@@ -492,8 +492,8 @@ def thing_colliders(
     space (more than ``MAX_BRIDGED_FRACTION`` of its volume in :func:`leg_space`, on a thing with at least
     ``MIN_LEG_SPACE_FRACTION`` of its bounding box in leg space; CoACD following a hole-filling cap under a
     table top) is dropped when another one does not. Of the rest, on a thing with leg space the one whose
-    outer surface stays closest to the visual surface (:func:`collider_distance_p95`; the closed mesh's
-    volume there counts hole-filling caps between the members, so it is no reference), elsewhere the one
+    outer surface stays closest to the visual surface (:func:`collider_distance_p95`; the closed mesh
+    there counts hole-filling caps between the members), elsewhere the one
     nearest the reference volume (:func:`reference_volume`) is kept. ``method`` "coacd" builds CoACD only.
 
     Args: visual mesh vis_v (V, 3) / vis_f (F, 3) and the decimated, hole-filled collider input col_v /
